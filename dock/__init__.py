@@ -1,0 +1,1 @@
+"""The dock-station side: pull, verify and export evidence."""

@@ -1,0 +1,1 @@
+"""Sealed evidence: streaming encryption, signed manifests, hash chain, audit log."""
