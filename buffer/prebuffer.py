@@ -1,0 +1,231 @@
+"""The pre-event buffer: the last ``duration_s`` of encoded video, in RAM, ready to hand over.
+
+An officer presses record *after* something happens; the seconds before the press are often
+the evidence. ``PreEventBuffer`` sits between the encoder and the recorder, keeping whole GOPs
+of the newest frames, and on ``open_output(sink)`` hands every held frame to the sink followed,
+without a gap or a duplicate, by every live frame until ``close_output()``.
+
+It differs from picamera2's ``CircularOutput2`` in three ways that matter for evidence:
+
+- no time-shift: when a sink is open, live frames reach it at once, not ``duration`` later;
+- a byte bound (``max_bytes``) as well as a time bound, so a bitrate spike cannot exhaust RAM;
+- what it holds always starts at a keyframe, so the recording is decodable from its first byte.
+
+Threading follows ``CircularOutput2``: one lock around ``outputframe`` (the encoder thread's
+only call), taken briefly by the control thread's ``open_output`` / ``close_output``.
+
+Documented handling of bad input (the frame is refused and the buffer is left untouched):
+
+- a timestamp that is ``None`` or earlier than the previous frame's raises ``TimestampError``;
+  equal timestamps are accepted (order is the order of arrival);
+- ``audio=True`` raises ``PreEventBufferError`` (this recorder carries video only).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+
+from buffer.frame import Frame, Output
+
+log = logging.getLogger(__name__)
+
+MAX_DURATION_S = 120.0
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # 30 s at up to ~17 Mbit/s
+
+# A held frame is a plain (data, keyframe, timestamp_us) tuple, Frame's field order:
+# Frame(...) goes through a Python-level __new__, too slow for the encoder's hot path.
+_Gop = list  # list[tuple[bytes, bool, int]], first entry a keyframe
+
+
+class PreEventBufferError(Exception):
+    """The pre-event buffer was misused (bad arguments, sink state, unsupported frame)."""
+
+
+class TimestampError(PreEventBufferError, ValueError):
+    """A frame came without a timestamp or with one earlier than the previous frame's."""
+
+
+class PreEventBuffer:
+    """Keep at least ``duration_s`` of whole GOPs before the newest frame, within ``max_bytes``.
+
+    Implements picamera2's ``Output`` protocol (``outputframe``, plus the ``start`` / ``stop`` /
+    ``_add_stream`` hooks its encoders call), so it can be an ``H264Encoder``'s output directly.
+    """
+
+    needs_add_stream = False  # picamera2 encoders ask outputs these two questions
+    needs_pacing = False
+
+    def __init__(self, duration_s: float = 30.0, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        if isinstance(duration_s, bool) or not isinstance(duration_s, (int, float)) or not (
+            0.0 <= duration_s <= MAX_DURATION_S
+        ):
+            raise PreEventBufferError(
+                f"duration_s must be between 0 and {MAX_DURATION_S:g} seconds, got {duration_s!r}"
+            )
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise PreEventBufferError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+        self._duration_s = float(duration_s)
+        self._duration_us = round(duration_s * 1_000_000)
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._gops: deque[_Gop] = deque()
+        self._bytes = 0
+        self._count = 0
+        self._newest_us: int | None = None
+        self._sink: Output | None = None
+        self._sink_synced = False  # the open sink has had its keyframe
+        self._short = False  # max_bytes has cut the buffer below duration_s
+
+    # -- the encoder thread's side -------------------------------------------------------
+
+    def outputframe(
+        self,
+        frame: bytes,
+        keyframe: bool = True,
+        timestamp: int | None = None,
+        packet: object = None,
+        audio: bool = False,
+    ) -> None:
+        """Take one encoded frame: hold it, or forward it to the open sink.
+
+        ``packet`` is ignored: sinks receive the bytes, keyframe flag and timestamp only.
+        """
+        with self._lock:
+            newest = self._newest_us
+            if timestamp is None or (newest is not None and timestamp < newest):
+                raise TimestampError(
+                    f"frame timestamp {timestamp!r} µs is not at or after the previous {newest} µs"
+                )
+            if audio:
+                raise PreEventBufferError("audio frames are not supported by the pre-event buffer")
+            self._newest_us = timestamp
+
+            sink = self._sink
+            if sink is not None:
+                if keyframe or self._sink_synced:
+                    self._sink_synced = True
+                    sink.outputframe(frame, keyframe, timestamp)
+                return
+
+            gops = self._gops
+            if keyframe:
+                gops.append([(frame, True, timestamp)])
+            elif gops:
+                gops[-1].append((frame, False, timestamp))
+            else:
+                return  # before the first keyframe: nothing could decode it
+            self._bytes += len(frame)
+            self._count += 1
+            if len(gops) > 1 and gops[1][0][2] <= timestamp - self._duration_us:
+                self._expire(timestamp - self._duration_us)
+            if self._bytes > self._max_bytes:
+                self._shed()
+
+    def _expire(self, cutoff_us: int) -> None:
+        """Drop oldest GOPs while the next one still starts at or before the cutoff."""
+        gops = self._gops
+        while len(gops) > 1 and gops[1][0][2] <= cutoff_us:
+            self._drop_oldest()
+        self._short = False
+
+    def _shed(self) -> None:
+        """Drop whole oldest GOPs until the bytes fit; say so, since evidence is being lost."""
+        gops = self._gops
+        while self._bytes > self._max_bytes and gops:
+            self._drop_oldest()
+        if not self._short:
+            self._short = True
+            log.warning(
+                "pre-event buffer over max_bytes=%d: dropped oldest GOPs, now holding %.2f s of %.2f s",
+                self._max_bytes, self._held_seconds(), self._duration_s,
+            )
+
+    def _drop_oldest(self) -> None:
+        gop = self._gops.popleft()
+        self._bytes -= sum(len(f[0]) for f in gop)
+        self._count -= len(gop)
+
+    # -- the control thread's side -------------------------------------------------------
+
+    def open_output(self, sink: Output) -> None:
+        """Hand every held frame to ``sink`` in order, then forward each new frame to it.
+
+        Done under the encoder's lock, so no frame can slip between the last held frame and
+        the first live one. If the sink raises while taking the held frames, nothing is
+        discarded and no sink is open: the caller may retry.
+        """
+        with self._lock:
+            if self._sink is not None:
+                raise PreEventBufferError("a sink is already open; close_output() first")
+            for gop in self._gops:
+                for data, keyframe, timestamp in gop:
+                    sink.outputframe(data, keyframe, timestamp)
+            self._sink_synced = bool(self._gops)
+            self._sink = sink
+            self._clear()
+
+    def close_output(self) -> None:
+        """Stop forwarding; buffering resumes at the next keyframe."""
+        with self._lock:
+            if self._sink is None:
+                raise PreEventBufferError("no sink is open")
+            self._sink = None
+            self._sink_synced = False
+
+    def start(self) -> None:
+        """picamera2 encoder hook; the buffer is always ready."""
+
+    def stop(self) -> None:
+        """picamera2 encoder hook; held frames stay held until opened or discarded."""
+
+    def _add_stream(self, *args: object, **kwargs: object) -> None:
+        """picamera2 encoder hook for muxing outputs; raw H.264 frames need no stream info."""
+
+    def _clear(self) -> None:
+        self._gops.clear()
+        self._bytes = 0
+        self._count = 0
+        self._short = False
+
+    # -- what it holds ---------------------------------------------------------------------
+
+    @property
+    def duration_s(self) -> float:
+        return self._duration_s
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
+    @property
+    def is_open(self) -> bool:
+        """Whether a sink is open (frames go live to it rather than being held)."""
+        return self._sink is not None
+
+    @property
+    def held_seconds(self) -> float:
+        """Seconds from the oldest to the newest held frame; below ``duration_s`` when short."""
+        with self._lock:
+            return self._held_seconds()
+
+    def _held_seconds(self) -> float:
+        if not self._gops:
+            return 0.0
+        return (self._gops[-1][-1][2] - self._gops[0][0][2]) / 1_000_000
+
+    @property
+    def held_bytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    @property
+    def held_frames(self) -> int:
+        with self._lock:
+            return self._count
+
+    def snapshot(self) -> list[Frame]:
+        """A copy of the held frames, oldest first (for diagnostics and tests)."""
+        with self._lock:
+            return [Frame(*f) for gop in self._gops for f in gop]
