@@ -1,0 +1,373 @@
+"""The audit log: real files, real fsync, real Ed25519; every kind of tampering named."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings, strategies as st
+
+from secure_store import audit
+from secure_store.audit import AuditHead, AuditLog, Event, read_entries, verify_audit
+from secure_store.errors import AuditError, StoreError
+
+ROOT = Path(__file__).resolve().parents[2]
+DEVICE = "cam-0001"
+
+
+@pytest.fixture(scope="module")
+def key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def make_log(directory: Path, key: Ed25519PrivateKey, n: int = 6, **kw) -> AuditLog:
+    log = AuditLog(directory, key, DEVICE, **kw)
+    for i in range(n):
+        log.append(Event.MARKER, label=f"m{i}", at_us=i * 1000)
+    return log
+
+
+def only_file(directory: Path) -> Path:
+    (path,) = sorted(directory.glob("audit-*.log"))
+    return path
+
+
+def lines_of(path: Path) -> list[bytes]:
+    return path.read_bytes().split(b"\n")  # [header, entry 0, ..., b""]
+
+
+def write_lines(path: Path, lines: list[bytes]) -> None:
+    path.write_bytes(b"\n".join(lines))
+
+
+def test_round_trip_reopen_and_head(tmp_path: Path, key) -> None:
+    log = make_log(tmp_path, key, 5)
+    log.append(Event.RECORD_START, recording="r1", utc_offset_s=0.25, note="naïve ✓")
+    head = log.head()
+    assert head.seq == 5
+    assert verify_audit(tmp_path, key.public_key(), device_id=DEVICE, anchor=head) == []
+
+    again = AuditLog(tmp_path, key, DEVICE)  # a reboot continues the same chain
+    assert again.head() == head
+    again.append(Event.BOOT)
+    entries = read_entries(tmp_path)
+    assert [e.seq for e in entries] == list(range(7))
+    assert [e.event for e in entries] == ["marker"] * 5 + ["record_start", "boot"]
+    assert entries[2].details == {"label": "m2", "at_us": 2000}
+    assert entries[5].details["note"] == "naïve ✓"
+    assert entries[0].prev == audit.ZERO_DIGEST
+    assert all(b.prev == a.digest for a, b in zip(entries, entries[1:]))
+    assert entries[-1].digest == again.head().digest
+    assert verify_audit(tmp_path, key.public_key(), device_id=DEVICE, anchor=head) == []
+
+
+def test_byte_format_matches_spec(tmp_path: Path, key) -> None:
+    clock = lambda: 1_700_000_000.5  # noqa: E731
+    AuditLog(tmp_path, key, DEVICE, clock=clock).append(Event.MARKER, label="é")
+    header, line, end = lines_of(only_file(tmp_path))
+    assert header == b'{"format":"bodycam-audit","version":1}' and end == b""
+    assert line.startswith(b'{"body":{"details":{"label":"\\u00e9"},"device":"cam-0001","event":"marker","mono_us":')
+    body, sig = line[len(b'{"body":'):-len(b',"sig":"') - 130], line[-130:-2]
+    assert line.endswith(b'"}') and line[-138:-130] == b',"sig":"'
+    obj = json.loads(body)
+    assert obj["utc"] == "2023-11-14T22:13:20.500000Z" and obj["seq"] == 0 and obj["v"] == 1
+    assert audit.canonical_json(obj) == body
+    key.public_key().verify(bytes.fromhex(sig.decode()), b"bodycam-audit-v1\x00" + body)  # raises if wrong
+    assert AuditLog(tmp_path, key, DEVICE).head() == AuditHead(0, hashlib.sha256(line).hexdigest())
+
+
+def test_rotation_chains_across_files(tmp_path: Path, key) -> None:
+    make_log(tmp_path, key, 12, max_file_bytes=1500)
+    files = sorted(p.name for p in tmp_path.glob("audit-*.log"))
+    assert len(files) >= 3 and files[0] == "audit-000000000000.log"
+    assert verify_audit(tmp_path, key.public_key()) == []
+    middle = tmp_path / files[1]
+    first_seq = int(files[1][6:18])
+    count = len(lines_of(middle)) - 2
+    middle.unlink()
+    problems = verify_audit(tmp_path, key.public_key())
+    want = f"entry {first_seq}" if count == 1 else f"entries {first_seq}-{first_seq + count - 1}"
+    assert problems == [f"{want} missing (removed)"]
+
+
+def test_altered_entry_is_named(tmp_path: Path, key) -> None:
+    make_log(tmp_path, key)
+    path = only_file(tmp_path)
+    lines = lines_of(path)
+    lines[4] = lines[4].replace(b'"label":"m3"', b'"label":"m9"')
+    write_lines(path, lines)
+    problems = verify_audit(tmp_path, key.public_key())
+    assert len(problems) == 1 and problems[0].startswith("entry 3 (") and "bad signature" in problems[0]
+
+
+def test_removed_middle_entry_is_named(tmp_path: Path, key) -> None:
+    make_log(tmp_path, key)
+    path = only_file(tmp_path)
+    lines = lines_of(path)
+    del lines[3]  # entry 2
+    write_lines(path, lines)
+    assert verify_audit(tmp_path, key.public_key()) == ["entry 2 missing (removed)"]
+
+
+def test_removed_first_entries_are_named(tmp_path: Path, key) -> None:
+    make_log(tmp_path, key)
+    path = only_file(tmp_path)
+    lines = lines_of(path)
+    del lines[1:3]  # entries 0 and 1
+    write_lines(path, lines)
+    problems = verify_audit(tmp_path, key.public_key())
+    assert "entries 0-1 missing (removed)" in problems
+
+
+def test_removed_tail_needs_an_anchor(tmp_path: Path, key) -> None:
+    log = make_log(tmp_path, key)
+    anchor = log.head()
+    path = only_file(tmp_path)
+    lines = lines_of(path)
+    write_lines(path, lines[:-3] + [b""])  # entries 4 and 5 removed
+    # The limit, stated honestly: the log alone cannot show its newest entries are gone ...
+    assert verify_audit(tmp_path, key.public_key()) == []
+    # ... but a head recorded earlier (by a manifest or a dock) can.
+    assert verify_audit(tmp_path, key.public_key(), anchor=anchor) == [
+        "log ends at entry 3 but entry 5 was recorded (newest entries removed)"]
+
+
+def test_reordered_entries_are_named(tmp_path: Path, key) -> None:
+    make_log(tmp_path, key)
+    path = only_file(tmp_path)
+    lines = lines_of(path)
+    lines[4], lines[5] = lines[5], lines[4]  # entries 3 and 4
+    write_lines(path, lines)
+    assert verify_audit(tmp_path, key.public_key()) == ["entry 3: out of order (appears after entry 4)"]
+
+
+def test_duplicated_entry_is_named(tmp_path: Path, key) -> None:
+    make_log(tmp_path, key)
+    path = only_file(tmp_path)
+    lines = lines_of(path)
+    lines.insert(5, lines[2])  # entry 1 again
+    write_lines(path, lines)
+    assert verify_audit(tmp_path, key.public_key()) == ["entry 1: duplicated"]
+
+
+def test_other_key_and_other_device_are_named(tmp_path: Path, key) -> None:
+    make_log(tmp_path, key, 3)
+    other = Ed25519PrivateKey.generate()
+    problems = verify_audit(tmp_path, other.public_key())
+    assert [p.split(" (")[0] for p in problems] == ["entry 0", "entry 1", "entry 2"]
+    assert all("bad signature" in p for p in problems)
+    assert verify_audit(tmp_path, key.public_key(), device_id="cam-0002") == [
+        f"entry {i}: from device 'cam-0001', not 'cam-0002'" for i in range(3)]
+
+
+def test_entry_re_signed_by_another_key_is_caught(tmp_path: Path, key) -> None:
+    """An attacker rewrites entry 2 and re-signs it (and re-chains) with a key of their own."""
+    make_log(tmp_path, key, 4)
+    path = only_file(tmp_path)
+    lines = lines_of(path)
+    attacker = Ed25519PrivateKey.generate()
+    obj = json.loads(lines[3][len(b'{"body":'):-138])
+    obj["details"]["label"] = "forged"
+    body = audit.canonical_json(obj)
+    sig = attacker.sign(b"bodycam-audit-v1\x00" + body).hex().encode()
+    lines[3] = b'{"body":' + body + b',"sig":"' + sig + b'"}'
+    write_lines(path, lines)
+    problems = verify_audit(tmp_path, key.public_key())
+    assert len(problems) == 1 and problems[0].startswith("entry 2 (") and "bad signature" in problems[0]
+
+
+def test_validly_signed_fork_breaks_the_chain(tmp_path: Path, key) -> None:
+    """Entries from a second log of the same device (same key) cannot be spliced in."""
+    make_log(tmp_path / "a", key, 4)
+    make_log(tmp_path / "b", key, 4)  # same seqs, different times
+    a, b = only_file(tmp_path / "a"), only_file(tmp_path / "b")
+    lines = lines_of(a)
+    lines[3] = lines_of(b)[3]  # entry 2 from the other log
+    write_lines(a, lines)
+    assert verify_audit(tmp_path / "a", key.public_key()) == [
+        "entry 2: does not chain to entry 1 (previous-entry digest mismatch)",
+        "entry 3: does not chain to entry 2 (previous-entry digest mismatch)"]
+
+
+def test_unknown_versions_are_refused(tmp_path: Path, key) -> None:
+    make_log(tmp_path, key, 2)
+    path = only_file(tmp_path)
+    lines = lines_of(path)
+    obj = json.loads(lines[2][len(b'{"body":'):-138])
+    obj["v"] = 2
+    body = audit.canonical_json(obj)
+    sig = key.sign(b"bodycam-audit-v1\x00" + body).hex().encode()
+    lines[2] = b'{"body":' + body + b',"sig":"' + sig + b'"}'
+    write_lines(path, lines)
+    assert verify_audit(tmp_path, key.public_key()) == [f"{path.name} line 3: unknown audit entry version 2"]
+
+    lines[0] = b'{"format":"bodycam-audit","version":2}'
+    write_lines(path, lines)
+    assert verify_audit(tmp_path, key.public_key()) == [f"{path.name}: unknown audit format version 2"]
+    with pytest.raises(AuditError, match="unknown audit format version 2"):
+        AuditLog(tmp_path, key, DEVICE)
+    with pytest.raises(AuditError, match="unknown audit format version 2"):
+        read_entries(tmp_path)
+
+
+def test_torn_tail_is_recovered_and_logged(tmp_path: Path, key) -> None:
+    make_log(tmp_path, key, 4)
+    path = only_file(tmp_path)
+    before = lines_of(path)
+    spare = tmp_path / "spare"
+    make_log(spare, key, 5)
+    half = lines_of(only_file(spare))[5][:150]  # half a record, as a power cut leaves it
+    with open(path, "ab") as f:
+        f.write(half)
+    problems = verify_audit(tmp_path, key.public_key())
+    assert problems == [f"{path.name}: torn last entry of 150 bytes (power cut, not yet recovered)"]
+    assert [e.seq for e in read_entries(tmp_path)] == [0, 1, 2, 3]
+
+    log = AuditLog(tmp_path, key, DEVICE)  # boot: recovery
+    assert verify_audit(tmp_path, key.public_key()) == []
+    after = lines_of(path)
+    assert after[:5] == before[:5]  # earlier entries byte for byte
+    entries = read_entries(tmp_path)
+    assert entries[-1].seq == 4 and entries[-1].event == Event.POWER_RECOVERY
+    assert entries[-1].details == {"what": "audit_log", "file": path.name, "dropped_bytes": 150,
+                                   "dropped_sha256": hashlib.sha256(half).hexdigest()}
+    log.append(Event.BOOT)
+    assert verify_audit(tmp_path, key.public_key()) == []
+
+
+def test_whole_entry_missing_only_its_line_feed_is_kept(tmp_path: Path, key) -> None:
+    make_log(tmp_path, key, 3)
+    path = only_file(tmp_path)
+    path.write_bytes(path.read_bytes()[:-1])
+    assert AuditLog(tmp_path, key, DEVICE).head().seq == 2
+    assert [e.event for e in read_entries(tmp_path)] == ["marker"] * 3
+    assert verify_audit(tmp_path, key.public_key()) == []
+
+
+CHILD = """
+import sys
+from pathlib import Path
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from secure_store.audit import AuditLog
+key = load_pem_private_key(Path(sys.argv[2]).read_bytes(), None)
+log = AuditLog(Path(sys.argv[1]), key, "cam-0001", max_file_bytes=20000)
+print("ready", flush=True)
+i = 0
+while True:
+    log.append("marker", label="x" * 300, n=i)
+    i += 1
+"""
+
+
+def test_sigkill_while_appending_then_recover(tmp_path: Path, key) -> None:
+    from secure_store.keys import private_pem
+    key_file = tmp_path / "device.key"
+    key_file.write_bytes(private_pem(key))
+    logdir = tmp_path / "audit"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for trial in range(3):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(logdir), str(key_file)],
+                                 stdout=subprocess.PIPE, env=env)
+        assert child.stdout.readline() == b"ready\n"
+        time.sleep(0.05 + 0.07 * trial)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+        AuditLog(logdir, key, DEVICE).append(Event.BOOT, trial=trial)
+        assert verify_audit(logdir, key.public_key(), device_id=DEVICE) == []
+    entries = read_entries(logdir)
+    assert [e.seq for e in entries] == list(range(len(entries)))
+    assert [e.details["trial"] for e in entries if e.event == "boot"] == [0, 1, 2]
+
+
+def test_threads_and_two_writers_keep_one_chain(tmp_path: Path, key) -> None:
+    first = AuditLog(tmp_path, key, DEVICE)
+    second = AuditLog(tmp_path, key, DEVICE)  # e.g. another process on the same directory
+
+    def work(log: AuditLog, tag: str) -> None:
+        for i in range(15):
+            log.append(Event.STATE_CHANGE, who=tag, i=i)
+
+    threads = [threading.Thread(target=work, args=(log, f"{n}{j}"))
+               for n, log in (("a", first), ("b", second)) for j in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    entries = read_entries(tmp_path)
+    assert [e.seq for e in entries] == list(range(60))
+    for tag in ("a0", "a1", "b0", "b1"):
+        assert [e.details["i"] for e in entries if e.details["who"] == tag] == list(range(15))
+    assert verify_audit(tmp_path, key.public_key()) == []
+
+
+def test_bad_appends_write_nothing(tmp_path: Path, key) -> None:
+    log = make_log(tmp_path, key, 1)
+    size = only_file(tmp_path).stat().st_size
+    for event, details in (("Bad Name", {}), ("", {}), ("marker", {"x": object()}),
+                           ("marker", {"x": float("nan")}), ("marker", {"x": "y" * 70000})):
+        with pytest.raises(AuditError):
+            log.append(event, **details)
+    assert only_file(tmp_path).stat().st_size == size
+    assert issubclass(AuditError, StoreError)
+    with pytest.raises(AuditError, match="Ed25519"):
+        AuditLog(tmp_path, object(), DEVICE)  # type: ignore[arg-type]
+
+
+# --- fuzzing: malformed input gives clear problems or AuditError, never a crash or a hang ---
+
+_PROTO = tempfile.mkdtemp(prefix="audit-proto-")
+_KEY = Ed25519PrivateKey.generate()
+make_log(Path(_PROTO), _KEY, 4)
+VALID = only_file(Path(_PROTO)).read_bytes()
+
+
+def _check_parsers(data: bytes) -> list[str]:
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "audit-000000000000.log").write_bytes(data)
+        problems = verify_audit(Path(d), _KEY.public_key())
+        assert all(isinstance(p, str) and "\n" not in p for p in problems)
+        try:
+            read_entries(Path(d))
+        except AuditError:
+            pass
+        try:
+            AuditLog(Path(d), _KEY, DEVICE).append(Event.BOOT)
+        except AuditError:
+            pass
+        return problems
+
+
+@given(st.binary(max_size=600))
+def test_fuzz_random_bytes(data: bytes) -> None:
+    _check_parsers(data)
+    _check_parsers(audit.HEADER + data)
+
+
+@given(st.integers(0, len(VALID) - 1), st.integers(1, 255))
+def test_fuzz_any_flipped_byte_is_detected(pos: int, xor: int) -> None:
+    data = bytearray(VALID)
+    data[pos] ^= xor
+    assert _check_parsers(bytes(data)) != []
+
+
+@given(st.lists(st.sampled_from([b"{", b"[", b'"', b"\\", b"}", b",", b":", b"1e999999", b"9" * 5000,
+                                 b'{"body":', b',"sig":"', b'"}', b"\n", b"a" * 128, b"\x00", b"\xff"]),
+                max_size=300))
+def test_fuzz_structured_junk(parts: list[bytes]) -> None:
+    _check_parsers(audit.HEADER + b"".join(parts))
+
+
+def teardown_module() -> None:
+    shutil.rmtree(_PROTO, ignore_errors=True)
