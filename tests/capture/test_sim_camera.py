@@ -1,0 +1,60 @@
+"""The simulated camera: deterministic frames that carry a readable number."""
+
+import numpy as np
+import pytest
+
+from hw_sim.camera import FrameNumberError, SimCamera, read_frame_number, strip_region
+
+
+@pytest.mark.parametrize("size", [(320, 240), (1280, 720), (1920, 1080)])
+def test_frame_number_reads_back_from_raw_image(size):
+    camera = SimCamera(*size, start_number=0)
+    for number in (0, 1, 2, 255, 256, 65_535, 1_234_567, (1 << 24) - 1):
+        assert read_frame_number(camera.render(number)) == number
+
+
+def test_iteration_yields_numbers_images_and_exact_timestamps():
+    camera = SimCamera(320, 240, fps=30, start_number=300)
+    frames = list(camera.frames(31))
+    assert [n for n, _, _ in frames] == list(range(300, 331))
+    assert [t for _, _, t in frames] == [round(n * 1_000_000 / 30) for n in range(300, 331)]
+    # Timestamps spaced 1/fps without drift: 30 frames later is exactly one second later.
+    assert frames[30][2] - frames[0][2] == 1_000_000
+    assert all(read_frame_number(image) == n for n, image, _ in frames)
+
+
+def test_scene_moves_and_is_deterministic():
+    a, b = SimCamera(320, 240), SimCamera(320, 240)
+    first, second = a.render(10), a.render(11)
+    assert np.array_equal(first, b.render(10))
+    x0, y0, x1, y1 = strip_region(320, 240)
+    scene_first, scene_second = first[y1:], second[y1:]
+    assert np.count_nonzero(scene_first != scene_second) > scene_first.size // 2
+
+
+def test_each_image_is_a_fresh_array():
+    camera = SimCamera(320, 240)
+    (_, image, _), = camera.frames(1)
+    image[:] = 0
+    assert read_frame_number(camera.render(0)) == 0
+
+
+def test_damaged_strip_is_reported_not_misread():
+    image = SimCamera(320, 240).render(4242)
+    image[:32, :16] = 255 - image[:32, :16]  # flip the first bit
+    with pytest.raises(FrameNumberError, match="check failed"):
+        read_frame_number(image)
+    with pytest.raises(FrameNumberError):
+        read_frame_number(np.zeros((240, 320, 3), np.uint8))
+    with pytest.raises(FrameNumberError, match="too small"):
+        read_frame_number(np.zeros((8, 8), np.uint8))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(clock="slow"), dict(width=321), dict(width=64, height=48), dict(fps=0), dict(start_number=-1)],
+)
+def test_bad_settings_are_refused(kwargs):
+    settings = dict(width=320, height=240) | kwargs
+    with pytest.raises(ValueError):
+        SimCamera(**settings)
