@@ -1,0 +1,143 @@
+"""The Raspberry Pi camera source: picamera2 captures, overlays and encodes into our buffer.
+
+picamera2 is imported only when a :class:`PiCameraSource` is made, so the rest
+of the recorder (and the simulation) runs where picamera2 and libcamera do not.
+
+- ``Picamera2`` with a video configuration of the main stream in ``"RGB888"``
+  (BGR bytes in memory, what OpenCV draws on) at ``fps`` (``FrameRate``);
+- the overlay burned in ``pre_callback`` through a ``MappedArray``, so the
+  encoder sees it and the picture carries it;
+- ``H264Encoder(bitrate=..., repeat=True, iperiod=fps)``: SPS/PPS at every
+  keyframe and a keyframe every second. On a Pi 4 that is the V4L2 hardware
+  encoder; on a Pi 5 picamera2 exports ``LibavH264Encoder`` under the same name
+  (libx264, as :class:`recorder.encoders.PyAVEncoder`);
+- our output (the pre-event buffer) behind a thin subclass of picamera2's
+  ``Output``: picamera2 encoders refuse outputs that are not instances of it.
+  They call ``outputframe(frame, keyframe, timestamp_us, packet, audio)``,
+  which the adapter forwards as ``bytes`` with its keyframe flag and timestamp.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from buffer.frame import Output
+from recorder.overlay import burn_overlay
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PiCameraError", "PiCameraSource"]
+
+STREAM = "main"
+PIXEL_FORMAT = "RGB888"
+
+
+class PiCameraError(RuntimeError):
+    """The Pi camera cannot be used (picamera2 missing, or started/stopped out of turn)."""
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _adapt(output: Output, picamera2_output_class: type) -> Any:
+    """Wrap ``output`` in a subclass of picamera2's ``Output`` made here, at run time."""
+
+    class BufferOutput(picamera2_output_class):  # type: ignore[misc, valid-type]
+        """Forwards picamera2 encoder packets to one of our outputs."""
+
+        def __init__(self, target: Output) -> None:
+            super().__init__()
+            self.target = target
+
+        def outputframe(
+            self,
+            frame: bytes,
+            keyframe: bool = True,
+            timestamp: int | None = None,
+            packet: object = None,
+            audio: bool = False,
+        ) -> None:
+            if audio:
+                return  # video only: no audio stream is configured, ignore if one appears
+            self.target.outputframe(bytes(frame), bool(keyframe), timestamp)
+
+    return BufferOutput(output)
+
+
+class PiCameraSource:
+    """Camera → overlay → hardware (or libx264) H.264 → ``output``, run by picamera2's threads.
+
+    ``start()`` begins recording into ``output``; ``stop()`` ends it (picamera2
+    flushes its encoder first); ``close()`` releases the camera.
+    """
+
+    def __init__(
+        self,
+        output: Output,
+        width: int = 1920,
+        height: int = 1080,
+        fps: int = 30,
+        bitrate: int = 10_000_000,
+        device_id: str = "",
+        utc_clock: Callable[[], dt.datetime] = _utc_now,
+    ) -> None:
+        try:
+            from picamera2 import MappedArray, Picamera2
+            from picamera2.encoders import H264Encoder
+            from picamera2.outputs import Output as Picamera2Output
+        except ImportError as exc:
+            raise PiCameraError(
+                f"the Pi camera needs picamera2 (pip install bodycam[pi] or apt install python3-picamera2): {exc}"
+            ) from exc
+        self.output = output
+        self.width, self.height, self.fps, self.bitrate = width, height, fps, bitrate
+        self.device_id = device_id
+        self._utc_clock = utc_clock
+        self._mapped_array = MappedArray
+        self.picam2 = Picamera2()
+        config = self.picam2.create_video_configuration(
+            main={"size": (width, height), "format": PIXEL_FORMAT},
+            controls={"FrameRate": fps},
+        )
+        self.picam2.configure(config)
+        self.picam2.pre_callback = self._burn_overlay
+        self.encoder = H264Encoder(bitrate=bitrate, repeat=True, iperiod=fps)
+        self._picamera2_output = _adapt(output, Picamera2Output)
+        self._recording = False
+        logger.info("Pi camera %dx%d@%d, %d bit/s", width, height, fps, bitrate)
+
+    def _burn_overlay(self, request: Any) -> None:
+        """picamera2 ``pre_callback``: runs on every frame before the encoder sees it."""
+        with self._mapped_array(request, STREAM) as mapped:
+            burn_overlay(mapped.array, self.device_id, self._utc_clock())
+
+    def start(self) -> None:
+        if self._recording:
+            raise PiCameraError("the Pi camera is already recording")
+        self.picam2.start_recording(self.encoder, self._picamera2_output)
+        self._recording = True
+
+    def stop(self) -> None:
+        if not self._recording:
+            return
+        self._recording = False
+        self.picam2.stop_recording()
+
+    def close(self) -> None:
+        self.stop()
+        self.picam2.close()
+
+    @property
+    def recording(self) -> bool:
+        return self._recording
+
+    def __enter__(self) -> PiCameraSource:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
