@@ -1,0 +1,292 @@
+"""A/B firmware slots: the durable slot state, verified boot, trial boots and rollback.
+
+::
+
+    ROOT/firmware/state.json      which slot is active, each slot's version and status
+    ROOT/firmware/slot-a/         manifest.bin (signed header + manifest) and files/
+    ROOT/firmware/slot-b/
+    ROOT/firmware/.lock           held while installing or booting
+
+A slot is ``empty``, ``installing``, ``trial``, ``good`` or ``bad``. A fresh device runs
+the factory firmware in slot a (no files: the read-only system image). An install fills the
+inactive slot, then one atomic write of state.json makes it the active ``trial`` slot. Each
+boot of a trial slot is counted before it runs; a trial slot not marked healthy within
+``max_boot_tries`` boots, or any slot whose files no longer match its signed manifest, is
+marked ``bad`` and the device boots the other slot. State changes go through
+``write_atomic``, so a power cut leaves the old state or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from firmware import __version__ as FACTORY_VERSION
+from firmware.image import ImageError, parse_version, read_manifest
+from secure_store import keys
+from secure_store.audit import Event
+from secure_store.durable import write_atomic
+from secure_store.layout import DeviceRoot
+
+log = logging.getLogger(__name__)
+
+SLOTS = ("a", "b")
+STATE_FORMAT = 1
+DEFAULT_MAX_BOOT_TRIES = 3
+STATUSES = ("empty", "installing", "trial", "good", "bad")
+
+
+class UpdateError(Exception):
+    """A firmware update, boot or slot operation failed; the message says why."""
+
+    exit_code = 1
+
+
+class UpdateRefused(UpdateError):
+    """The update was refused before anything changed (recording, downgrade, not provisioned)."""
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def other(slot: str) -> str:
+    return "b" if slot == "a" else "a"
+
+
+def slot_dir(root: DeviceRoot, slot: str) -> Path:
+    return root.firmware / f"slot-{slot}"
+
+
+def state_path(root: DeviceRoot) -> Path:
+    return root.firmware / "state.json"
+
+
+def factory_state(max_boot_tries: int = DEFAULT_MAX_BOOT_TRIES) -> dict:
+    """The state of a device that has never been updated: factory firmware in slot a."""
+    return {
+        "state_format": STATE_FORMAT,
+        "active": "a",
+        "floor": FACTORY_VERSION,
+        "max_boot_tries": max_boot_tries,
+        "slots": {
+            "a": {"status": "good", "version": FACTORY_VERSION, "factory": True},
+            "b": {"status": "empty"},
+        },
+    }
+
+
+def load_state(root: DeviceRoot) -> dict:
+    """The slot state; the factory state if there is none yet."""
+    try:
+        raw = state_path(root).read_bytes()
+    except FileNotFoundError:
+        return factory_state()
+    try:
+        state = json.loads(raw)
+        ok = (
+            state["state_format"] == STATE_FORMAT
+            and state["active"] in SLOTS
+            and all(state["slots"][s]["status"] in STATUSES for s in SLOTS)
+        )
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise UpdateError(f"{state_path(root)} is not a valid slot state file")
+    return state
+
+
+def save_state(root: DeviceRoot, state: dict) -> None:
+    root.firmware.mkdir(parents=True, exist_ok=True)
+    write_atomic(state_path(root), json.dumps(state, indent=1, sort_keys=True).encode() + b"\n", 0o644)
+
+
+@contextlib.contextmanager
+def slot_lock(root: DeviceRoot, *, wait: bool = True) -> Iterator[None]:
+    """One installer or boot at a time; the kernel drops the lock if its holder dies."""
+    root.firmware.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root.firmware / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise UpdateRefused("another firmware install or boot is in progress") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def vendor_key(root: DeviceRoot) -> keys.PublicKey:
+    if not root.vendor_pub.exists():
+        raise UpdateRefused(f"device {root.root} is not provisioned (no {root.vendor_pub.name})")
+    return keys.load_public_key(root.vendor_pub, "vendor")
+
+
+def verify_slot(root: DeviceRoot, slot: str, state: dict) -> None:
+    """Check a slot's files against its signed manifest: same set, sizes, hashes and modes."""
+    info = state["slots"][slot]
+    if info.get("factory"):
+        return
+    base = slot_dir(root, slot)
+    try:
+        with open(base / "manifest.bin", "rb") as f:
+            manifest = read_manifest(f, vendor_key(root))
+            if f.read(1):
+                raise ImageError("manifest.bin has trailing data")
+    except OSError as exc:
+        raise UpdateError(f"slot {slot}: cannot read manifest.bin: {exc.strerror}") from None
+    except ImageError as exc:
+        raise UpdateError(f"slot {slot}: {exc}") from None
+    if manifest.digest != info.get("manifest_sha256") or manifest.version != info.get("version"):
+        raise UpdateError(f"slot {slot}: manifest is not the one installed")
+    files = base / "files"
+    expected = {e.path: e for e in manifest.files}
+    found: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(files):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            found.add(Path(dirpath, name).relative_to(files).as_posix())
+    if found != set(expected):
+        extra, missing = sorted(found - set(expected)), sorted(set(expected) - found)
+        raise UpdateError(f"slot {slot}: files differ from manifest (extra {extra[:3]}, missing {missing[:3]})")
+    for path, entry in expected.items():
+        full = files / path
+        st = os.lstat(full)
+        if not os.path.isfile(full) or os.path.islink(full) or st.st_mode & 0o777 != entry.mode:
+            raise UpdateError(f"slot {slot}: {path} is not a regular file of mode {entry.mode:o}")
+        digest = hashlib.sha256()
+        with open(full, "rb") as f:
+            for block in iter(lambda: f.read(1 << 16), b""):
+                digest.update(block)
+        if digest.hexdigest() != entry.sha256:
+            raise UpdateError(f"slot {slot}: {path} does not match its SHA-256")
+
+
+@dataclass(frozen=True)
+class BootResult:
+    """What the boot loader chose: the slot to run and whether it had to roll back."""
+
+    slot: str
+    version: str
+    status: str
+    path: Path | None  # the slot's files/ directory, None for the factory firmware
+    rolled_back_from: str | None = None
+    reason: str | None = None
+
+
+def _result(root: DeviceRoot, state: dict, rolled_from: str | None = None, reason: str | None = None) -> BootResult:
+    slot = state["active"]
+    info = state["slots"][slot]
+    path = None if info.get("factory") else slot_dir(root, slot) / "files"
+    return BootResult(slot, info["version"], info["status"], path, rolled_from, reason)
+
+
+FIRMWARE_BOOT = "firmware_boot"  # an audit event name of ours (secure_store.audit.Event has the rest)
+
+
+def device_audit(root: DeviceRoot, audit: object | None) -> object | None:
+    """The caller's AuditLog, else the device's own (None on an unprovisioned device)."""
+    if audit is not None:
+        return audit
+    from firmware.provision import is_provisioned, open_audit
+
+    return open_audit(root) if is_provisioned(root) else None
+
+
+def audit_event(audit: object | None, event: str, **details: object) -> None:
+    """One audit entry through the caller's ``AuditLog`` (no-op without one)."""
+    if audit is not None:
+        audit.append(event, **details)  # type: ignore[attr-defined]
+
+
+def cleanup_staging(root: DeviceRoot) -> None:
+    """Remove half-written staging directories left by an install that died."""
+    if root.firmware.is_dir():
+        for entry in root.firmware.glob(".staging-*"):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def boot_slot(root: str | Path | DeviceRoot, *, audit: object | None = None, verify: bool = True) -> BootResult:
+    """Choose the slot to run at boot, counting trial boots and rolling back by itself.
+
+    Call once per boot, before running the firmware. Raises UpdateError only if no slot
+    can run at all.
+    """
+    root = root if isinstance(root, DeviceRoot) else DeviceRoot(root)
+    audit = device_audit(root, audit)
+    with slot_lock(root):
+        cleanup_staging(root)
+        state = load_state(root)
+        slot = state["active"]
+        info = state["slots"][slot]
+        reason = None
+        if info["status"] == "trial" and info.get("boots", 0) >= state["max_boot_tries"]:
+            reason = f"not marked healthy within {state['max_boot_tries']} boots"
+        elif info["status"] not in ("trial", "good"):
+            reason = f"active slot is {info['status']}"
+        elif verify:
+            try:
+                verify_slot(root, slot, state)
+            except UpdateError as exc:
+                reason = f"failed verification: {exc}"
+        if reason is None:
+            if info["status"] == "trial":
+                info["boots"] = info.get("boots", 0) + 1
+                save_state(root, state)  # counted before it runs: a crash loop still ends
+            audit_event(audit, FIRMWARE_BOOT, slot=slot, version=info["version"],
+                   status=info["status"], boots=info.get("boots"))
+            log.info("booting slot %s (%s, %s)", slot, info["version"], info["status"])
+            return _result(root, state)
+        fallback = other(slot)
+        fb_info = state["slots"][fallback]
+        if fb_info["status"] != "good":
+            raise UpdateError(f"slot {slot} {reason} and slot {fallback} is {fb_info['status']}: nothing to boot")
+        if verify:
+            try:
+                verify_slot(root, fallback, state)
+            except UpdateError as exc:
+                raise UpdateError(f"slot {slot} {reason} and {exc}: nothing to boot") from None
+        info.update(status="bad", reason=reason)
+        state["active"] = fallback
+        save_state(root, state)
+        log.warning("slot %s %s: rolled back to slot %s (%s)", slot, reason, fallback, fb_info["version"])
+        audit_event(audit, Event.FIRMWARE_ROLLBACK, from_slot=slot, from_version=info["version"],
+               to_slot=fallback, to_version=fb_info["version"], reason=reason)
+        return _result(root, state, slot, reason)
+
+
+def mark_healthy(root: str | Path | DeviceRoot, *, audit: object | None = None) -> BootResult:
+    """The running firmware passed its health check: its trial slot becomes good.
+
+    Raises the anti-rollback floor to its version. A no-op on a slot that is already good.
+    """
+    root = root if isinstance(root, DeviceRoot) else DeviceRoot(root)
+    with slot_lock(root):
+        state = load_state(root)
+        slot = state["active"]
+        info = state["slots"][slot]
+        if info["status"] == "trial":
+            audit = device_audit(root, audit)
+            info["status"] = "good"
+            info["healthy_utc"] = utc_now()
+            if parse_version(info["version"]) > parse_version(state["floor"]):
+                state["floor"] = info["version"]
+            save_state(root, state)
+            log.info("slot %s (%s) marked healthy", slot, info["version"])
+            audit_event(audit, Event.FIRMWARE_HEALTHY, slot=slot, version=info["version"],
+                   boots=info.get("boots", 0))
+        return _result(root, state)
+
+
+def status(root: str | Path | DeviceRoot) -> dict:
+    """The slot state as stored (for `bodycam firmware status` and the daemon)."""
+    root = root if isinstance(root, DeviceRoot) else DeviceRoot(root)
+    return load_state(root)
