@@ -75,7 +75,9 @@ class Event:
     DOCK_ENROLLED = "dock_enrolled"
     OFFLOAD_START = "offload_start"
     OFFLOAD_CONFIRM = "offload_confirm"
-    RELEASE = "release"  # evidence deleted after a confirmed offload
+    DELETE = "delete"  # evidence deleted by EvidenceStore.release after a confirmed offload
+    RELEASE = DELETE
+    RELEASE_REFUSED = "release_refused"
     FIRMWARE_INSTALL = "firmware_install"
     FIRMWARE_REJECTED = "firmware_rejected"
     FIRMWARE_ROLLBACK = "firmware_rollback"
@@ -119,6 +121,10 @@ def canonical_json(obj: Any) -> bytes:
 
 def _utc(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _monotonic_us() -> int:
+    return time.monotonic_ns() // 1000
 
 
 def _split_line(line: bytes, where: str) -> tuple[bytes, bytes]:
@@ -202,13 +208,14 @@ class AuditLog:
     """
 
     def __init__(self, directory: Path, signing_key: Ed25519PrivateKey, device_id: str, *,
-                 clock: Callable[[], float] = time.time, max_file_bytes: int = DEFAULT_FILE_BYTES) -> None:
+                 clock: Callable[[], float] = time.time, monotonic_us: Callable[[], int] = _monotonic_us,
+                 max_file_bytes: int = DEFAULT_FILE_BYTES) -> None:
         if not isinstance(signing_key, Ed25519PrivateKey):
             raise AuditError("the audit log needs the device's Ed25519 signing key")
         self.directory = Path(directory)
         self.device_id = device_id
         self._key = signing_key
-        self._clock = clock
+        self._clock, self._monotonic_us = clock, monotonic_us
         self._max_file_bytes = max_file_bytes
         self._lock = threading.Lock()
         self._file: Path | None = None
@@ -296,7 +303,7 @@ class AuditLog:
     def _append_locked(self, event: str, details: dict) -> None:
         seq = self._head.seq + 1
         body_obj = {"v": VERSION, "seq": seq, "device": self.device_id, "utc": _utc(self._clock()),
-                    "mono_us": time.monotonic_ns() // 1000, "event": event, "details": details,
+                    "mono_us": self._monotonic_us(), "event": event, "details": details,
                     "prev": self._head.digest}
         try:
             body = canonical_json(body_obj)
