@@ -1,0 +1,114 @@
+"""LED, buzzer and haptic patterns, read back from MockFactory pins."""
+
+import time
+
+import pytest
+from gpiozero import LED, Buzzer, PWMOutputDevice
+
+from firmware.signals import CUES, LIGHTS, WARNINGS, Signals
+from hw_sim.pins import sim_pin_factory
+
+PINS = {"green": 5, "red": 6, "amber": 13, "buzzer": 19, "haptic": 12}
+
+
+@pytest.fixture
+def rig():
+    factory = sim_pin_factory()
+    signals = Signals(
+        green=LED(PINS["green"], pin_factory=factory),
+        red=LED(PINS["red"], pin_factory=factory),
+        amber=LED(PINS["amber"], pin_factory=factory),
+        buzzer=Buzzer(PINS["buzzer"], pin_factory=factory),
+        haptic=PWMOutputDevice(PINS["haptic"], pin_factory=factory),
+    )
+    pins = {name: factory.pin(number) for name, number in PINS.items()}
+    for pin in pins.values():
+        pin.clear_states()
+    yield signals, pins
+    signals.close()
+
+
+def levels(pin):
+    return [bool(s.state) for s in pin.states]
+
+
+def test_recording_is_solid_red_and_buffering_blinks_green(rig):
+    signals, pins = rig
+    signals.show("buffering")
+    time.sleep(0.25)
+    assert pins["green"].state == 0 and levels(pins["green"])[:3] == [False, True, False]
+    signals.show("recording")
+    assert pins["red"].state == 1 and pins["green"].state == 0
+
+
+def test_start_cue_is_two_beeps_and_two_vibrations(rig):
+    signals, pins = rig
+    signals.cue("start")
+    signals.wait_idle()
+    pins["buzzer"].assert_states_and_times([(0.0, False), (0.0, True), (0.1, False), (0.1, True), (0.1, False)])
+    pins["haptic"].assert_states_and_times([(0.0, 0), (0.0, 1), (0.2, 0), (0.1, 1), (0.2, 0)])
+    assert levels(pins["buzzer"]).count(True) == 2 and levels(pins["haptic"]).count(True) == 2
+
+
+def test_stop_cue_is_one_long(rig):
+    signals, pins = rig
+    signals.cue("stop")
+    signals.wait_idle()
+    assert levels(pins["buzzer"]) == [False, True, False]
+    assert levels(pins["haptic"]) == [False, True, False]
+    pins["buzzer"].assert_states_and_times([(0.0, False), (0.0, True), (1.0, False)])
+
+
+def test_every_cue_and_warning_is_distinct():
+    shapes = {(c.beep, c.buzz) for c in CUES.values()}
+    assert len(shapes) == len(CUES)
+    assert len(set(WARNINGS.values())) == len(WARNINGS)
+    assert LIGHTS["recording"][0] == "red" and LIGHTS["buffering"][0] == "green"
+
+
+def test_amber_shows_the_most_urgent_warning(rig):
+    signals, pins = rig
+    signals.warn({"storage_nearly_full"})
+    assert pins["amber"].state == 1 and levels(pins["amber"]) == [False, True]  # solid
+    signals.warn({"storage_nearly_full", "storage_full"})
+    time.sleep(0.35)
+    assert levels(pins["amber"]).count(True) >= 2  # storage full blinks fast over the solid one
+    signals.warn(set())
+    assert pins["amber"].state == 0
+
+
+def test_stealth_silences_leds_sound_and_vibration(rig):
+    signals, pins = rig
+    signals.show("recording")
+    signals.warn({"battery_low"})
+    signals.stealth = True
+    for pin in pins.values():
+        pin.clear_states()
+    signals.cue("start")
+    signals.cue("reminder")
+    signals.show("recording")
+    signals.warn({"storage_full"})
+    signals.wait_idle()
+    time.sleep(0.3)
+    for name, pin in pins.items():
+        assert levels(pin) == [False], name  # nothing lit, beeped or buzzed
+    signals.stealth = False
+    assert pins["red"].state == 1  # the state light comes back; stealth changed nothing else
+    assert signals.light == "recording" and signals.warnings == {"storage_full"}
+
+
+def test_missing_parts_are_fine():
+    signals = Signals()
+    signals.show("recording")
+    signals.cue("start")
+    signals.warn({"battery_low"})
+    signals.wait_idle()
+    signals.close()
+
+
+def test_unknown_names_are_refused(rig):
+    signals, _ = rig
+    with pytest.raises(ValueError):
+        signals.cue("fanfare")
+    with pytest.raises(ValueError):
+        signals.show("disco")
