@@ -1,0 +1,212 @@
+"""SegmentSealer: the recorder's ChunkSink that encrypts, appends and fsyncs each chunk.
+
+One segment = one file ``seg-NNNNNNNNNN.seg`` (header, then one record per GOP)
+plus, once sealed, ``seg-NNNNNNNNNN.manifest`` signed by the device. Each
+segment has a fresh data key that only the agency can unwrap; the sealer
+forgets it when the segment ends. docs/FORMAT.md is the byte-level spec.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from buffer.frame import Frame
+from recorder.chunk import encode_chunk
+from secure_store import keys
+from secure_store.chain import ChainHead, save_head
+from secure_store.durable import fsync_dir, write_atomic
+from secure_store.errors import SealerStateError, StorageFull
+from secure_store.format import (
+    ChunkMeta, Manifest, Marker, SegmentHeader, seal_record, sha256, wrap_data_key,
+)
+
+if TYPE_CHECKING:
+    from secure_store.store import EvidenceStore
+
+log = logging.getLogger(__name__)
+
+SEGMENT_SUFFIX = ".seg"
+MANIFEST_SUFFIX = ".manifest"
+MANIFEST_HEADROOM = 64 * 1024  # room kept free so a segment can always be sealed
+
+
+def segment_stem(seq: int) -> str:
+    return f"seg-{seq:010d}"
+
+
+@dataclass
+class SegmentTally:
+    """What the manifest will say about the chunks written so far."""
+
+    chunk_digests: list[bytes] = field(default_factory=list)
+    frame_count: int = 0
+    first_ts_us: int | None = None
+    last_ts_us: int = 0
+
+    def add(self, meta: ChunkMeta, digest: bytes) -> None:
+        self.chunk_digests.append(digest)
+        if meta.frame_count:
+            self.frame_count += meta.frame_count
+            if self.first_ts_us is None:
+                self.first_ts_us = meta.first_ts_us
+            self.last_ts_us = meta.last_ts_us
+
+
+def seal_manifest(store: "EvidenceStore", header: SegmentHeader, header_digest: bytes, tally: SegmentTally,
+                  markers: Sequence[Marker], *, recovered: bool, storage_full: bool) -> Manifest:
+    """Sign the manifest, write it durably next to its segment, advance the chain head."""
+    head = store.chain_head
+    if header.segment_seq != head.next_seq:
+        raise SealerStateError(f"segment {header.segment_seq} does not follow chain head {head.seq}")
+    first = tally.first_ts_us or 0
+    unsigned = Manifest(
+        device_id=header.device_id, device_key_fp=header.device_key_fp, segment_seq=header.segment_seq,
+        recording_id=header.recording_id, index=header.index, header_digest=header_digest,
+        recovered=recovered, storage_full=storage_full, frame_count=tally.frame_count,
+        first_ts_us=first, last_ts_us=tally.last_ts_us, utc_offset_us=header.utc_offset_us,
+        clock_source=header.clock_source, first_utc_us=first + header.utc_offset_us,
+        last_utc_us=tally.last_ts_us + header.utc_offset_us, prev_digest=head.digest,
+        chunk_digests=tuple(tally.chunk_digests), markers=tuple(markers),
+    )
+    manifest = Manifest(**{**unsigned.__dict__, "signature": store.signing_key.sign(unsigned.signed_bytes())})
+    data = manifest.encode()
+    path = store.root.evidence / (segment_stem(header.segment_seq) + MANIFEST_SUFFIX)
+    write_atomic(path, data, 0o644, overwrite=False)
+    store.note_written(len(data))
+    store.chain_head = ChainHead(header.segment_seq, manifest.digest)
+    save_head(store.root.state, store.chain_head)
+    store.audit.append("segment_sealed", segment=path.stem, seq=header.segment_seq,
+                       recording_id=header.recording_id, index=header.index, chunks=len(tally.chunk_digests),
+                       frames=tally.frame_count, recovered=recovered, manifest_sha256=manifest.digest.hex())
+    log.info("sealed %s: %d chunks, %d frames%s", path.name, len(tally.chunk_digests), tally.frame_count,
+             " (recovered)" if recovered else "")
+    return manifest
+
+
+class SegmentSealer:
+    """Implements recorder.ChunkSink; get one from ``EvidenceStore.open_sealer()``.
+
+    Chunks are sealed with ``final=0``; ``end_segment`` appends an empty chunk
+    sealed with ``final=1``, so a decryptor notices a truncated segment even
+    without the manifest. ``write_chunk`` raises StorageFull after sealing the
+    segment cleanly when the store has no room for the chunk.
+    """
+
+    def __init__(self, store: "EvidenceStore") -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._open = False
+        self._stopped_full = False
+
+    @property
+    def recording(self) -> bool:
+        """True between begin_segment and end_segment."""
+        return self._open
+
+    def begin_segment(self, recording_id: str, index: int) -> None:
+        with self._lock:
+            if self._open:
+                raise SealerStateError("begin_segment while a segment is open; call end_segment first")
+            self._store.check_room(MANIFEST_HEADROOM * 2, during="begin_segment")
+            self._recording_id, self._index = recording_id, index
+            self._data_key = AESGCM.generate_key(256)
+            self._aead = AESGCM(self._data_key)
+            self._wrapped = wrap_data_key(self._data_key, self._store.agency_public_key)
+            self._header: SegmentHeader | None = None
+            self._fd: int | None = None
+            self._tally = SegmentTally()
+            self._markers: list[Marker] = []
+            self._open, self._stopped_full = True, False
+
+    def write_chunk(self, frames: Sequence[Frame]) -> None:
+        with self._lock:
+            if not self._open:
+                if self._stopped_full:
+                    raise StorageFull("storage full: recording stopped, segment sealed")
+                raise SealerStateError("write_chunk without begin_segment")
+            if not frames:
+                return
+            plaintext = encode_chunk(frames)
+            needed = len(plaintext) + 64 + MANIFEST_HEADROOM + 32 * len(self._tally.chunk_digests)
+            if not self._store.has_room(needed):
+                self._finish(storage_full=True)
+                self._stopped_full = True
+                self._store.report_full(during="write_chunk", segment=segment_stem(self._header_seq()))
+                raise StorageFull("storage full: recording stopped, segment sealed")
+            if self._header is None:
+                self._write_header(self._store.clock_us() - frames[-1].timestamp_us)
+            meta = ChunkMeta(False, len(frames), frames[0].timestamp_us, frames[-1].timestamp_us)
+            self._append(meta, plaintext)
+
+    def add_marker(self, timestamp_us: int, label: str) -> None:
+        with self._lock:
+            if not self._open:
+                raise SealerStateError("add_marker without an open segment")
+            self._markers.append(Marker(int(timestamp_us), label))
+
+    def end_segment(self) -> None:
+        with self._lock:
+            if not self._open:
+                if self._stopped_full:
+                    return  # already sealed when storage ran out
+                raise SealerStateError("end_segment without begin_segment")
+            self._finish(storage_full=False)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _header_seq(self) -> int:
+        return self._header.segment_seq if self._header else self._store.chain_head.next_seq
+
+    def _write_header(self, utc_offset_us: int) -> None:
+        device_pub = self._store.signing_key.public_key()
+        self._header = SegmentHeader(
+            device_id=self._store.device_id, device_key_fp=sha256(keys.raw_public(device_pub)),
+            agency_key_fp=sha256(keys.raw_public(self._store.agency_public_key)),
+            segment_seq=self._store.chain_head.next_seq, recording_id=self._recording_id, index=self._index,
+            utc_offset_us=utc_offset_us, clock_source=self._store.clock_source(), wrapped_key=self._wrapped,
+        )
+        raw = self._header.encode()
+        self._header_digest = sha256(raw)
+        path = self._store.root.evidence / (segment_stem(self._header.segment_seq) + SEGMENT_SUFFIX)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        self._write_all(raw)
+        os.fsync(self._fd)
+        fsync_dir(path.parent)
+        self._path = path
+
+    def _append(self, meta: ChunkMeta, plaintext: bytes) -> None:
+        index = len(self._tally.chunk_digests)
+        record, digest = seal_record(self._aead, self._header_digest, index, meta, plaintext)
+        self._write_all(record)
+        os.fsync(self._fd)
+        self._store.note_written(len(record))
+        self._tally.add(meta, digest)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def _finish(self, *, storage_full: bool) -> None:
+        """Append the final chunk, close the file and sign the manifest."""
+        try:
+            if self._header is None:
+                self._write_header(self._store.clock_us())
+            last = self._tally.last_ts_us
+            self._append(ChunkMeta(True, 0, last, last), b"")
+            os.close(self._fd)
+            self._fd = None
+            seal_manifest(self._store, self._header, self._header_digest, self._tally, self._markers,
+                          recovered=False, storage_full=storage_full)
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+            self._open = False
+            self._data_key = self._aead = None  # forget the key: the device cannot decrypt it any more

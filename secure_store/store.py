@@ -1,0 +1,220 @@
+"""EvidenceStore: the device's sealed evidence directory and the only way out of it.
+
+Evidence is written by a SegmentSealer (``open_sealer``), closed after a power
+cut by ``recover``, listed for the dock by ``list_evidence`` and deleted only by
+``release`` with the SHA-256 of the segment's signed manifest as confirmation.
+Free space is checked before and during recording against the disk (minus a
+reserve) and an optional quota.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+
+from secure_store.chain import ChainHead, load_head
+from secure_store.durable import fsync_dir
+from secure_store.errors import FormatError, KeyMissing, ReleaseRefused, StorageFull, StoreError
+from secure_store.layout import DeviceRoot
+from secure_store.sealer import MANIFEST_HEADROOM, MANIFEST_SUFFIX, SEGMENT_SUFFIX, SegmentSealer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RESERVE = 64 * 1024 * 1024   # left free on the disk for the OS, logs, audit
+FULL_BELOW = 4 * MANIFEST_HEADROOM   # free bytes under which the store is "full"
+NEARLY_FULL_FRACTION = 0.10
+_STEM = re.compile(r"seg-\d{10}\Z")
+
+
+@dataclass(frozen=True)
+class EvidenceItem:
+    """One sealed, complete file the dock may pull."""
+
+    name: str     # "seg-0000000007.seg", "seg-0000000007.manifest", "audit/<file>"
+    size: int
+    sha256: str   # hex
+    kind: Literal["segment", "manifest", "audit"]
+
+
+@dataclass(frozen=True)
+class StorageStatus:
+    free_bytes: int   # room left for evidence (after reserve and quota)
+    used_bytes: int   # bytes of evidence on the device
+    level: Literal["ok", "nearly_full", "full"]
+
+
+class EvidenceStore:
+    """Sealed evidence under ``root.evidence``; see docs/ARCHITECTURE.md (secure_store/)."""
+
+    def __init__(
+        self,
+        root: DeviceRoot,
+        *,
+        device_id: str,
+        signing_key: ed25519.Ed25519PrivateKey,
+        agency_public_key: x25519.X25519PublicKey,
+        audit: Any,
+        clock: Callable[[], float] = time.time,
+        clock_source: str | Callable[[], str] = "system",
+        quota_bytes: int | None = None,
+        reserve_bytes: int = DEFAULT_RESERVE,
+    ) -> None:
+        if not isinstance(signing_key, ed25519.Ed25519PrivateKey):
+            raise KeyMissing("the evidence store needs the device's Ed25519 signing key")
+        if not isinstance(agency_public_key, x25519.X25519PublicKey):
+            raise KeyMissing("the evidence store needs the agency's X25519 public key")
+        self.root = DeviceRoot(root) if not isinstance(root, DeviceRoot) else root
+        self.device_id = device_id
+        self.signing_key = signing_key
+        self.agency_public_key = agency_public_key
+        self.audit = audit
+        self._clock = clock
+        self._clock_source = clock_source
+        self.quota_bytes = quota_bytes
+        self.reserve_bytes = reserve_bytes
+        for d in (self.root.evidence, self.root.state):
+            d.mkdir(parents=True, exist_ok=True)
+        self.chain_head: ChainHead = load_head(self.root.state)
+        self._used = self._scan_used()
+
+    # --- recording ----------------------------------------------------------------------------
+
+    def open_sealer(self) -> SegmentSealer:
+        """A ChunkSink for the recorder; StorageFull (audit-logged) if there is no room."""
+        self.check_room(FULL_BELOW, during="open_sealer")
+        return SegmentSealer(self)
+
+    def recover(self) -> list[str]:
+        """Close segments torn by a power cut; returns the names of the segments it sealed."""
+        from secure_store.recovery import recover_torn
+        return recover_torn(self)
+
+    # --- the dock's view ----------------------------------------------------------------------
+
+    def list_evidence(self) -> list[EvidenceItem]:
+        """Sealed segments, their manifests and the audit log files, in sequence order."""
+        items: list[EvidenceItem] = []
+        for manifest in sorted(self.root.evidence.glob("seg-*" + MANIFEST_SUFFIX)):
+            segment = manifest.with_suffix(SEGMENT_SUFFIX)
+            if segment.exists():
+                items.append(_item(segment, segment.name, "segment"))
+            items.append(_item(manifest, manifest.name, "manifest"))
+        if self.root.audit.is_dir():
+            for path in sorted(self.root.audit.iterdir()):
+                if path.is_file() and not path.name.startswith("."):
+                    items.append(_item(path, f"audit/{path.name}", "audit"))
+        return items
+
+    def evidence_path(self, name: str) -> Path:
+        """The path of an evidence item named as in ``list_evidence``; StoreError otherwise."""
+        if name.startswith("audit/"):
+            base, leaf = self.root.audit, name[len("audit/"):]
+        else:
+            base, leaf = self.root.evidence, name
+        if not leaf or "/" in leaf or "\\" in leaf or leaf.startswith("."):
+            raise StoreError(f"{name!r} is not an evidence name")
+        path = base / leaf
+        if not path.is_file():
+            raise StoreError(f"no evidence named {name!r}")
+        return path
+
+    def release(self, segment_name: str, confirmation: bytes) -> None:
+        """Delete one offloaded segment and its manifest: the only deletion path.
+
+        ``confirmation`` must be the SHA-256 of the segment's signed manifest,
+        which proves the caller holds (and has verified) exactly that manifest.
+        """
+        stem = segment_name.removesuffix(SEGMENT_SUFFIX).removesuffix(MANIFEST_SUFFIX)
+        if not _STEM.match(stem):
+            raise ReleaseRefused(f"release: {segment_name!r} is not a segment name")
+        manifest = self.root.evidence / (stem + MANIFEST_SUFFIX)
+        segment = self.root.evidence / (stem + SEGMENT_SUFFIX)
+        if not manifest.is_file():
+            raise ReleaseRefused(f"release: {stem} is not a sealed segment on this device")
+        digest = hashlib.sha256(manifest.read_bytes()).digest()
+        if not isinstance(confirmation, (bytes, bytearray)) or not hmac.compare_digest(digest, bytes(confirmation)):
+            self.audit.append("release_refused", segment=stem, reason="confirmation does not match manifest")
+            raise ReleaseRefused(f"release: confirmation does not match the manifest of {stem}; nothing deleted")
+        size = (segment.stat().st_size if segment.exists() else 0) + manifest.stat().st_size
+        self.audit.append("delete", segment=stem, manifest_sha256=digest.hex(), bytes=size)
+        segment.unlink(missing_ok=True)   # segment first: a lone .seg would look torn
+        manifest.unlink()
+        fsync_dir(self.root.evidence)
+        self._used = max(0, self._used - size)
+        log.info("released %s (%d bytes)", stem, size)
+
+    # --- storage ------------------------------------------------------------------------------
+
+    def storage_status(self) -> StorageStatus:
+        st = os.statvfs(self.root.evidence)
+        disk_free = st.f_bavail * st.f_frsize - self.reserve_bytes
+        capacity = st.f_blocks * st.f_frsize - self.reserve_bytes
+        free = disk_free
+        if self.quota_bytes is not None:
+            free = min(free, self.quota_bytes - self._used)
+            capacity = min(capacity, self.quota_bytes)
+        free = max(0, free)
+        if free < FULL_BELOW:
+            level = "full"
+        elif free < NEARLY_FULL_FRACTION * max(capacity, 1):
+            level = "nearly_full"
+        else:
+            level = "ok"
+        return StorageStatus(free, self._used, level)
+
+    def has_room(self, nbytes: int) -> bool:
+        return self.storage_status().free_bytes >= nbytes
+
+    def check_room(self, nbytes: int, *, during: str) -> None:
+        if not self.has_room(nbytes):
+            self.report_full(during=during)
+            raise StorageFull(f"storage full: {self.storage_status().free_bytes} bytes free; recording refused")
+
+    def report_full(self, *, during: str, segment: str | None = None) -> None:
+        status = self.storage_status()
+        log.warning("storage full during %s (%d bytes free)", during, status.free_bytes)
+        details = {"during": during, "free_bytes": status.free_bytes, "used_bytes": status.used_bytes}
+        if segment:
+            details["segment"] = segment
+        self.audit.append("storage_full", **details)
+
+    # --- used by the sealer and recovery ------------------------------------------------------
+
+    def note_written(self, nbytes: int) -> None:
+        self._used += nbytes
+
+    def clock_us(self) -> int:
+        return int(round(self._clock() * 1_000_000))
+
+    def clock_source(self) -> str:
+        src = self._clock_source
+        return src() if callable(src) else src
+
+    def _scan_used(self) -> int:
+        total = 0
+        for entry in os.scandir(self.root.evidence):
+            if entry.is_file(follow_symlinks=False):
+                total += entry.stat(follow_symlinks=False).st_size
+        return total
+
+
+def _item(path: Path, name: str, kind: str) -> EvidenceItem:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+            size += len(block)
+    return EvidenceItem(name, size, h.hexdigest(), kind)  # type: ignore[arg-type]
+
+
+__all__ = ["EvidenceStore", "EvidenceItem", "StorageStatus", "StorageFull", "FormatError"]

@@ -1,0 +1,78 @@
+"""Finding the device public key that evidence should verify against.
+
+A verifier trusts a device key given on the command line, or else one found
+beside the evidence: ``identity.json`` (``device_id`` and ``device_public_key``,
+a PEM string) or ``device.pub`` / ``keys/device.pub`` in the evidence directory
+or one of its parents (a device root copied whole, or a dock's export).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from secure_store import keys
+from secure_store.errors import FormatError
+
+SEARCH_PARENTS = 3
+MAX_IDENTITY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class DeviceKey:
+    key: ed25519.Ed25519PublicKey
+    device_id: str | None
+    source: Path
+
+
+def parse_identity(data: bytes, source: str = "identity.json") -> tuple[str, ed25519.Ed25519PublicKey]:
+    """Device ID and public key from an identity.json; FormatError if malformed."""
+    if len(data) > MAX_IDENTITY_BYTES:
+        raise FormatError(f"{source}: too large for an identity file")
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        raise FormatError(f"{source}: not JSON") from None
+    if not isinstance(doc, dict):
+        raise FormatError(f"{source}: not a JSON object")
+    device_id, pem = doc.get("device_id"), doc.get("device_public_key")
+    if not isinstance(device_id, str) or not device_id:
+        raise FormatError(f"{source}: missing device_id")
+    if not isinstance(pem, str):
+        raise FormatError(f"{source}: missing device_public_key (PEM)")
+    try:
+        key = serialization.load_pem_public_key(pem.encode("utf-8", "replace"))
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise FormatError(f"{source}: device_public_key is not a PEM public key") from None
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise FormatError(f"{source}: device_public_key is not an Ed25519 key")
+    return device_id, key
+
+
+def identity_json(device_id: str, key: ed25519.Ed25519PublicKey) -> bytes:
+    """The identity.json a verifier reads (provisioning may add more fields)."""
+    doc = {"device_id": device_id, "device_public_key": keys.public_pem(key).decode(),
+           "device_key_fingerprint": keys.fingerprint(key)}
+    return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def find_device_key(directory: Path) -> DeviceKey | None:
+    """The device key beside ``directory`` or in one of its parents; None if none is there."""
+    directory = Path(directory).resolve()
+    for d in [directory, *directory.parents][:SEARCH_PARENTS + 1]:
+        identity = d / "identity.json"
+        if identity.is_file():
+            device_id, key = parse_identity(identity.read_bytes()[:MAX_IDENTITY_BYTES + 1], str(identity))
+            return DeviceKey(key, device_id, identity)
+        for pub in (d / "device.pub", d / "keys" / "device.pub"):
+            if pub.is_file():
+                try:
+                    return DeviceKey(keys.load_public_key(pub, "device"), None, pub)
+                except keys.KeyFileError as exc:
+                    raise FormatError(str(exc)) from None
+    return None
