@@ -211,7 +211,15 @@ def cleanup_staging(root: DeviceRoot) -> None:
     """Remove half-written staging directories left by an install that died."""
     if root.firmware.is_dir():
         for entry in root.firmware.glob(".staging-*"):
-            shutil.rmtree(entry, ignore_errors=True)
+            remove_tree(entry)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory tree, or just the link if ``path`` is a symlink (never what it points to)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
 
 
 def boot_slot(root: str | Path | DeviceRoot, *, audit: object | None = None, verify: bool = True) -> BootResult:

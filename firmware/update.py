@@ -35,6 +35,7 @@ from firmware.slots import (
     load_state,
     mark_healthy,
     other,
+    remove_tree,
     save_state,
     slot_dir,
     slot_lock,
@@ -184,7 +185,7 @@ def _install_locked(image_path: Path, root: DeviceRoot, key, audit, max_boot_tri
     state["slots"][target] = {"status": "installing", "version": manifest.version}
     save_state(root, state)
     final = slot_dir(root, target)
-    shutil.rmtree(final, ignore_errors=True)
+    remove_tree(final)
     os.rename(staging, final)
     fsync_dir(root.firmware)
     state["slots"][target] = {

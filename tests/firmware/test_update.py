@@ -1,0 +1,334 @@
+"""A/B install: good update, each bad image refused, anti-rollback, trial boots and rollback, SIGKILL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from firmware import image as fwimage
+from firmware import update
+from firmware.cli import main
+from firmware.image import ImageError
+from firmware.provision import provision
+from firmware.slots import load_state, slot_dir
+from firmware.update import UpdateError, UpdateRefused
+from secure_store import keys
+from secure_store.audit import Event, read_entries, verify_audit
+from secure_store.layout import DeviceRoot
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def kit(tmp_path):
+    """A provisioned device with some evidence, and the vendor key that signs its firmware."""
+    for kind in ("agency", "vendor", "dock"):
+        keys.write_keypair(kind, tmp_path / kind)
+    root = DeviceRoot(tmp_path / "dev")
+    provision(root, "CAM-7", tmp_path / "agency.pub", tmp_path / "vendor.pub", [tmp_path / "dock.pub"])
+    (root.evidence / "seg-000.bcseg").write_bytes(os.urandom(5000))
+    vendor = keys.load_private_key(tmp_path / "vendor.key", "vendor")
+    return tmp_path, root, vendor
+
+
+def build(tmp: Path, vendor, version: str, files: dict[str, bytes], min_version: str = "0.0.0") -> Path:
+    src = tmp / f"src-{version}"
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    out = tmp / f"fw-{version}.img"
+    fwimage.build_image(src, version, vendor, out, min_version=min_version)
+    return out
+
+
+def tree_digest(*dirs: Path) -> dict[str, str]:
+    """Every file under dirs with its SHA-256: evidence and keys must not change."""
+    found = {}
+    for d in dirs:
+        for p in sorted(d.rglob("*")):
+            if p.is_file():
+                found[str(p.relative_to(d.parent))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return found
+
+
+def audit_events(root: DeviceRoot) -> list[tuple[str, dict]]:
+    return [(e.event, e.details) for e in read_entries(root.audit)]
+
+
+def device_pub(root: DeviceRoot):
+    return keys.load_public_key(root.device_pub, "device")
+
+
+def test_good_update_becomes_active_then_healthy(kit):
+    tmp, root, vendor = kit
+    before = tree_digest(root.evidence, root.keys)
+    files = {"app.py": b"print('v1.1')\n", "lib/codec/x.bin": os.urandom(70_000)}
+    img = build(tmp, vendor, "1.1.0", files)
+    result = update.install_image(img, root)
+    assert (result.slot, result.version, result.previous_slot) == ("b", "1.1.0", "a")
+    for rel, data in files.items():
+        assert (slot_dir(root, "b") / "files" / rel).read_bytes() == data
+    state = load_state(root)
+    assert state["active"] == "b" and state["slots"]["b"]["status"] == "trial"
+
+    boot = update.boot_slot(root)
+    assert (boot.slot, boot.version, boot.status, boot.rolled_back_from) == ("b", "1.1.0", "trial", None)
+    assert (boot.path / "app.py").read_bytes() == files["app.py"]
+    healthy = update.mark_healthy(root)
+    assert (healthy.slot, healthy.status) == ("b", "good")
+    assert load_state(root)["floor"] == "1.1.0"
+    assert update.boot_slot(root).status == "good"
+
+    assert tree_digest(root.evidence, root.keys) == before
+    events = audit_events(root)
+    steps = [d.get("step") for e, d in events if e == Event.FIRMWARE_INSTALL]
+    assert steps == ["verified", "unpacked", "switched"]
+    assert (Event.FIRMWARE_HEALTHY, {"slot": "b", "version": "1.1.0", "boots": 1}) in events
+    assert verify_audit(root.audit, device_pub(root), device_id="CAM-7") == []
+
+
+def test_next_update_goes_to_the_other_slot(kit):
+    tmp, root, vendor = kit
+    update.install_image(build(tmp, vendor, "1.1.0", {"v": b"1"}), root)
+    update.boot_slot(root)
+    update.mark_healthy(root)
+    second = update.install_image(build(tmp, vendor, "1.2.0", {"v": b"2"}, min_version="1.1.0"), root)
+    assert (second.slot, second.previous_slot, second.previous_version) == ("a", "b", "1.1.0")
+    assert update.boot_slot(root).path.joinpath("v").read_bytes() == b"2"
+
+
+BAD = {  # name: (entries, payloads, expected reason) signed with the right key unless said
+    "unsigned": "unsigned",
+    "wrong key": "wrong key",
+    "tampered file": "tampered file",
+    "tampered manifest": "manifest tampered",
+    "truncated": "truncated",
+    "path traversal": "path traversal",
+    "absolute path": "absolute path",
+    "symlink entry": "symlink",
+    "oversized": "oversized",
+}
+
+
+def bad_image(tmp: Path, vendor, name: str) -> Path:
+    data = b"evil payload\n"
+    ok = {"path": "app.py", "type": "file", "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "mode": 0o644}
+    entries, payloads, key, sign = [ok], [data], vendor, True
+    if name == "unsigned":
+        sign = False
+    elif name == "wrong key":
+        key = keys.generate("vendor")
+    elif name == "path traversal":
+        entries = [dict(ok, path="../../keys/evil")]
+    elif name == "absolute path":
+        entries = [dict(ok, path="/tmp/evil")]
+    elif name == "symlink entry":
+        entries = [dict(ok, path="lib", type="symlink")]
+    elif name == "oversized":
+        entries = [dict(ok, size=fwimage.MAX_FILE_BYTES + 1)]
+    raw = fwimage.canonical_json({"image_format": 1, "version": "2.0.0", "min_version": "0.0.0",
+                                  "built_utc": "2026-01-01T00:00:00Z", "files": entries})
+    path = tmp / f"bad-{name.replace(' ', '-')}.img"
+    with open(path, "wb") as out:
+        fwimage.pack(raw, fwimage.sign_manifest(raw, key) if sign else b"", payloads, out)
+    blob = path.read_bytes()
+    if name == "tampered file":
+        path.write_bytes(blob[:-2] + b"!\n")
+    elif name == "tampered manifest":
+        path.write_bytes(blob.replace(b'"version":"2.0.0"', b'"version":"3.0.0"'))
+    elif name == "truncated":
+        path.write_bytes(blob[:-5])
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_each_bad_image_is_refused_and_changes_nothing(kit, name):
+    tmp, root, vendor = kit
+    update.install_image(build(tmp, vendor, "1.1.0", {"app.py": b"good\n"}), root)
+    update.boot_slot(root)
+    update.mark_healthy(root)
+    state_before = (root.firmware / "state.json").read_bytes()
+    slots_before = tree_digest(root.firmware / "slot-a", root.firmware / "slot-b")
+    with pytest.raises(ImageError, match=BAD[name]):
+        update.install_image(bad_image(tmp, vendor, name), root)
+    assert (root.firmware / "state.json").read_bytes() == state_before
+    assert tree_digest(root.firmware / "slot-a", root.firmware / "slot-b") == slots_before
+    assert not list(root.firmware.glob(".staging-*"))
+    assert not (tmp / "evil").exists() and not (root.keys / "evil").exists() and not Path("/tmp/evil").exists()
+    event, details = audit_events(root)[-1]
+    assert event == Event.FIRMWARE_REJECTED and BAD[name].split()[0] in details["reason"]
+    assert update.boot_slot(root).version == "1.1.0"
+
+
+def test_downgrade_and_same_version_and_min_version_refused(kit):
+    tmp, root, vendor = kit
+    update.install_image(build(tmp, vendor, "1.5.0", {"v": b"5"}), root)
+    update.boot_slot(root)
+    update.mark_healthy(root)
+    for version in ("1.4.9", "1.5.0", "0.1.0"):
+        with pytest.raises(UpdateRefused, match="downgrade refused"):
+            update.install_image(build(tmp, vendor, version, {"v": b"old"}), root)
+    with pytest.raises(UpdateRefused, match="may only replace 1.6.0 or later"):
+        update.install_image(build(tmp, vendor, "2.0.0", {"v": b"2"}, min_version="1.6.0"), root)
+    state = load_state(root)
+    assert state["active"] == "b" and state["slots"]["b"]["version"] == "1.5.0"
+    assert state["slots"]["a"]["status"] == "good"  # the fallback was not given up for a refused image
+
+
+def test_install_refused_while_the_running_slot_is_on_trial(kit):
+    tmp, root, vendor = kit
+    update.install_image(build(tmp, vendor, "1.1.0", {"v": b"1"}), root)
+    with pytest.raises(UpdateRefused, match="still on trial"):
+        update.install_image(build(tmp, vendor, "1.2.0", {"v": b"2"}), root)
+    assert load_state(root)["slots"]["a"]["factory"] is True  # the known-good fallback is still there
+
+
+def test_update_refused_while_recording(kit):
+    tmp, root, vendor = kit
+    img = build(tmp, vendor, "1.1.0", {"v": b"1"})
+    update.set_recording(root, "rec-0001")
+    assert update.is_recording(root)
+    with pytest.raises(UpdateRefused, match="recording"):
+        update.install_image(img, root)
+    assert not (root.firmware / "slot-b").exists() and load_state(root)["active"] == "a"
+    assert audit_events(root)[-1][0] == Event.FIRMWARE_REJECTED
+    update.clear_recording(root)
+    with pytest.raises(UpdateRefused, match="recording"):
+        update.install_image(img, root, recording=lambda: True)  # the daemon's own callable
+    assert update.install_image(img, root).slot == "b"
+
+
+def test_trial_slot_not_marked_healthy_rolls_back_by_itself(kit):
+    tmp, root, vendor = kit
+    update.install_image(build(tmp, vendor, "1.1.0", {"v": b"1"}), root)
+    update.boot_slot(root)
+    update.mark_healthy(root)
+    update.install_image(build(tmp, vendor, "1.2.0", {"v": b"broken"}), root, max_boot_tries=3)
+    boots = [update.boot_slot(root) for _ in range(3)]
+    assert [(b.slot, b.version, b.status) for b in boots] == [("a", "1.2.0", "trial")] * 3
+    assert [load_state(root)["slots"]["a"]["boots"]] == [3]
+    rolled = update.boot_slot(root)
+    assert (rolled.slot, rolled.version, rolled.status, rolled.rolled_back_from) == ("b", "1.1.0", "good", "a")
+    assert "not marked healthy within 3 boots" in rolled.reason
+    assert (rolled.path / "v").read_bytes() == b"1"
+    state = load_state(root)
+    assert state["slots"]["a"]["status"] == "bad" and state["active"] == "b"
+    assert update.boot_slot(root).slot == "b"  # stays rolled back
+    rollbacks = [d for e, d in audit_events(root) if e == Event.FIRMWARE_ROLLBACK]
+    assert rollbacks == [{"from_slot": "a", "from_version": "1.2.0", "to_slot": "b", "to_version": "1.1.0",
+                          "reason": "not marked healthy within 3 boots"}]
+    # the failed version may be retried (fixed firmware would carry a higher version anyway)
+    assert update.install_image(build(tmp, vendor, "1.2.1", {"v": b"fixed"}), root).slot == "a"
+
+
+def test_first_update_failing_rolls_back_to_factory(kit):
+    tmp, root, vendor = kit
+    update.install_image(build(tmp, vendor, "1.1.0", {"v": b"1"}), root, max_boot_tries=1)
+    assert update.boot_slot(root).slot == "b"
+    rolled = update.boot_slot(root)
+    assert (rolled.slot, rolled.path, rolled.rolled_back_from) == ("a", None, "b")
+
+
+def test_corrupted_active_slot_fails_verified_boot_and_rolls_back(kit):
+    tmp, root, vendor = kit
+    update.install_image(build(tmp, vendor, "1.1.0", {"v": b"1"}), root)
+    update.boot_slot(root)
+    update.mark_healthy(root)
+    update.install_image(build(tmp, vendor, "1.2.0", {"v": b"2", "w": b"x"}), root)
+    (slot_dir(root, "a") / "files" / "w").write_bytes(b"y")  # bit rot, or an attacker
+    rolled = update.boot_slot(root)
+    assert rolled.slot == "b" and "does not match its SHA-256" in rolled.reason
+    (slot_dir(root, "b") / "files" / "extra").write_bytes(b"planted")
+    with pytest.raises(UpdateError, match="nothing to boot"):
+        update.boot_slot(root)
+
+
+def test_cli_install_and_status(kit, capsys):
+    tmp, root, vendor = kit
+    img = build(tmp, vendor, "1.1.0", {"v": b"1"})
+    assert main(["firmware", "install", str(img), "--root", str(root.root)]) == 0
+    assert "installed in slot b" in capsys.readouterr().out
+    assert main(["firmware", "install", str(img), "--root", str(root.root)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "still on trial" in err[0]
+    assert main(["firmware", "status", "--root", str(root.root)]) == 0
+    assert json.loads(capsys.readouterr().out)["slots"]["b"]["version"] == "1.1.0"
+
+
+def test_staging_symlink_planted_outside_is_not_followed(kit):
+    tmp, root, vendor = kit
+    outside = tmp / "outside"
+    outside.mkdir()
+    (root.firmware / ".staging-b").symlink_to(outside)
+    (root.firmware / "slot-b").symlink_to(outside)
+    update.install_image(build(tmp, vendor, "1.1.0", {"v": b"1"}), root)
+    assert list(outside.iterdir()) == []
+    assert not (root.firmware / "slot-b").is_symlink() and (root.firmware / "slot-b/files/v").read_bytes() == b"1"
+
+
+INSTALLER = """
+import sys
+from firmware.update import install_image
+print("go", flush=True)
+install_image(sys.argv[1], sys.argv[2])
+print("done", flush=True)
+"""
+
+
+def _run_installer(image: Path, root: Path, kill_after: float | None) -> float:
+    proc = subprocess.Popen([sys.executable, "-c", INSTALLER, str(image), str(root)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout.readline() == b"go\n"
+    start = time.monotonic()
+    if kill_after is None:
+        assert proc.stdout.readline() == b"done\n"
+        proc.wait()
+        return time.monotonic() - start
+    time.sleep(kill_after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return 0.0
+
+
+def test_sigkill_at_random_points_of_an_install_still_boots_a_good_slot(kit):
+    tmp, root, vendor = kit
+    update.install_image(build(tmp, vendor, "1.1.0", {"v": b"old"}), root)
+    update.boot_slot(root)
+    update.mark_healthy(root)
+    files = {f"pkg/m{i:03d}.py": os.urandom(4000 + i) for i in range(60)}
+    new = build(tmp, vendor, "1.2.0", files)
+    base = tmp / "base"
+    shutil.copytree(root.root, base, symlinks=True)
+    full = max(_run_installer(new, _fresh(base, tmp / "calibrate"), None), 0.05)
+    rng = random.Random(6)
+    outcomes = []
+    for trial in range(24):
+        dev = _fresh(base, tmp / f"trial-{trial}")
+        _run_installer(new, dev, rng.uniform(0, full * 1.1))
+        boot = update.boot_slot(dev)
+        if boot.version == "1.2.0":
+            assert boot.status == "trial" and all((boot.path / p).read_bytes() == d for p, d in files.items())
+        else:
+            assert (boot.slot, boot.version, (boot.path / "v").read_bytes()) == ("b", "1.1.0", b"old")
+        assert not list(DeviceRoot(dev).firmware.glob(".staging-*"))
+        assert verify_audit(DeviceRoot(dev).audit, device_pub(DeviceRoot(dev))) == []
+        outcomes.append(boot.version)
+        if trial % 6 == 0 and boot.version == "1.1.0":  # and the next install still works
+            assert update.install_image(new, dev).version == "1.2.0"
+            assert update.boot_slot(dev).version == "1.2.0"
+    print("outcomes:", {v: outcomes.count(v) for v in set(outcomes)})
+
+
+def _fresh(base: Path, dest: Path) -> Path:
+    shutil.copytree(base, dest, symlinks=True)
+    return dest
