@@ -1,0 +1,314 @@
+"""The dock station's side of the link: talk to one device, and pull its evidence.
+
+``pull(port, out_dir, dock_key)`` is the whole job: connect, authenticate, sync the clock,
+list, fetch everything new (resuming ``.part`` files), write durably, verify every segment
+with the device's public key (signatures, hashes, chain) and only then confirm it, so the
+device frees its space. A rerun fetches nothing twice. The dock keeps per device::
+
+    OUT/<device_id>/identity.json      device key, pinned at the first pull
+    OUT/<device_id>/evidence/seg-*.seg, seg-*.manifest
+    OUT/<device_id>/audit/audit-*.log
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from dock.link import Link, LinkError, open_port
+from dock.protocol import Kind, ProtocolError, decode_message, encode_message
+from dock.session import Session, dock_handshake
+from secure_store.durable import fsync_dir, write_atomic
+from secure_store.errors import FormatError
+
+log = logging.getLogger(__name__)
+
+_DEVICE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_NAME_RE = re.compile(r"(seg-\d{1,20}\.(seg|manifest))|(audit/[A-Za-z0-9][A-Za-z0-9._-]{0,127})")
+
+
+class PullError(Exception):
+    """A pull could not go on (device refused, key changed, link lost); nothing confirmed after it."""
+
+
+class DeviceError(PullError):
+    """The device answered a request with an error."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class RemoteItem:
+    name: str
+    size: int
+    sha256: str
+    kind: str
+
+
+class DockClient:
+    """Requests to one authenticated device over a ``Link``."""
+
+    def __init__(self, link: Link, session: Session, timeout: float = 20.0) -> None:
+        self.link, self.session, self.timeout = link, session, timeout
+        self._ids = itertools.count(1)
+
+    @classmethod
+    def connect(cls, port: str, dock_key: ed25519.Ed25519PrivateKey, *, handshake_timeout: float = 10.0,
+                window: int = 32) -> "DockClient":
+        """Open ``port`` and authenticate both ways (AuthError if the device refuses this dock)."""
+        link = Link(open_port(port), window=window)
+        try:
+            session = dock_handshake(link, dock_key, timeout=handshake_timeout)
+        except BaseException:
+            link.close()
+            raise
+        return cls(link, session)
+
+    def close(self) -> None:
+        self.link.close()
+
+    def __enter__(self) -> "DockClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def call(self, command: str, blob: bytes = b"", on_chunk: Callable[[int, bytes], None] | None = None,
+             **args: Any) -> dict[str, Any]:
+        """Send one command and wait for its response; CHUNKs before it go to ``on_chunk``.
+
+        The generic entry point: new commands (firmware transfer) need no new client code.
+        """
+        request_id = next(self._ids)
+        self.link.send(encode_message(Kind.REQUEST, request_id, {"cmd": command, **args}, blob))
+        while True:
+            try:
+                message = decode_message(self.link.recv(timeout=self.timeout))
+            except ProtocolError as exc:
+                raise PullError(f"device sent a malformed message: {exc}") from None
+            if message.request_id != request_id:
+                continue  # a late answer to an abandoned request
+            if message.kind == Kind.CHUNK and on_chunk is not None:
+                offset = message.meta.get("offset")
+                if not isinstance(offset, int):
+                    raise PullError("device sent a chunk without an offset")
+                on_chunk(offset, message.blob)
+            elif message.kind == Kind.ERROR:
+                raise DeviceError(f"device refused {command}: {message.meta.get('error', 'no reason')}",
+                                  str(message.meta.get("code", "")))
+            elif message.kind == Kind.RESPONSE:
+                return message.meta
+
+    def status(self) -> dict[str, Any]:
+        return self.call("status")
+
+    def list_evidence(self) -> list[RemoteItem]:
+        items = []
+        for raw in self.call("list").get("items", []):
+            try:
+                item = RemoteItem(str(raw["name"]), int(raw["size"]), str(raw["sha256"]), str(raw["kind"]))
+            except (KeyError, TypeError, ValueError):
+                raise PullError(f"device listed a malformed item {raw!r}") from None
+            items.append(item)
+        return items
+
+    def fetch(self, name: str, offset: int, length: int, write: Callable[[bytes], None]) -> int:
+        """Fetch ``length`` bytes of ``name`` from ``offset``, in order, into ``write``."""
+        position = offset
+
+        def on_chunk(chunk_offset: int, data: bytes) -> None:
+            nonlocal position
+            if chunk_offset != position:
+                raise PullError(f"{name}: chunk at {chunk_offset}, expected {position}")
+            write(data)
+            position += len(data)
+
+        reply = self.call("fetch", on_chunk=on_chunk, name=name, offset=offset, length=length)
+        if position - offset != reply.get("length"):
+            raise PullError(f"{name}: received {position - offset} bytes, device says {reply.get('length')}")
+        return position - offset
+
+    def confirm(self, segment: str, manifest_sha256: str) -> dict[str, Any]:
+        return self.call("confirm", segment=segment, manifest_sha256=manifest_sha256)
+
+    def sync_time(self, utc: float | None = None) -> dict[str, Any]:
+        return self.call("time", utc=time.time() if utc is None else utc)
+
+
+@dataclass
+class PullSummary:
+    device_id: str = ""
+    device_key_fingerprint: str = ""
+    status: dict[str, Any] = field(default_factory=dict)
+    fetched: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    bytes_fetched: int = 0
+    bytes_resumed: int = 0     # already in .part files from an interrupted pull
+    verified: list[str] = field(default_factory=list)
+    confirmed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    clock_offset_us: int | None = None
+    retransmits: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _pin_device(device_dir: Path, session: Session) -> None:
+    """Write identity.json on first contact; refuse a device whose key changed since."""
+    from secure_store.trust import identity_json, parse_identity
+    identity = device_dir / "identity.json"
+    if identity.exists():
+        try:
+            device_id, key = parse_identity(identity.read_bytes(), str(identity))
+        except FormatError as exc:
+            raise PullError(str(exc)) from None
+        if key.public_bytes_raw() != session.peer_key.public_bytes_raw():
+            raise PullError(f"device {session.device_id} presented a different key than at its first pull "
+                            f"({identity}); refusing to pull")
+        return
+    device_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(identity, identity_json(session.device_id, session.peer_key))
+
+
+def _fetch_item(client: DockClient, item: RemoteItem, device_dir: Path, summary: PullSummary,
+                progress: Any) -> bool:
+    """Fetch one item durably (resuming a .part); True if the local copy matches the listing."""
+    final = device_dir / ("evidence/" + item.name if "/" not in item.name else item.name)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists() and _sha256_file(final) == item.sha256:
+        summary.skipped.append(item.name)
+        progress.update(item.size)
+        return True
+    if final.exists() and item.kind != "audit":
+        summary.problems.append(f"{item.name}: the dock's copy differs from the device's; left both untouched")
+        return False
+    part = final.with_name(f".{final.name}.part")
+    for attempt in range(2):
+        offset = part.stat().st_size if part.exists() else 0
+        if offset > item.size:
+            part.unlink()
+            offset = 0
+        summary.bytes_resumed += offset
+        progress.update(offset)
+        with open(part, "ab") as f:
+            def write(data: bytes) -> None:
+                f.write(data)
+                progress.update(len(data))
+            try:
+                got = client.fetch(item.name, offset, item.size - offset, write)
+            finally:
+                f.flush()
+                os.fsync(f.fileno())
+        summary.bytes_fetched += got
+        if _sha256_file(part) == item.sha256:
+            os.replace(part, final)
+            fsync_dir(final.parent)
+            summary.fetched.append(item.name)
+            return True
+        log.warning("%s: hash mismatch after fetch (attempt %d); fetching it again", item.name, attempt + 1)
+        progress.update(-item.size)
+        part.unlink()
+    summary.problems.append(f"{item.name}: hash never matched the device's listing")
+    return False
+
+
+def _verify_and_confirm(client: DockClient, device_dir: Path, segments: list[str], summary: PullSummary) -> None:
+    """Verify each segment (and its link to the one before) with the device key; confirm the good ones."""
+    from secure_store.verify import check_chain, verify_segment
+    evidence = device_dir / "evidence"
+    key, device_id = client.session.peer_key, client.session.device_id
+    local = sorted(p.name for p in evidence.glob("seg-*.seg")) if evidence.is_dir() else []
+    wanted = [n for n in sorted(segments) if n in local]
+    if not wanted:
+        return
+    earlier = [n for n in local if n < wanted[0]]
+    checked, bad = [], set()
+    for name in earlier[-1:] + wanted:
+        seg, problems = verify_segment(evidence / name, key, device_id)
+        if seg is not None:
+            checked.append(seg)
+        for problem in problems:
+            bad.add(name)
+            summary.problems.append(f"verify: {problem}")
+    for problem in check_chain(checked):
+        bad.add(problem.file)
+        summary.problems.append(f"verify: {problem}")
+    for name in wanted:
+        if name in bad:
+            continue
+        summary.verified.append(name)
+        digest = hashlib.sha256((evidence / name).with_suffix(".manifest").read_bytes()).hexdigest()
+        try:
+            client.confirm(name, digest)
+            summary.confirmed.append(name)
+        except DeviceError as exc:
+            summary.problems.append(f"{name}: {exc}")
+
+
+def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *, progress: bool = False,
+         confirm: bool = True, sync_time: bool = True, handshake_timeout: float = 10.0) -> PullSummary:
+    """Pull everything new from the device on ``port`` into ``out_dir``; see the module docstring."""
+    from tqdm import tqdm
+    started = time.monotonic()
+    summary = PullSummary()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with DockClient.connect(port, dock_key, handshake_timeout=handshake_timeout) as client:
+        session = client.session
+        if not _DEVICE_ID_RE.fullmatch(session.device_id):
+            raise PullError(f"device sent an unusable device ID {session.device_id!r}")
+        summary.device_id, summary.device_key_fingerprint = session.device_id, session.peer_fingerprint
+        device_dir = out / session.device_id
+        _pin_device(device_dir, session)
+        try:
+            if sync_time:
+                summary.clock_offset_us = client.sync_time().get("offset_us")
+            summary.status = client.status()
+            items = [i for i in client.list_evidence() if _NAME_RE.fullmatch(i.name)]
+            evidence = [i for i in items if i.kind in ("segment", "manifest")]
+            total = sum(i.size for i in evidence)
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                      disable=not progress, desc=f"pull {session.device_id}", leave=False) as bar:
+                good = {i.name for i in evidence if _fetch_item(client, i, device_dir, summary, bar)}
+            segments = [i.name for i in evidence if i.kind == "segment" and i.name in good
+                        and i.name.replace(".seg", ".manifest") in good]
+            if confirm:
+                _verify_and_confirm(client, device_dir, segments, summary)
+            # the audit log last: it now holds this session's confirmations too
+            for item in client.list_evidence():
+                if item.kind == "audit" and _NAME_RE.fullmatch(item.name):
+                    _fetch_item(client, item, device_dir, summary, _NoProgress())
+        except LinkError as exc:
+            raise PullError(f"link to {session.device_id} lost: {exc}; rerun to resume") from None
+        finally:
+            summary.retransmits = client.link.stats["retransmits"]
+            summary.seconds = time.monotonic() - started
+    return summary
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass

@@ -1,0 +1,252 @@
+"""Mutual authentication and session keys for the dock link (docs/PROTOCOL.md §4).
+
+The dock opens with HELLO (versions, nonce, ephemeral X25519 key, its Ed25519 key);
+the device answers HELLO_REPLY (chosen version, identity, its nonce and ephemeral key)
+signed with the device key over the transcript; the dock answers AUTH, its own signature
+over the same transcript; the device checks the dock is enrolled and answers AUTH_OK,
+tagged with the new session key. Both nonces and both ephemeral keys are in the signed
+transcript, so neither signature can be replayed into another session. Session keys come
+from HKDF-SHA256 over the X25519 shared secret, salted with the transcript hash: one key
+per direction, so a frame cannot be reflected back at its sender.
+
+Handshake frames are resent every ``retry`` seconds until answered; the answering side
+repeats its stored answer to a repeated question (``Link.remember_reply``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from dock.link import Link, LinkError, LinkTimeout
+from dock.protocol import DEFAULT_PAYLOAD, MAX_PAYLOAD, SUPPORTED_VERSIONS, FrameType, encode_frame
+from secure_store.keys import fingerprint, raw_public
+
+log = logging.getLogger(__name__)
+
+LABEL = b"bodycam-dock-handshake"
+_SIG = 64
+
+
+class AuthError(LinkError):
+    """The other end could not prove who it is, or is not allowed in."""
+
+
+@dataclass(frozen=True)
+class Session:
+    """What the handshake established, as seen from one end."""
+
+    version: int
+    peer_key: ed25519.Ed25519PublicKey
+    peer_fingerprint: str
+    max_payload: int
+    device_id: str = ""
+    firmware_version: str = ""
+
+
+def _transcript(hello: bytes, reply_body: bytes) -> bytes:
+    return hashlib.sha256(
+        LABEL + struct.pack(">I", len(hello)) + hello + struct.pack(">I", len(reply_body)) + reply_body
+    ).digest()
+
+
+def _session_keys(own: x25519.X25519PrivateKey, peer_public: bytes, transcript: bytes) -> tuple[bytes, bytes]:
+    """(dock → device key, device → dock key)."""
+    shared = own.exchange(x25519.X25519PublicKey.from_public_bytes(peer_public))
+    okm = HKDF(hashes.SHA256(), 64, salt=transcript, info=b"bodycam-dock v1 session keys").derive(shared)
+    return okm[:32], okm[32:]
+
+
+def _json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise AuthError(f"{what} is not JSON") from None
+    if not isinstance(obj, dict):
+        raise AuthError(f"{what} is not a JSON object")
+    return obj
+
+
+def _hex(obj: dict[str, Any], field: str, size: int, what: str) -> bytes:
+    try:
+        value = bytes.fromhex(obj[field])
+    except (KeyError, TypeError, ValueError):
+        raise AuthError(f"{what} lacks a valid {field!r}") from None
+    if len(value) != size:
+        raise AuthError(f"{what} field {field!r} must be {size} bytes")
+    return value
+
+
+def _reason(payload: bytes) -> str:
+    return payload.decode("utf-8", "replace")[:200] or "no reason given"
+
+
+# --- the dock's side ------------------------------------------------------------------------
+
+def dock_handshake(
+    link: Link,
+    dock_key: ed25519.Ed25519PrivateKey,
+    *,
+    timeout: float = 10.0,
+    retry: float = 0.5,
+    max_payload: int = DEFAULT_PAYLOAD,
+) -> Session:
+    """Authenticate both ways as the dock; on success the link is established."""
+    ephemeral = x25519.X25519PrivateKey.generate()
+    hello = json.dumps({
+        "protocol": "bodycam-dock",
+        "versions": list(SUPPORTED_VERSIONS),
+        "nonce": os.urandom(32).hex(),
+        "ephemeral": raw_public(ephemeral.public_key()).hex(),
+        "dock_key": raw_public(dock_key.public_key()).hex(),
+        "max_payload": max_payload,
+        "window": link.window,
+    }, sort_keys=True).encode()
+    deadline = time.monotonic() + timeout
+    reply = _exchange(link, FrameType.HELLO, hello, FrameType.HELLO_REPLY, deadline, retry)
+    if len(reply) <= _SIG:
+        raise AuthError("device reply too short")
+    body, signature = reply[:-_SIG], reply[-_SIG:]
+    info = _json(body, "device reply")
+    device_public = _hex(info, "device_key", 32, "device reply")
+    device_key = ed25519.Ed25519PublicKey.from_public_bytes(device_public)
+    transcript = _transcript(hello, body)
+    try:
+        device_key.verify(signature, b"device" + transcript)
+    except InvalidSignature:
+        raise AuthError("the device's signature does not verify: not the device it claims to be") from None
+    version = info.get("version")
+    if version not in SUPPORTED_VERSIONS:
+        raise AuthError(f"device chose protocol version {version!r}; this dock speaks {SUPPORTED_VERSIONS}")
+    to_device, to_dock = _session_keys(ephemeral, _hex(info, "ephemeral", 32, "device reply"), transcript)
+    auth = dock_key.sign(b"dock" + transcript)
+    _exchange(link, FrameType.AUTH, auth, FrameType.AUTH_OK, deadline, retry, tag_key=to_dock)
+    payload = info.get("max_payload")
+    payload = payload if isinstance(payload, int) else DEFAULT_PAYLOAD
+    window = info.get("window")
+    link.establish(to_device, to_dock, window if isinstance(window, int) else None)
+    session = Session(
+        version=version,
+        peer_key=device_key,
+        peer_fingerprint=fingerprint(device_key),
+        max_payload=max(1024, min(max_payload, payload, MAX_PAYLOAD)),
+        device_id=str(info.get("device_id", "")),
+        firmware_version=str(info.get("firmware", "")),
+    )
+    log.info("authenticated device %s (key %s…)", session.device_id, session.peer_fingerprint[:16])
+    return session
+
+
+def _exchange(link: Link, send_type: FrameType, payload: bytes, want: FrameType,
+              deadline: float, retry: float, tag_key: bytes | None = None) -> bytes:
+    """Send a handshake frame until the wanted answer (or a REJECT) arrives."""
+    while time.monotonic() < deadline:
+        link.send_frame(send_type, payload)
+        resend_at = min(deadline, time.monotonic() + retry)
+        while (left := resend_at - time.monotonic()) > 0:
+            frame = link.next_handshake_frame(left)
+            if frame is None:
+                break
+            if frame.type == FrameType.REJECT:
+                raise AuthError(f"the device refused this dock: {_reason(frame.payload)}")
+            if frame.type != want:
+                continue
+            if tag_key is not None and not frame.tag_ok(tag_key):
+                continue
+            return frame.payload
+    raise LinkTimeout(f"no {want.name} from the device")
+
+
+# --- the device's side ----------------------------------------------------------------------
+
+def device_handshake(
+    link: Link,
+    device_key: ed25519.Ed25519PrivateKey,
+    device_id: str,
+    enrolled_docks: Iterable[ed25519.Ed25519PublicKey],
+    *,
+    firmware_version: str = "",
+    wait: float | None = None,
+    timeout: float = 10.0,
+    max_payload: int = DEFAULT_PAYLOAD,
+) -> Session:
+    """Wait up to ``wait`` seconds for a dock (None: forever), then authenticate it."""
+    enrolled = {raw_public(key): key for key in enrolled_docks}
+    start = time.monotonic()
+    hello_frame = None
+    while hello_frame is None:
+        if wait is not None and time.monotonic() - start > wait:
+            raise LinkTimeout("no dock said hello")
+        frame = link.next_handshake_frame(0.5)
+        if frame is not None and frame.type == FrameType.HELLO:
+            hello_frame = frame
+    deadline = time.monotonic() + timeout
+    while True:
+        hello = hello_frame.payload
+        info = _json(hello, "dock hello")
+        versions = info.get("versions")
+        common = set(versions if isinstance(versions, list) else []) & set(SUPPORTED_VERSIONS)
+        if not common:
+            link.send_frame(FrameType.REJECT, b"no common protocol version")
+            raise AuthError(f"dock offers protocol versions {versions!r}; device speaks {SUPPORTED_VERSIONS}")
+        dock_public = _hex(info, "dock_key", 32, "dock hello")
+        dock_key = enrolled.get(dock_public)
+        if dock_key is None:
+            link.send_frame(FrameType.REJECT, b"dock not enrolled on this device")
+            raise AuthError(f"dock {hashlib.sha256(dock_public).hexdigest()[:16]}… is not enrolled")
+        _hex(info, "nonce", 32, "dock hello")
+        ephemeral = x25519.X25519PrivateKey.generate()
+        offered = info.get("max_payload")
+        payload = max(1024, min(max_payload, offered if isinstance(offered, int) else DEFAULT_PAYLOAD))
+        body = json.dumps({
+            "version": max(common),
+            "device_id": device_id,
+            "device_key": raw_public(device_key.public_key()).hex(),
+            "firmware": firmware_version,
+            "nonce": os.urandom(32).hex(),
+            "ephemeral": raw_public(ephemeral.public_key()).hex(),
+            "max_payload": payload,
+            "window": link.window,
+        }, sort_keys=True).encode()
+        transcript = _transcript(hello, body)
+        signed = body + device_key.sign(b"device" + transcript)
+        link.remember_reply(FrameType.HELLO, hello, encode_frame(FrameType.HELLO_REPLY, 0, signed))
+        link.send_frame(FrameType.HELLO_REPLY, signed)
+        auth = None
+        while auth is None:
+            frame = link.next_handshake_frame(max(0.0, deadline - time.monotonic()))
+            if frame is None:
+                raise LinkTimeout("the dock did not finish the handshake")
+            if frame.type == FrameType.HELLO and frame.payload != hello:
+                hello_frame = frame  # the dock started over
+                break
+            if frame.type == FrameType.AUTH:
+                auth = frame.payload
+        if auth is None:
+            continue
+        try:
+            dock_key.verify(auth, b"dock" + transcript)
+        except InvalidSignature:
+            link.send_frame(FrameType.REJECT, b"dock authentication failed")
+            raise AuthError("the dock's signature does not verify") from None
+        to_device, to_dock = _session_keys(ephemeral, _hex(info, "ephemeral", 32, "dock hello"), transcript)
+        window = info.get("window")
+        link.establish(to_dock, to_device, window if isinstance(window, int) else None)
+        ok = encode_frame(FrameType.AUTH_OK, 0, b"ok", to_dock)
+        link.remember_reply(FrameType.AUTH, auth, ok)
+        link.send_frame(FrameType.AUTH_OK, b"ok", to_dock)
+        session = Session(version=max(common), peer_key=dock_key, peer_fingerprint=fingerprint(dock_key),
+                          max_payload=payload, device_id=device_id, firmware_version=firmware_version)
+        log.info("dock %s… authenticated", session.peer_fingerprint[:16])
+        return session
