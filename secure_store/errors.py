@@ -51,3 +51,9 @@ class ReleaseRefused(StoreError):
 
 class AuditError(StoreError):
     """The audit log cannot be written, or a file in it does not parse (bad header, version, entry)."""
+
+
+class UsageError(StoreError):
+    """The command line asked for something impossible (bad kind, missing path or key file)."""
+
+    exit_code = 2

@@ -1,8 +1,8 @@
 """Finding the device public key that evidence should verify against.
 
 A verifier trusts a device key given on the command line, or else one found
-beside the evidence: ``identity.json`` (``device_id`` and ``device_public_key``,
-a PEM string) or ``device.pub`` / ``keys/device.pub`` in the evidence directory
+beside the evidence: ``identity.json`` as provisioning writes it (``device_id``,
+``public_key_pem``, ``fingerprint``) or ``device.pub`` / ``keys/device.pub`` in the evidence directory
 or one of its parents (a device root copied whole, or a dock's export).
 """
 
@@ -40,24 +40,34 @@ def parse_identity(data: bytes, source: str = "identity.json") -> tuple[str, ed2
         raise FormatError(f"{source}: not JSON") from None
     if not isinstance(doc, dict):
         raise FormatError(f"{source}: not a JSON object")
-    device_id, pem = doc.get("device_id"), doc.get("device_public_key")
+    device_id = doc.get("device_id")
     if not isinstance(device_id, str) or not device_id:
         raise FormatError(f"{source}: missing device_id")
-    if not isinstance(pem, str):
-        raise FormatError(f"{source}: missing device_public_key (PEM)")
-    try:
-        key = serialization.load_pem_public_key(pem.encode("utf-8", "replace"))
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise FormatError(f"{source}: device_public_key is not a PEM public key") from None
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise FormatError(f"{source}: device_public_key is not an Ed25519 key")
+    pem = doc.get("public_key_pem", doc.get("device_public_key"))
+    if isinstance(pem, str):
+        try:
+            key = serialization.load_pem_public_key(pem.encode("utf-8", "replace"))
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise FormatError(f"{source}: public_key_pem is not a PEM public key") from None
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise FormatError(f"{source}: public_key_pem is not an Ed25519 key")
+    elif isinstance(doc.get("public_key"), str):
+        try:
+            key = ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(doc["public_key"]))
+        except ValueError:
+            raise FormatError(f"{source}: public_key is not 32 bytes of hex") from None
+    else:
+        raise FormatError(f"{source}: no device public key (public_key_pem)")
+    fp = doc.get("fingerprint")
+    if fp is not None and fp != keys.fingerprint(key):
+        raise FormatError(f"{source}: fingerprint does not match the public key")
     return device_id, key
 
 
 def identity_json(device_id: str, key: ed25519.Ed25519PublicKey) -> bytes:
     """The identity.json a verifier reads (provisioning may add more fields)."""
-    doc = {"device_id": device_id, "device_public_key": keys.public_pem(key).decode(),
-           "device_key_fingerprint": keys.fingerprint(key)}
+    doc = {"device_id": device_id, "public_key_pem": keys.public_pem(key).decode(),
+           "fingerprint": keys.fingerprint(key)}
     return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
 
 
