@@ -7,9 +7,14 @@ in the top-left corner: 32 black/white blocks (24 bits of frame number and an
 number back after encode and decode to prove no frame was lost, duplicated or
 reordered anywhere in the pipeline.
 
-Images are BGR ``uint8`` arrays of shape ``(height, width, 3)``: what OpenCV
-draws on and what picamera2's ``"RGB888"`` main stream delivers, so the same
-overlay and encoder code serve both.
+Two pixel formats, named as FFmpeg/PyAV name them:
+
+- ``"bgr24"`` (default): ``uint8`` arrays of shape ``(height, width, 3)``, what
+  OpenCV draws on and what picamera2's ``"RGB888"`` main stream delivers;
+- ``"yuv420p"``: planar I420 in one ``uint8`` array of shape
+  ``(height * 3 // 2, width)`` (Y rows, then U, then V), what picamera2's
+  ``"YUV420"`` stream delivers and what libx264 encodes without a colour
+  conversion (about 11 ms a frame saved at 1080p, see BENCHMARKS.md).
 
 Timestamps are ``round(frame_number * 1e6 / fps)`` µs: spaced 1/fps apart
 without drift. The ``"real"`` clock paces frames to wall time like a sensor;
@@ -41,7 +46,10 @@ STRIP_BITS = NUMBER_BITS + CHECK_BITS
 STRIP_COLUMNS = 16
 STRIP_ROWS = STRIP_BITS // STRIP_COLUMNS
 MAX_FRAME_NUMBER = (1 << NUMBER_BITS) - 1
+SQUARE_BGR = (40, 200, 240)
+SQUARE_YUV = (182, 52, 157)  # SQUARE_BGR through cv2's BGR→I420 (BT.601, limited range)
 CLOCKS = ("fast", "real")
+PIXEL_FORMATS = ("bgr24", "yuv420p")
 
 
 class FrameNumberError(ValueError):
@@ -75,7 +83,10 @@ def _bits(number: int) -> np.ndarray:
 
 
 def read_frame_number(image: np.ndarray) -> int:
-    """The frame number drawn by :class:`SimCamera` into ``image`` (BGR or greyscale).
+    """The frame number drawn by :class:`SimCamera` into ``image``.
+
+    ``image`` may be BGR, greyscale, or an I420 array (the strip lies in the
+    top rows of its Y plane, so it reads the same as greyscale).
 
     Samples the centre of each block, so ringing at block edges after lossy
     coding does not matter. Raises :class:`FrameNumberError` if the check fails.
@@ -121,11 +132,14 @@ class SimCamera:
         fps: int = 30,
         clock: str = "fast",
         start_number: int = 0,
+        pixel_format: str = "bgr24",
     ) -> None:
         if clock not in CLOCKS:
             raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, not {clock!r}")
-        if width % 2 or height % 2 or width < 16 or height < 16:
-            raise ValueError(f"size must be even and at least 16x16, not {width}x{height}")
+        if pixel_format not in PIXEL_FORMATS:
+            raise ValueError(f"pixel_format must be one of {', '.join(PIXEL_FORMATS)}, not {pixel_format!r}")
+        if width % 4 or height % 4 or width < 16 or height < 16:
+            raise ValueError(f"size must be a multiple of 4 and at least 16x16, not {width}x{height}")
         if not 0 < fps <= 240:
             raise ValueError(f"fps must be in 1..240, not {fps}")
         x0, y0, x1, y1 = strip_region(width, height)
@@ -135,8 +149,13 @@ class SimCamera:
             raise ValueError(f"start_number must be in 0..{MAX_FRAME_NUMBER}")
         self.width, self.height, self.fps, self.clock = width, height, fps, clock
         self.start_number = start_number
-        self._background = self._make_background()
+        self.pixel_format = pixel_format
         self._block = block_size(width)
+        background = self._make_background()
+        if pixel_format == "yuv420p":
+            self._planes = self._to_planes(background)
+        else:
+            self._background = background
 
     def _make_background(self) -> np.ndarray:
         """A horizontally periodic colour pattern twice the frame wide, plus fixed noise.
@@ -157,33 +176,79 @@ class SimCamera:
         image[:, w:] += noise  # keep the pattern exactly periodic
         return np.clip(image, 0, 255).astype(np.uint8)
 
+    @staticmethod
+    def _to_planes(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Full-width Y and half-width U, V planes of the double-wide background."""
+        import cv2
+
+        h, w2 = bgr.shape[:2]
+        i420 = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)  # (h * 3 / 2, w2)
+        y = i420[:h]
+        u = i420[h : h + h // 4].reshape(h // 2, w2 // 2)
+        v = i420[h + h // 4 :].reshape(h // 2, w2 // 2)
+        return y.copy(), u.copy(), v.copy()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of every image this camera yields."""
+        if self.pixel_format == "yuv420p":
+            return (self.height * 3 // 2, self.width)
+        return (self.height, self.width, 3)
+
     def timestamp_us(self, number: int) -> int:
         """Sensor timestamp of frame ``number`` in µs."""
         return round(number * 1_000_000 / self.fps)
 
     def render(self, number: int) -> np.ndarray:
-        """The image of frame ``number``, a new BGR array."""
-        w, h, block = self.width, self.height, self._block
+        """The image of frame ``number``, a new array in this camera's pixel format."""
+        w, h = self.width, self.height
         offset = (number * 4) % w
+        left, top, side = self._square(number)
+        if self.pixel_format == "yuv420p":
+            return self._render_i420(number, offset, left, top, side)
         image = self._background[:, offset : offset + w].copy()
-        # A square bouncing across the lower part of the frame.
-        side = h // 5
-        span_x, span_y = w - side, h // 2 - side
-        t = number * 7
-        px = t % (2 * span_x)
-        px = px if px < span_x else 2 * span_x - px
-        py = (t // 3) % (2 * span_y) if span_y > 0 else 0
-        py = py if py < span_y else 2 * span_y - py
-        top = h // 3 + py
-        image[top : top + side, px : px + side] = (40, 200, 240)
+        image[top : top + side, left : left + side] = SQUARE_BGR
         self._draw_number(image, number)
         return image
+
+    def _render_i420(self, number: int, offset: int, left: int, top: int, side: int) -> np.ndarray:
+        w, h = self.width, self.height
+        y_plane, u_plane, v_plane = self._planes
+        image = np.empty(self.shape, np.uint8)
+        y = image[:h]
+        u = image[h : h + h // 4].reshape(h // 2, w // 2)
+        v = image[h + h // 4 :].reshape(h // 2, w // 2)
+        y[:] = y_plane[:, offset : offset + w]
+        u[:] = u_plane[:, offset // 2 : offset // 2 + w // 2]
+        v[:] = v_plane[:, offset // 2 : offset // 2 + w // 2]
+        sq_y, sq_u, sq_v = SQUARE_YUV
+        y[top : top + side, left : left + side] = sq_y
+        u[top // 2 : (top + side) // 2, left // 2 : (left + side) // 2] = sq_u
+        v[top // 2 : (top + side) // 2, left // 2 : (left + side) // 2] = sq_v
+        self._draw_number(y, number)
+        x0, y0, x1, y1 = strip_region(w, h)
+        u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = 128
+        v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = 128
+        return image
+
+    def _square(self, number: int) -> tuple[int, int, int]:
+        """Left, top and side of a square bouncing across the lower part of the frame (even values)."""
+        w, h = self.width, self.height
+        side = h // 5 // 2 * 2
+        span_x, span_y = w - side, h // 2 - side
+        t = number * 8
+        px = t % (2 * span_x)
+        px = px if px < span_x else 2 * span_x - px
+        py = (t // 4 * 2) % (2 * span_y) if span_y > 0 else 0
+        py = py if py < span_y else 2 * span_y - py
+        return px // 2 * 2, (h // 3 + py) // 2 * 2, side
 
     def _draw_number(self, image: np.ndarray, number: int) -> None:
         b = self._block
         cells = _bits(number).reshape(STRIP_ROWS, STRIP_COLUMNS).astype(np.uint8) * 255
         strip = np.repeat(np.repeat(cells, b, axis=0), b, axis=1)
-        image[: STRIP_ROWS * b, : STRIP_COLUMNS * b] = strip[:, :, None]
+        region = image[: STRIP_ROWS * b, : STRIP_COLUMNS * b]
+        region[...] = strip[:, :, None] if region.ndim == 3 else strip
 
     def frames(self, count: int | None = None) -> Iterator[tuple[int, np.ndarray, int]]:
         """Yield ``count`` frames (forever if None) from ``start_number`` on."""
@@ -205,4 +270,4 @@ class SimCamera:
         return self.frames()
 
     def __repr__(self) -> str:
-        return f"SimCamera({self.width}x{self.height}@{self.fps}, clock={self.clock!r})"
+        return f"SimCamera({self.width}x{self.height}@{self.fps}, {self.pixel_format}, clock={self.clock!r})"

@@ -36,6 +36,9 @@ CameraFrames = Iterable[tuple[int, np.ndarray, int]]
 UtcClock = Callable[[], dt.datetime]
 
 
+INPUT_FORMATS = ("bgr24", "yuv420p")  # what hw_sim.camera and picamera2 (RGB888, YUV420) deliver
+
+
 class EncoderError(RuntimeError):
     """The encoder was misused (wrong image size, time going backwards, used after close)."""
 
@@ -50,6 +53,9 @@ def utc_now() -> dt.datetime:
 
 class PyAVEncoder:
     """libx264 through PyAV, feeding one picamera2-style output.
+
+    ``input_format`` is ``"bgr24"`` (converted to yuv420p by swscale) or
+    ``"yuv420p"`` (encoded as it is: cheaper, the better choice on a Pi).
 
     ``output`` is a plain attribute: the encoder looks it up for every packet,
     so it may be replaced between frames (the firmware keeps the pre-event
@@ -68,13 +74,17 @@ class PyAVEncoder:
     ) -> None:
         import av  # heavy: only when an encoder is made
 
-        if width % 2 or height % 2 or width <= 0 or height <= 0:
-            raise EncoderError(f"frame size must be even and positive, not {width}x{height}")
+        if width % 4 or height % 4 or width <= 0 or height <= 0:
+            raise EncoderError(f"frame size must be a positive multiple of 4, not {width}x{height}")
         if fps <= 0 or bitrate <= 0:
             raise EncoderError(f"fps and bitrate must be positive, not {fps} and {bitrate}")
         self.output = output
         self.width, self.height, self.fps, self.bitrate = width, height, fps, bitrate
+        if input_format not in INPUT_FORMATS:
+            raise EncoderError(f"input_format must be one of {', '.join(INPUT_FORMATS)}, not {input_format!r}")
         self.input_format = input_format
+        # I420 arrives as one (height * 3 / 2, width) array: Y rows, then U, then V.
+        self._rows_cols = (height * 3 // 2, width) if input_format == "yuv420p" else (height, width)
         self._av = av
         ctx = av.CodecContext.create("libx264", "w")
         ctx.width, ctx.height = width, height
@@ -116,9 +126,9 @@ class PyAVEncoder:
         """Encode one frame; its packet goes to the output at once (zero latency)."""
         if self._closed:
             raise EncoderError("encoder is closed")
-        if image.shape[:2] != (self.height, self.width):
+        if image.shape[:2] != self._rows_cols:
             raise EncoderError(
-                f"frame is {image.shape[1]}x{image.shape[0]}, encoder expects {self.width}x{self.height}"
+                f"frame array is {image.shape}, encoder expects {self.width}x{self.height} {self.input_format}"
             )
         if self._last_timestamp is not None and timestamp_us <= self._last_timestamp:
             raise EncoderError(
@@ -160,15 +170,15 @@ def run_camera(
 ) -> int:
     """Camera → overlay → encoder, for ``frames`` frames or until ``stop`` is set.
 
-    The overlay is burned when ``device_id`` is given. Returns the number of
-    frames encoded; does not close the encoder.
+    The overlay is burned when ``device_id`` is given, in the encoder's input
+    format. Returns the number of frames encoded; does not close the encoder.
     """
     count = 0
     for _number, image, timestamp_us in camera:
         if (frames is not None and count >= frames) or (stop is not None and stop.is_set()):
             break
         if device_id is not None:
-            burn_overlay(image, device_id, utc_clock())
+            burn_overlay(image, device_id, utc_clock(), pixel_format=encoder.input_format)
         encoder.encode(image, timestamp_us)
         count += 1
     return count

@@ -3,8 +3,10 @@
 picamera2 is imported only when a :class:`PiCameraSource` is made, so the rest
 of the recorder (and the simulation) runs where picamera2 and libcamera do not.
 
-- ``Picamera2`` with a video configuration of the main stream in ``"RGB888"``
-  (BGR bytes in memory, what OpenCV draws on) at ``fps`` (``FrameRate``);
+- ``Picamera2`` with a video configuration of the main stream at ``fps``
+  (``FrameRate``) in ``"YUV420"`` (default: both the Pi 4 hardware encoder and
+  libx264 on a Pi 5 take it without a colour conversion) or ``"RGB888"`` (BGR
+  bytes in memory);
 - the overlay burned in ``pre_callback`` through a ``MappedArray``, so the
   encoder sees it and the picture carries it;
 - ``H264Encoder(bitrate=..., repeat=True, iperiod=fps)``: SPS/PPS at every
@@ -32,7 +34,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["PiCameraError", "PiCameraSource"]
 
 STREAM = "main"
-PIXEL_FORMAT = "RGB888"
+# picamera2 format name → the overlay's name for the same memory layout.
+PIXEL_FORMATS = {"YUV420": "yuv420p", "RGB888": "bgr24"}
 
 
 class PiCameraError(RuntimeError):
@@ -84,7 +87,10 @@ class PiCameraSource:
         bitrate: int = 10_000_000,
         device_id: str = "",
         utc_clock: Callable[[], dt.datetime] = _utc_now,
+        pixel_format: str = "YUV420",
     ) -> None:
+        if pixel_format not in PIXEL_FORMATS:
+            raise PiCameraError(f"pixel_format must be one of {', '.join(PIXEL_FORMATS)}, not {pixel_format!r}")
         try:
             from picamera2 import MappedArray, Picamera2
             from picamera2.encoders import H264Encoder
@@ -96,11 +102,13 @@ class PiCameraSource:
         self.output = output
         self.width, self.height, self.fps, self.bitrate = width, height, fps, bitrate
         self.device_id = device_id
+        self.pixel_format = pixel_format
+        self._overlay_format = PIXEL_FORMATS[pixel_format]
         self._utc_clock = utc_clock
         self._mapped_array = MappedArray
         self.picam2 = Picamera2()
         config = self.picam2.create_video_configuration(
-            main={"size": (width, height), "format": PIXEL_FORMAT},
+            main={"size": (width, height), "format": pixel_format},
             controls={"FrameRate": fps},
         )
         self.picam2.configure(config)
@@ -113,7 +121,7 @@ class PiCameraSource:
     def _burn_overlay(self, request: Any) -> None:
         """picamera2 ``pre_callback``: runs on every frame before the encoder sees it."""
         with self._mapped_array(request, STREAM) as mapped:
-            burn_overlay(mapped.array, self.device_id, self._utc_clock())
+            burn_overlay(mapped.array, self.device_id, self._utc_clock(), self._overlay_format)
 
     def start(self) -> None:
         if self._recording:

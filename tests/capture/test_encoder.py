@@ -10,13 +10,15 @@ SPS, PPS, IDR, NON_IDR = 7, 8, 5, 1
 
 
 def encode(output, camera, frames, bitrate=2_000_000):
-    with PyAVEncoder(output, camera.width, camera.height, camera.fps, bitrate) as encoder:
+    size = (camera.width, camera.height)
+    with PyAVEncoder(output, *size, camera.fps, bitrate, input_format=camera.pixel_format) as encoder:
         assert run_camera(camera.frames(frames), encoder) == frames
 
 
 @pytest.mark.parametrize("size", [(1280, 720), (1920, 1080)])
-def test_frame_numbers_survive_encode_and_decode(size, recording_output):
-    camera = SimCamera(*size, start_number=5000)
+@pytest.mark.parametrize("pixel_format", ["bgr24", "yuv420p"])
+def test_frame_numbers_survive_encode_and_decode(size, pixel_format, recording_output):
+    camera = SimCamera(*size, start_number=5000, pixel_format=pixel_format)
     encode(recording_output, camera, 8, bitrate=10_000_000)
     assert decode_frame_numbers(f.data for f in recording_output.frames) == list(range(5000, 5008))
     assert [f.timestamp_us for f in recording_output.frames] == [camera.timestamp_us(n) for n in range(5000, 5008)]
@@ -61,7 +63,7 @@ def test_misuse_is_refused_with_a_clear_error(recording_output):
     encoder.encode(image, 1000)
     with pytest.raises(EncoderError, match="does not follow"):
         encoder.encode(camera.render(1), 1000)
-    with pytest.raises(EncoderError, match="expects 320x240"):
+    with pytest.raises(EncoderError, match="expects 320x240 bgr24"):
         encoder.encode(SimCamera(640, 360).render(1), 2000)
     encoder.encode(camera.render(1), 2000)
     encoder.close()
@@ -69,8 +71,13 @@ def test_misuse_is_refused_with_a_clear_error(recording_output):
     with pytest.raises(EncoderError, match="closed"):
         encoder.encode(camera.render(2), 3000)
     assert decode_frame_numbers(recording_output.data) == [0, 1]
-    with pytest.raises(EncoderError, match="even"):
-        PyAVEncoder(recording_output, 321, 240)
+    with pytest.raises(EncoderError, match="multiple of 4"):
+        PyAVEncoder(recording_output, 322, 240)
+    with pytest.raises(EncoderError, match="input_format"):
+        PyAVEncoder(recording_output, 320, 240, input_format="nv12")
+    i420 = PyAVEncoder(recording_output, 320, 240, input_format="yuv420p")
+    with pytest.raises(EncoderError, match="expects 320x240 yuv420p"):
+        i420.encode(camera.render(0), 0)
 
 
 def test_capture_thread_runs_bounded_and_flushes(recording_output):

@@ -65,6 +65,26 @@ def test_strided_view_like_a_mapped_buffer_is_drawn_in_place():
     assert (padded[:, 320:] == 128).all()
 
 
+def test_i420_text_in_luma_box_neutral_in_chroma_strip_untouched():
+    camera = SimCamera(640, 360, pixel_format="yuv420p")
+    image = camera.render(4321)
+    before = image.copy()
+    assert burn_overlay(image, "BWC-0042", WHEN, pixel_format="yuv420p") is image
+    x0, y0, x1, y1 = overlay_region(640, 360)
+    luma, old_luma = image[:360], before[:360]
+    changed_rows = np.nonzero((luma != old_luma).any(axis=1))[0]
+    assert changed_rows.min() >= y0 and changed_rows.max() < y1
+    assert (luma[y0:] == 255).sum() > 50 and (luma[y0:] == 0).sum() > 500
+    u = image[360:450].reshape(180, 320)
+    assert (u[y0 // 2 :, :50] == 128).all()
+    assert np.array_equal(image[360:450].reshape(180, 320)[: y0 // 2], before[360:450].reshape(180, 320)[: y0 // 2])
+    assert read_frame_number(image) == 4321
+    with pytest.raises(OverlayError, match="I420"):
+        burn_overlay(np.zeros((241, 320), np.uint8), "X", WHEN, pixel_format="yuv420p")
+    with pytest.raises(OverlayError, match="pixel format"):
+        burn_overlay(image, "X", WHEN, pixel_format="nv12")
+
+
 def test_bad_images_are_refused():
     with pytest.raises(OverlayError):
         burn_overlay(np.zeros((240, 320, 3), np.float32), "X", WHEN)
@@ -72,9 +92,10 @@ def test_bad_images_are_refused():
         burn_overlay(np.zeros((240, 320, 2), np.uint8), "X", WHEN)
 
 
-def test_overlay_survives_encoding_and_the_number_still_reads(recording_output):
-    camera = SimCamera(640, 360, start_number=90)
-    with PyAVEncoder(recording_output, 640, 360, 30, 1_000_000) as encoder:
+@pytest.mark.parametrize("pixel_format", ["bgr24", "yuv420p"])
+def test_overlay_survives_encoding_and_the_number_still_reads(pixel_format, recording_output):
+    camera = SimCamera(640, 360, start_number=90, pixel_format=pixel_format)
+    with PyAVEncoder(recording_output, 640, 360, 30, 1_000_000, input_format=pixel_format) as encoder:
         run_camera(camera.frames(3), encoder, device_id="BWC-0042", utc_clock=lambda: WHEN)
     images = list(decode_images(recording_output.data))
     assert [read_frame_number(i) for i in images] == [90, 91, 92]

@@ -69,29 +69,38 @@ def encoded_packets(frames, fps=5):
     return packets
 
 
-def test_configures_camera_encoder_and_overlay_as_picamera2_expects(picamera2):
+@pytest.mark.parametrize("pixel_format, sim_format", [("YUV420", "yuv420p"), ("RGB888", "bgr24")])
+def test_configures_camera_encoder_and_overlay_as_picamera2_expects(picamera2, pixel_format, sim_format):
     buffer = PreEventBuffer(duration_s=2.0)
-    source = PiCameraSource(buffer, 1920, 1080, 30, 8_000_000, device_id="BWC-0042", utc_clock=lambda: WHEN)
+    PiCameraSource(
+        buffer, 1920, 1080, 30, 8_000_000, device_id="BWC-0042", utc_clock=lambda: WHEN, pixel_format=pixel_format
+    )
     picam2 = picamera2.Picamera2.return_value
     picamera2.Picamera2.assert_called_once_with()
     picam2.create_video_configuration.assert_called_once_with(
-        main={"size": (1920, 1080), "format": "RGB888"}, controls={"FrameRate": 30}
+        main={"size": (1920, 1080), "format": pixel_format}, controls={"FrameRate": 30}
     )
     picam2.configure.assert_called_once_with(picam2.create_video_configuration.return_value)
     picamera2.encoders.H264Encoder.assert_called_once_with(bitrate=8_000_000, repeat=True, iperiod=30)
     picam2.start_recording.assert_not_called()
 
-    # The pre_callback burns the overlay into the mapped main-stream buffer.
-    image = SimCamera(1920, 1080).render(31)
+    # The pre_callback burns the overlay into the mapped main-stream buffer, in its layout.
+    image = SimCamera(1920, 1080, pixel_format=sim_format).render(31)
     before = image.copy()
     picamera2.MappedArray.return_value.__enter__.return_value.array = image
     request = object()
     picam2.pre_callback(request)
     picamera2.MappedArray.assert_called_once_with(request, "main")
     y0 = overlay_region(1920, 1080)[1]
-    assert not np.array_equal(image[y0:], before[y0:])
+    assert not np.array_equal(image[y0:1080], before[y0:1080])
     assert np.array_equal(image[:y0], before[:y0])
     assert read_frame_number(image) == 31
+
+
+def test_unknown_pixel_format_is_refused(picamera2):
+    with pytest.raises(PiCameraError, match="pixel_format"):
+        PiCameraSource(PreEventBuffer(duration_s=1.0), pixel_format="NV12")
+    picamera2.Picamera2.assert_not_called()
 
 
 def test_records_into_our_buffer_through_a_picamera2_output(picamera2, recording_output):

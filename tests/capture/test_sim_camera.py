@@ -58,3 +58,20 @@ def test_bad_settings_are_refused(kwargs):
     settings = dict(width=320, height=240) | kwargs
     with pytest.raises(ValueError):
         SimCamera(**settings)
+
+
+def test_yuv420p_frames_match_the_bgr_scene_and_carry_the_number():
+    import cv2
+
+    bgr, i420 = SimCamera(640, 360), SimCamera(640, 360, pixel_format="yuv420p")
+    assert i420.shape == (540, 640)
+    for number in (0, 77, 1_000_001):
+        image = i420.render(number)
+        assert image.shape == i420.shape and image.flags.c_contiguous
+        assert read_frame_number(image) == number
+        # Same picture as the BGR camera, up to colour-conversion rounding, outside the strip.
+        as_bgr = cv2.cvtColor(image, cv2.COLOR_YUV2BGR_I420)
+        reference = bgr.render(number)
+        y1 = strip_region(640, 360)[3]
+        diff = np.abs(as_bgr[y1:].astype(int) - reference[y1:].astype(int))
+        assert np.median(diff) <= 3
