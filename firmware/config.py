@@ -86,8 +86,7 @@ class SignalsConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    nearly_full_percent: int = 90
-    reserve_mb: int = 64
+    reserve_mb: int = 64  # kept free on the disk for the OS and the audit log
     quota_mb: int = 0  # 0: the whole file system; >0: a cap (used by the simulator)
 
 
@@ -175,7 +174,6 @@ _SECTIONS: dict[str, tuple[type, dict[str, Any]]] = {
     }),
     "signals": (SignalsConfig, {"reminder_s": _number(10, 3600)}),
     "storage": (StorageConfig, {
-        "nearly_full_percent": _number(50, 99, integer=True),
         "reserve_mb": _number(0, 1_000_000, integer=True),
         "quota_mb": _number(0, 10_000_000, integer=True),
     }),

@@ -1,0 +1,393 @@
+"""The device's state machine: every decision about recording is taken here, and logged.
+
+::
+
+    BOOT ──► BUFFERING ◄──────► RECORDING        (record / stop, auto-trigger)
+                 ▲  │               │ dock: keeps recording, offload runs alongside
+          undock │  ▼ dock          ▼ stop while docked
+                DOCKED ◄────────────┘
+                 │  ▲
+                 ▼  │ update done
+               UPDATING            any ──► FAULT (camera or store broke)
+
+Events come from the controls (``record``, ``stop``, ``marker``, ``stealth``, ``auto``,
+``dock``, ``undock``), the power monitor (``battery``), the dock link (``clock_set``) and
+the recorder itself (``sink_failed``); ``tick()`` drives the time-based ones (reminder,
+storage level). They are handled one at a time under one lock, so the order in which
+the officer did things is the order in which they happen.
+
+Activation hands the pre-event buffer to a new ``Segmenter`` writing to a sealer at once
+(``open_output``): the held GOPs are sealed and fsync'd immediately, then live frames
+follow without a gap. Stopping closes the buffer's output and the segmenter, which seals
+the last segment. Nothing here ever deletes evidence: a full store stops the recording
+(the sealer seals what it has) and refuses the next one.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from recorder.segmenter import Segmenter
+from secure_store.audit import Event
+from secure_store.errors import StorageFull, StoreError
+
+log = logging.getLogger(__name__)
+
+RECORD_REFUSED = "record_refused"  # an audit event of ours; secure_store.audit.Event has the rest
+
+
+class State(str, enum.Enum):
+    BOOT = "boot"
+    BUFFERING = "buffering"
+    RECORDING = "recording"
+    DOCKED = "docked"
+    UPDATING = "updating"
+    FAULT = "fault"
+
+
+class MachineError(Exception):
+    """A request the state machine refuses in its current state (e.g. an update while recording)."""
+
+
+class DockLink(Protocol):
+    """The device end of the dock link, served while docked (firmware.offload)."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class _RecordingOutput:
+    """Sits between the buffer and the segmenter so a sink failure never kills the encoder thread.
+
+    The first failure (storage full, a broken disk) is reported to the machine on a
+    thread of its own — the encoder thread holds the buffer's lock, and stopping needs it.
+    """
+
+    def __init__(self, segmenter: Segmenter, on_failure: Callable[[BaseException], None]):
+        self.segmenter = segmenter
+        self.failure: BaseException | None = None
+        self._on_failure = on_failure
+
+    def outputframe(self, frame: bytes, keyframe: bool = True, timestamp: int | None = None,
+                    packet: object = None, audio: bool = False) -> None:
+        if self.failure is not None:
+            return
+        try:
+            self.segmenter.outputframe(frame, keyframe, timestamp)
+        except Exception as exc:  # noqa: BLE001 - reported, then the recording is stopped
+            self.failure = exc
+            threading.Thread(target=self._on_failure, args=(exc,), name="sink-failed", daemon=True).start()
+
+
+@dataclass
+class Recording:
+    recording_id: str
+    segmenter: Segmenter
+    output: _RecordingOutput
+    trigger: str
+    pre_event_s: float
+    started_monotonic: float
+    last_reminder: float
+    markers: list[str] = field(default_factory=list)
+
+
+def new_recording_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+
+
+class DeviceMachine:
+    """BOOT → BUFFERING ⇄ RECORDING, DOCKED, UPDATING, FAULT; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        buffer,
+        store,
+        audit,
+        signals,
+        segment_s: float = 60.0,
+        reminder_s: float = 120.0,
+        battery_low_percent: int = 15,
+        battery_shutdown_percent: int = 5,
+        dock_link: DockLink | None = None,
+        recording_id: Callable[[], str] = new_recording_id,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.buffer, self.store, self.audit, self.signals = buffer, store, audit, signals
+        self.dock_link = dock_link
+        self._segment_s = segment_s
+        self._reminder_s = reminder_s
+        self._battery_low = battery_low_percent
+        self._battery_shutdown = battery_shutdown_percent
+        self._new_recording_id = recording_id
+        self._clock = clock
+        self._lock = threading.RLock()
+        self.state = State.BOOT
+        self.recording: Recording | None = None
+        self.docked = False
+        self.stealth = False
+        self.battery_percent: int | None = None
+        self.storage_level = "ok"
+        self.clock_set = True
+        self.last_recording: Recording | None = None
+        self.listeners: list[Callable[[State, State, str], None]] = []
+
+    # -- the one entry point ------------------------------------------------------------------
+    def handle(self, event: str, **details: Any) -> None:
+        """Handle one event (thread-safe); unknown events are a programming error."""
+        handler = getattr(self, f"_on_{event}", None)
+        if handler is None:
+            raise MachineError(f"unknown event {event!r}")
+        with self._lock:
+            log.debug("event %s %s in %s", event, details, self.state.value)
+            handler(**details)
+
+    def boot(self, *, docked: bool = False, clock_set: bool = True) -> None:
+        """Start up: recover torn segments, check storage and clock, then buffer (or dock)."""
+        with self._lock:
+            if self.state is not State.BOOT:
+                raise MachineError(f"boot() in state {self.state.value}")
+            self.signals.show("boot")
+            self.audit.append(Event.BOOT, docked=docked, clock_set=clock_set)
+            recovered = self.store.recover()
+            if recovered:
+                log.warning("recovered %d torn segment(s) at boot: %s", len(recovered), ", ".join(recovered))
+            self.clock_set = clock_set
+            self._check_storage(announce=True)
+            self.docked = docked
+            self._enter(State.DOCKED if docked else State.BUFFERING, Event.BUFFER_START)
+            if docked:
+                self._start_link()
+            if not clock_set:
+                self.signals.cue("clock_not_set")
+
+    # -- recording ----------------------------------------------------------------------------
+    def _on_record(self, gesture: str = "double") -> None:
+        self._start_recording(trigger=f"button:{gesture}")
+
+    def _on_auto(self, source: str) -> None:
+        self._start_recording(trigger=f"auto:{source}")
+
+    def _start_recording(self, trigger: str) -> None:
+        if self.recording is not None:
+            return  # already recording: a second trigger changes nothing
+        if self.state not in (State.BUFFERING, State.DOCKED):
+            log.info("record (%s) ignored in state %s", trigger, self.state.value)
+            return
+        if self.battery_percent is not None and self.battery_percent <= self._battery_shutdown:
+            self._refuse(trigger, "battery_low", battery_percent=self.battery_percent)
+            return
+        try:
+            sealer = self.store.open_sealer()
+        except StorageFull as exc:
+            self.storage_level = "full"
+            self._show_warnings()
+            self._refuse(trigger, "storage_full", error=str(exc))  # the store has logged storage_full
+            return
+        recording_id = self._new_recording_id()
+        segmenter = Segmenter(sealer, recording_id, self._segment_s)
+        output = _RecordingOutput(segmenter, self._report_sink_failure)
+        self.signals.show("recording")  # the officer sees red first: everything else can take a moment
+        self.signals.cue("start")
+        pre_event_s = round(self.buffer.held_seconds, 3)
+        now = self._clock()
+        self.recording = Recording(recording_id, segmenter, output, trigger, pre_event_s, now, now)
+        self._enter(State.RECORDING, Event.RECORD_START, recording_id=recording_id, trigger=trigger,
+                    pre_event_s=pre_event_s, docked=self.docked)
+        self.buffer.open_output(output)  # held GOPs sealed and fsync'd now; live frames follow
+
+    def _on_stop(self, gesture: str = "hold") -> None:
+        if self.recording is not None:
+            self._stop_recording(reason=f"button:{gesture}")
+
+    def _stop_recording(self, reason: str) -> None:
+        rec = self.recording
+        assert rec is not None
+        self.buffer.close_output()
+        sealed = True
+        try:
+            rec.segmenter.close()
+        except (StoreError, OSError) as exc:
+            sealed = False
+            log.error("closing recording %s: %s", rec.recording_id, exc)
+        failure = rec.output.failure
+        self.recording = None
+        self.last_recording = rec
+        self.signals.cue("stop")
+        self._enter(State.DOCKED if self.docked else State.BUFFERING, Event.RECORD_STOP,
+                    recording_id=rec.recording_id, reason=reason, segments=rec.segmenter.segments_begun,
+                    markers=len(rec.markers), sealed=sealed and failure is None,
+                    failure=None if failure is None else str(failure))
+
+    def _on_marker(self, label: str = "officer marker") -> None:
+        if self.recording is None:
+            log.info("marker ignored: not recording")
+            return
+        self.recording.segmenter.add_marker(label)
+        self.recording.markers.append(label)
+        self.audit.append(Event.MARKER, recording_id=self.recording.recording_id, label=label)
+        self.signals.cue("marker")
+
+    def _report_sink_failure(self, exc: BaseException) -> None:
+        self.handle("sink_failed", error=exc)
+
+    def _on_sink_failed(self, error: BaseException) -> None:
+        if self.recording is None or self.recording.output.failure is not error:
+            return  # a recording that has already been stopped
+        if isinstance(error, StorageFull):
+            self.storage_level = "full"
+            self._show_warnings()
+            self.signals.cue("storage_full")  # the sealer sealed the segment and logged storage_full
+            self._stop_recording(reason="storage_full")
+        else:
+            self._stop_recording(reason="recorder_failed")
+            self._on_fault(reason=f"recorder failed: {error}")
+
+    def _refuse(self, trigger: str, why: str, **details: Any) -> None:
+        log.warning("recording refused (%s): %s", trigger, why)
+        self.signals.cue(why)
+        self.audit.append(RECORD_REFUSED, trigger=trigger, reason=why, state=self.state.value, **details)
+
+    # -- stealth ------------------------------------------------------------------------------
+    def _on_stealth(self) -> None:
+        self.stealth = not self.stealth
+        self.signals.stealth = self.stealth
+        self.audit.append(Event.STEALTH_ON if self.stealth else Event.STEALTH_OFF, state=self.state.value)
+
+    # -- dock ---------------------------------------------------------------------------------
+    def _on_dock(self) -> None:
+        if self.docked:
+            return
+        self.docked = True
+        if self.state is State.BUFFERING:
+            self._enter(State.DOCKED, Event.DOCK_CONNECT)
+        else:  # recording (or updating, fault): the state stays, the dock is noted
+            self.audit.append(Event.DOCK_CONNECT, state=self.state.value)
+        self._start_link()
+
+    def _on_undock(self) -> None:
+        if not self.docked:
+            return
+        self.docked = False
+        self._stop_link()
+        if self.state is State.DOCKED:
+            self._enter(State.BUFFERING, Event.DOCK_DISCONNECT)
+        else:
+            self.audit.append(Event.DOCK_DISCONNECT, state=self.state.value)
+
+    def _start_link(self) -> None:
+        if self.dock_link is not None:
+            self.dock_link.start()
+
+    def _stop_link(self) -> None:
+        if self.dock_link is not None:
+            self.dock_link.stop()
+
+    def _on_clock_set(self, offset_us: int | None = None) -> None:
+        """The dock synced the clock (it audit-logs the offset itself)."""
+        self.clock_set = True
+        self._show_warnings()
+
+    # -- updates ------------------------------------------------------------------------------
+    def begin_update(self) -> None:
+        """Enter UPDATING; refused while recording (the evidence comes first)."""
+        with self._lock:
+            if self.recording is not None:
+                raise MachineError("firmware update refused: the device is recording")
+            if self.state not in (State.BUFFERING, State.DOCKED):
+                raise MachineError(f"firmware update refused in state {self.state.value}")
+            self._enter(State.UPDATING, Event.STATE_CHANGE, cause="update")
+
+    def end_update(self, ok: bool) -> None:
+        with self._lock:
+            if self.state is not State.UPDATING:
+                raise MachineError(f"end_update() in state {self.state.value}")
+            self._enter(State.DOCKED if self.docked else State.BUFFERING, Event.STATE_CHANGE,
+                        cause="update done" if ok else "update failed")
+
+    # -- power, storage, time -----------------------------------------------------------------
+    def _on_battery(self, percent: int) -> None:
+        was_low = self.battery_percent is not None and self.battery_percent <= self._battery_low
+        self.battery_percent = percent
+        low = percent <= self._battery_low
+        if low and not was_low:
+            self.signals.cue("battery_low")
+            self.audit.append(Event.BATTERY_LOW, battery_percent=percent)
+        self._show_warnings()
+        if percent <= self._battery_shutdown and self.recording is not None:
+            self._stop_recording(reason="battery_low")
+
+    def tick(self) -> None:
+        """Time-driven duties, called about once a second: reminder cue, storage level."""
+        with self._lock:
+            if self.state in (State.BOOT, State.FAULT, State.UPDATING):
+                return
+            self._check_storage(announce=True)
+            rec = self.recording
+            if rec is not None:
+                now = self._clock()
+                if now - rec.last_reminder >= self._reminder_s:
+                    rec.last_reminder = now
+                    self.signals.cue("reminder")
+                if self.storage_level == "full":
+                    self._stop_recording(reason="storage_full")
+
+    def _check_storage(self, announce: bool) -> None:
+        level = self.store.storage_status().level
+        if level == self.storage_level:
+            return
+        previous, self.storage_level = self.storage_level, level
+        self._show_warnings()
+        if announce and level != "ok" and (previous, level) != ("full", "nearly_full"):
+            self.signals.cue("storage_full" if level == "full" else "storage_nearly_full")
+            self.audit.append(Event.STORAGE_FULL if level == "full" else Event.STORAGE_NEARLY_FULL)
+
+    def _show_warnings(self) -> None:
+        warnings = set()
+        if self.storage_level in ("full", "nearly_full"):
+            warnings.add("storage_" + self.storage_level)
+        if self.battery_percent is not None and self.battery_percent <= self._battery_low:
+            warnings.add("battery_low")
+        if not self.clock_set:
+            warnings.add("clock_not_set")
+        self.signals.warn(warnings)
+
+    # -- faults -------------------------------------------------------------------------------
+    def _on_fault(self, reason: str) -> None:
+        if self.recording is not None:
+            self._stop_recording(reason="fault")
+        if self.state is not State.FAULT:
+            self._enter(State.FAULT, Event.FAULT, reason=reason)
+
+    # -- transitions --------------------------------------------------------------------------
+    def _enter(self, new: State, event: str, **details: Any) -> None:
+        """Change state: lights, audit entry (one per transition), listeners."""
+        old, self.state = self.state, new
+        if new is not State.RECORDING:
+            self.signals.show(new.value)
+        self._show_warnings()
+        self.audit.append(event, **{"from": old.value, "to": new.value}, **details)
+        log.info("%s -> %s (%s)", old.value, new.value, event)
+        for listener in self.listeners:
+            listener(old, new, event)
+
+    def status(self) -> dict[str, Any]:
+        """What `status` shows and the dock link reports."""
+        with self._lock:
+            rec = self.recording
+            return {
+                "state": self.state.value,
+                "recording_id": rec.recording_id if rec else None,
+                "docked": self.docked,
+                "stealth": self.stealth,
+                "battery_percent": self.battery_percent,
+                "storage": self.storage_level,
+                "clock_set": self.clock_set,
+                "pre_event_held_s": round(self.buffer.held_seconds, 2),
+            }
