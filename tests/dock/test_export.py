@@ -1,0 +1,206 @@
+"""Export: real H.264 from the sim camera, sealed by the real store, exported to MP4 and read back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import av
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from dock.export import ExportError, ExportRefused, export_evidence
+from firmware.cli import main
+from hw_sim.camera import SimCamera, read_frame_number
+from recorder.encoders import PyAVEncoder
+from recorder.segmenter import Segmenter
+from secure_store import keys
+from secure_store.audit import AuditLog, Event
+from secure_store.layout import DeviceRoot
+from secure_store.store import EvidenceStore
+
+WIDTH, HEIGHT, FPS = 256, 144, 10
+DEVICE = "CAM-0042"
+UTC0 = 1_760_000_000.0  # the device clock at frame timestamp 0
+
+
+class Device:
+    """A provisioned device root with its keys, store and audit log."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = DeviceRoot(root)
+        self.signing_key = Ed25519PrivateKey.generate()
+        self.agency_key = X25519PrivateKey.generate()
+        self.root.keys.mkdir(parents=True)
+        self.now = UTC0
+        self.audit = AuditLog(self.root.audit, self.signing_key, DEVICE, clock=lambda: self.now)
+        self.store = EvidenceStore(self.root, device_id=DEVICE, signing_key=self.signing_key,
+                                   agency_public_key=self.agency_key.public_key(), audit=self.audit,
+                                   clock=lambda: self.now, reserve_bytes=0)
+
+    def record(self, recording_id: str, first: int, count: int, markers: dict[int, str] = {}) -> None:
+        """Sim camera frames ``first``..``first+count-1`` → libx264 → segmenter → sealer."""
+        camera = SimCamera(WIDTH, HEIGHT, FPS, start_number=first)
+        segmenter = Segmenter(self.store.open_sealer(), recording_id, segment_s=1.0)
+        self.audit.append(Event.RECORD_START, recording=recording_id)
+        with PyAVEncoder(segmenter, WIDTH, HEIGHT, FPS, bitrate=300_000) as encoder:
+            for number, image, ts in camera.frames(count):
+                self.now = UTC0 + ts / 1e6
+                encoder.encode(image, ts)
+                if number in markers:
+                    segmenter.add_marker(markers[number], ts)
+        segmenter.close()
+        self.audit.append(Event.RECORD_STOP, recording=recording_id)
+
+    def offload(self, dest: Path) -> Path:
+        """What a dock holds after a pull: evidence files, the audit log, the device public key."""
+        dest.mkdir()
+        for item in self.store.list_evidence():
+            target = dest / item.name
+            target.parent.mkdir(exist_ok=True)
+            shutil.copyfile(self.store.evidence_path(item.name), target)
+        (dest / "device.pub").write_bytes(keys.public_pem(self.signing_key.public_key()))
+        return dest
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """One device, two recordings (the first with markers and a pre-event-sized start)."""
+    base = tmp_path_factory.mktemp("export")
+    device = Device(base / "device")
+    device.record("rec-1", 0, 35, {4: "door opened", 22: "arrest"})
+    device.record("rec-2", 100, 12)
+    pulled = device.offload(base / "pulled")
+    agency = base / "agency.key"
+    agency.write_bytes(keys.private_pem(device.agency_key))
+    return device, pulled, agency
+
+
+def mp4_frame_numbers(path: Path) -> tuple[list[int], list[float], float]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = list(container.decode(stream))
+        duration = float(stream.duration * stream.time_base)
+        return ([read_frame_number(f.to_ndarray(format="gray")) for f in frames],
+                [float(f.pts * f.time_base) for f in frames], duration)
+
+
+def test_export_round_trip(recorded, tmp_path: Path) -> None:
+    device, pulled, _ = recorded
+    out = tmp_path / "out"
+    result = export_evidence(pulled, device.agency_key, out)
+    assert [r.recording_id for r in result.recordings] == ["rec-1", "rec-2"]
+    rec1, rec2 = result.recordings
+
+    numbers, times, duration = mp4_frame_numbers(rec1.mp4)
+    assert numbers == list(range(35))  # every frame, in order, none duplicated
+    assert times == pytest.approx([n / FPS for n in range(35)], abs=1e-6)
+    assert duration == pytest.approx(3.5, abs=1e-3)
+    assert mp4_frame_numbers(rec2.mp4)[0] == list(range(100, 112))
+
+    report = json.loads(rec1.report.read_text())
+    assert report["format"] == "bodycam-export-report" and report["verification"]["ok"] is True
+    assert report["mp4"]["sha256"] == hashlib.sha256(rec1.mp4.read_bytes()).hexdigest() == rec1.mp4_sha256
+    assert report["mp4"]["reencoded"] is False and report["mp4"]["frames"] == report["frame_count"] == 35
+    assert (report["mp4"]["width"], report["mp4"]["height"]) == (WIDTH, HEIGHT)
+    segs = sorted(p.name for p in pulled.glob("seg-*.seg"))
+    rec1_segs = [s["file"] for s in report["segments"]]
+    assert len(rec1_segs) >= 3 and rec1_segs == segs[:len(rec1_segs)]
+    for item in report["inputs"]:
+        assert item["sha256"] == hashlib.sha256((pulled / item["file"]).read_bytes()).hexdigest()
+    assert {i["file"] for i in report["inputs"]} == {n for s in rec1_segs for n in (s, s[:-4] + ".manifest")}
+    assert [(m["label"], m["offset_s"]) for m in report["markers"]] == [("door opened", 0.4), ("arrest", 2.2)]
+    # The sealer takes the UTC offset when a GOP is written, one frame after its last frame was seen.
+    start = dt.datetime.fromisoformat(report["start_utc"]).timestamp()
+    end = dt.datetime.fromisoformat(report["end_utc"]).timestamp()
+    assert UTC0 <= start <= UTC0 + 0.2 and end - start == pytest.approx(3.4, abs=0.2)
+    offset_us = report["segments"][0]["utc_offset_us"]
+    assert offset_us in report["clock"]["utc_offset_us"]
+    assert report["start_utc"] == dt.datetime.fromtimestamp((0 + offset_us) / 1e6, dt.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ")
+    assert report["gaps"] == [] and report["recovered_segments"] == []
+    assert len(report["clock"]["utc_offset_us"]) >= 1
+
+
+def test_export_with_given_device_key(recorded, tmp_path: Path) -> None:
+    device, pulled, _ = recorded
+    result = export_evidence(pulled, device.agency_key, tmp_path, device.signing_key.public_key())
+    assert [r.frame_count for r in result.recordings] == [35, 12]
+
+
+def test_cli_export_and_refusals(recorded, tmp_path: Path, capsys) -> None:
+    device, pulled, agency = recorded
+    out = tmp_path / "out"
+    assert main(["export", str(pulled), "--agency-key", str(agency), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "rec-1" in printed and "35 frames" in printed
+    assert sorted(p.name for p in out.iterdir()) == [
+        "CAM-0042_rec-1.json", "CAM-0042_rec-1.mp4", "CAM-0042_rec-2.json", "CAM-0042_rec-2.mp4"]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # a second export never overwrites the first
+    assert main(["export", str(pulled), "--agency-key", str(agency), "--out", str(out)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # wrong agency key: decryption refused, nothing written
+    other = tmp_path / "other.key"
+    other.write_bytes(keys.private_pem(X25519PrivateKey.generate()))
+    assert main(["export", str(pulled), "--agency-key", str(other), "--out", str(tmp_path / "o2")]) == 1
+    assert "agency key" in capsys.readouterr().err
+    assert not list((tmp_path / "o2").glob("*.mp4"))
+    # bad usage
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(pulled)])
+    assert exc.value.code == 2
+    assert main(["export", str(pulled), "--agency-key", str(tmp_path / "missing.key"), "--out", str(out)]) == 1
+
+
+def tamper_copy(pulled: Path, dest: Path) -> Path:
+    shutil.copytree(pulled, dest)
+    return dest
+
+
+@pytest.mark.parametrize("tamper", ["bit_flip", "segment_deleted", "audit_altered", "wrong_device_key"])
+def test_tampered_evidence_is_not_exported(recorded, tmp_path: Path, capsys, tamper: str) -> None:
+    device, pulled, agency = recorded
+    bad = tamper_copy(pulled, tmp_path / "bad")
+    segs = sorted(bad.glob("seg-*.seg"))
+    args = ["export", str(bad), "--agency-key", str(agency), "--out", str(tmp_path / "out")]
+    if tamper == "bit_flip":
+        data = bytearray(segs[1].read_bytes())
+        data[-200] ^= 0x01
+        segs[1].write_bytes(bytes(data))
+        expect = f"{segs[1].name}: chunk"
+    elif tamper == "segment_deleted":
+        segs[1].unlink()
+        segs[1].with_suffix(".manifest").unlink()
+        expect = "missing"
+    elif tamper == "audit_altered":
+        (log,) = (bad / "audit").glob("audit-*.log")
+        log.write_bytes(log.read_bytes().replace(b'"recording":"rec-2"', b'"recording":"rec-9"'))
+        expect = "audit log: entry"
+    else:
+        stranger = tmp_path / "stranger.pub"
+        stranger.write_bytes(keys.public_pem(Ed25519PrivateKey.generate().public_key()))
+        args += ["--device-pub", str(stranger)]
+        expect = "signed by another key"
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert expect in err and "verification failed" in err and "nothing exported" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_library_refusal_names_each_problem(recorded, tmp_path: Path) -> None:
+    device, pulled, _ = recorded
+    bad = tamper_copy(pulled, tmp_path / "bad")
+    segs = sorted(bad.glob("seg-*.seg"))
+    segs[0].write_bytes(segs[0].read_bytes()[:-100])  # truncated
+    with pytest.raises(ExportRefused) as exc:
+        export_evidence(bad, device.agency_key, tmp_path / "out")
+    assert any(p.startswith(segs[0].name) and "truncated" in p for p in exc.value.problems)
+    with pytest.raises(ExportError, match="no sealed segments"):
+        (tmp_path / "empty").mkdir()
+        export_evidence(tmp_path / "empty", device.agency_key, tmp_path / "out")
