@@ -125,7 +125,8 @@ def check_segment_file(path: Path, manifest: Manifest) -> list[Problem]:
                     count += 1
                     problems.extend(_check_record(name, record, expected, manifest.recovered))
             except TornRecordError as exc:
-                problems.append(Problem(name, exc.chunk, f"truncated: torn chunk record at byte {exc.good_end}"))
+                return problems + [Problem(name, exc.chunk, f"truncated: torn chunk record at byte {exc.good_end}; "
+                                                            f"{count} of {len(expected)} chunks complete")]
     except FormatError as exc:
         return problems + [Problem(name, None, str(exc))]
     except OSError as exc:
