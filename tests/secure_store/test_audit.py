@@ -87,6 +87,21 @@ def test_byte_format_matches_spec(tmp_path: Path, key) -> None:
     assert AuditLog(tmp_path, key, DEVICE).head() == AuditHead(0, hashlib.sha256(line).hexdigest())
 
 
+def test_spec_test_vector(tmp_path: Path) -> None:
+    """The audit test vector in docs/FORMAT.md is what the code writes, byte for byte."""
+    docs = [ROOT / "docs" / "FORMAT.md", ROOT / "docs" / "FORMAT-audit.md"]
+    text = next(p.read_text() for p in docs if p.exists() and "<!-- audit-vector -->" in p.read_text())
+    block = text.split("<!-- audit-vector -->", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    seed = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    clocks, monos = iter([1700000000.5, 1700000001.25]), iter([1234, 2000234])
+    log = AuditLog(tmp_path, seed, "cam-0001", clock=lambda: next(clocks), monotonic_us=lambda: next(monos))
+    log.append(Event.BOOT, reason="power_on")
+    log.append(Event.MARKER, label="door", timestamp_us=2000000)
+    assert (tmp_path / "audit-000000000000.log").read_text() == block
+    assert log.head() == AuditHead(1, "a1e7547892abef3d2d1d2c24f8414deb28ffbed93bb3070956fb8cc026a37c1f")
+    assert "a1e7547892abef3d2d1d2c24f8414deb28ffbed93bb3070956fb8cc026a37c1f" in text
+
+
 def test_rotation_chains_across_files(tmp_path: Path, key) -> None:
     make_log(tmp_path, key, 12, max_file_bytes=1500)
     files = sorted(p.name for p in tmp_path.glob("audit-*.log"))
