@@ -18,18 +18,17 @@ Two pixel formats, named as FFmpeg/PyAV name them:
 
 Timestamps are ``round(frame_number * 1e6 / fps)`` µs: spaced 1/fps apart
 without drift. The ``"real"`` clock paces frames to wall time like a sensor;
-the ``"fast"`` clock delivers them as fast as the CPU allows.
+the ``"fast"`` clock delivers them as fast as the CPU allows. Unlike a sensor,
+a late consumer makes the sim camera late, never drop frames: it keeps every
+number, which is what the tests count on.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "FrameNumberError",

@@ -75,3 +75,41 @@ def test_yuv420p_frames_match_the_bgr_scene_and_carry_the_number():
         y1 = strip_region(640, 360)[3]
         diff = np.abs(as_bgr[y1:].astype(int) - reference[y1:].astype(int))
         assert np.median(diff) <= 3
+
+
+class FakeTime:
+    """Stands in for the ``time`` module: ``sleep`` advances ``monotonic``, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now = 500.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_real_clock_paces_frames_to_their_timestamps(monkeypatch):
+    import hw_sim.camera as camera_module
+
+    fake = FakeTime()
+    monkeypatch.setattr(camera_module, "time", fake)
+    camera = SimCamera(320, 240, fps=25, clock="real", start_number=50)
+    delivered = []
+    for number, _, timestamp in camera.frames(6):
+        delivered.append((fake.now - 500.0, timestamp - camera.timestamp_us(50)))
+        if number == 52:
+            fake.now += 0.1  # a slow consumer: the camera catches up without sleeping
+    for at, offset_us in delivered[:3]:
+        assert at == pytest.approx(offset_us / 1e6)
+    # Frames 53 and 54 were due at 0.12 s and 0.16 s: they come late (at once), never early,
+    # and frame 55 is back on its own time without drift.
+    assert [at for at, _ in delivered[3:]] == pytest.approx([0.18, 0.18, 0.2])
+    assert [t for _, t in delivered] == [0, 40_000, 80_000, 120_000, 160_000, 200_000]
+    fast = FakeTime()
+    monkeypatch.setattr(camera_module, "time", fast)
+    list(SimCamera(320, 240, clock="fast").frames(5))
+    assert fast.sleeps == []
