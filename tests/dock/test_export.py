@@ -43,18 +43,34 @@ class Device:
                                    clock=lambda: self.now, reserve_bytes=0)
 
     def record(self, recording_id: str, first: int, count: int, markers: dict[int, str] = {}) -> None:
-        """Sim camera frames ``first``..``first+count-1`` → libx264 → segmenter → sealer."""
-        camera = SimCamera(WIDTH, HEIGHT, FPS, start_number=first)
-        segmenter = Segmenter(self.store.open_sealer(), recording_id, segment_s=1.0)
+        self.record_frames(recording_id, range(first, first + count), markers)
+
+    def record_frames(self, recording_id: str, numbers, markers: dict[int, str] = {}, *,
+                      segment_s: float = 1.0, power_cut: bool = False) -> None:
+        """Sim camera frames ``numbers`` → libx264 → segmenter → sealer (→ power cut: never closed)."""
+        camera = SimCamera(WIDTH, HEIGHT, FPS)
+        segmenter = Segmenter(self.store.open_sealer(), recording_id, segment_s=segment_s)
         self.audit.append(Event.RECORD_START, recording=recording_id)
-        with PyAVEncoder(segmenter, WIDTH, HEIGHT, FPS, bitrate=300_000) as encoder:
-            for number, image, ts in camera.frames(count):
-                self.now = UTC0 + ts / 1e6
-                encoder.encode(image, ts)
-                if number in markers:
-                    segmenter.add_marker(markers[number], ts)
+        encoder = PyAVEncoder(segmenter, WIDTH, HEIGHT, FPS, bitrate=300_000)
+        for number in numbers:
+            ts = camera.timestamp_us(number)
+            self.now = UTC0 + ts / 1e6
+            encoder.encode(camera.render(number), ts)
+            if number in markers:
+                segmenter.add_marker(markers[number], ts)
+        if power_cut:
+            return  # the GOP in flight and the open segment's manifest are lost with the power
+        encoder.close()
         segmenter.close()
         self.audit.append(Event.RECORD_STOP, recording=recording_id)
+
+    def reboot(self) -> list[str]:
+        """A new store and audit log over the same root, as after a power cut; runs recovery."""
+        self.audit = AuditLog(self.root.audit, self.signing_key, DEVICE, clock=lambda: self.now)
+        self.store = EvidenceStore(self.root, device_id=DEVICE, signing_key=self.signing_key,
+                                   agency_public_key=self.agency_key.public_key(), audit=self.audit,
+                                   clock=lambda: self.now, reserve_bytes=0)
+        return self.store.recover()
 
     def offload(self, dest: Path) -> Path:
         """What a dock holds after a pull: evidence files, the audit log, the device public key."""
@@ -204,3 +220,25 @@ def test_library_refusal_names_each_problem(recorded, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="no sealed segments"):
         (tmp_path / "empty").mkdir()
         export_evidence(tmp_path / "empty", device.agency_key, tmp_path / "out")
+
+
+def test_recovered_segment_and_gap_are_exported_and_reported(tmp_path: Path) -> None:
+    device = Device(tmp_path / "device")
+    device.record_frames("rec-cut", range(25), segment_s=3.0, power_cut=True)
+    assert device.reboot() == ["seg-0000000001"]
+    device.record_frames("rec-gap", [*range(40, 55), *range(70, 85)])
+    pulled = device.offload(tmp_path / "pulled")
+    cut, gap = export_evidence(pulled, device.agency_key, tmp_path / "out").recordings
+
+    # Power cut: every sealed GOP is exported (frames 20-24 were in flight and are lost).
+    assert mp4_frame_numbers(cut.mp4)[0] == list(range(20))
+    report = json.loads(cut.report.read_text())
+    assert report["recovered_segments"] == ["seg-0000000001.seg"] and report["segments"][0]["recovered"]
+    assert report["frame_count"] == 20 and report["gaps"] == []
+
+    # A 1.6 s hole in the frame stream is kept in the MP4's timeline and named in the report.
+    numbers, times, _ = mp4_frame_numbers(gap.mp4)
+    assert numbers == [*range(40, 55), *range(70, 85)]
+    assert times[15] - times[14] == pytest.approx(1.6, abs=1e-6)
+    report = json.loads(gap.report.read_text())
+    assert [(g["after_timestamp_us"], g["gap_us"]) for g in report["gaps"]] == [(5_400_000, 1_600_000)]
