@@ -74,6 +74,17 @@ def _install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flash(args: argparse.Namespace) -> int:
+    from firmware.flash import flash
+    from secure_store import keys
+
+    dock_key = keys.load_private_key(args.dock_key, "dock")
+    reply = flash(args.port, dock_key, args.image, progress=not args.quiet)
+    print(f"device {reply['device_id']}: firmware {reply['version']} installed in slot {reply['slot']} "
+          f"(trial; previous {reply['previous_version']} in slot {reply['previous_slot']})")
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from firmware.update import status
 
@@ -115,6 +126,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument("--boot-tries", type=int, default=3, choices=range(1, 11), metavar="N",
                    help="boots the new slot gets to be marked healthy (default 3)")
     n.set_defaults(func=_install)
+
+    f = sub.add_parser("flash", help="send an image to a docked device over the authenticated dock link")
+    f.add_argument("--port", required=True, help="serial port of the docked device (path or pyserial URL)")
+    f.add_argument("--dock-key", required=True, type=Path, help="this dock's Ed25519 private key")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.add_argument("image", type=Path, metavar="IMAGE")
+    f.set_defaults(func=_flash)
 
     s = sub.add_parser("status", help="show the A/B slot state of a device")
     s.add_argument("--root", required=True, type=Path, help="device root directory")
