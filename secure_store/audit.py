@@ -75,6 +75,7 @@ class Event:
     DOCK_ENROLLED = "dock_enrolled"
     OFFLOAD_START = "offload_start"
     OFFLOAD_CONFIRM = "offload_confirm"
+    OFFLOAD_END = "offload_end"
     DELETE = "delete"  # evidence deleted by EvidenceStore.release after a confirmed offload
     RELEASE = DELETE
     RELEASE_REFUSED = "release_refused"
