@@ -358,6 +358,14 @@ class DeviceMachine:
             warnings.add("clock_not_set")
         self.signals.warn(warnings)
 
+    def shutdown(self, reason: str = "shutdown") -> None:
+        """Power-down: seal any recording first, then log the shutdown."""
+        with self._lock:
+            if self.recording is not None:
+                self._stop_recording(reason=reason)
+            self._stop_link()
+            self.audit.append(Event.SHUTDOWN, state=self.state.value, reason=reason)
+
     # -- faults -------------------------------------------------------------------------------
     def _on_fault(self, reason: str) -> None:
         if self.recording is not None:

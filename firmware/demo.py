@@ -1,0 +1,196 @@
+"""`bodycam demo`: the whole journey on simulated hardware, from a press to a court export.
+
+1. make throw-away SIMULATION-ONLY keys (agency, vendor, dock) and provision a sim device;
+2. boot it (sim camera with a fast clock, MockFactory pins, sim battery, a linked pty pair
+   as the USB cable) and let it buffer ≥ 35 s of sensor time;
+3. double-press record on the MockFactory pin, record 20 s with a marker (function
+   button), hold record to stop;
+4. dock (dock-detect pin): the dock pulls over the pty link, verifies, confirms;
+5. verify and export the dock's copy with the sim agency key: MP4s and JSON reports.
+
+The camera's clock is "fast": it encodes as fast as the CPU allows, so every wait here is
+in sensor time (frame timestamps), never wall time; only the finger uses the wall clock,
+as gpiozero's hold and our settle timers do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from firmware.config import Config, with_overrides
+from firmware.machine import State
+from secure_store import keys
+
+log = logging.getLogger(__name__)
+
+MARKER_FILE = "SIMULATION-ONLY.txt"
+MARKER_TEXT = """SIMULATION ONLY — made by `bodycam demo`.
+
+The keys in sim-keys/ were generated on this machine for a simulated device. They protect
+nothing: never provision a real camera with them, never trust footage sealed to them.
+This whole directory is thrown away and remade by the next `bodycam demo`.
+"""
+DEVICE_ID = "SIM-DEMO-0001"
+
+
+class DemoError(Exception):
+    """The demo could not run to the end; the message says where it stopped."""
+
+    exit_code = 1
+
+
+@dataclass
+class DemoSummary:
+    out: Path
+    device_id: str = DEVICE_ID
+    resolution: str = ""
+    segments: int = 0
+    bytes_sealed: int = 0
+    pre_event_s: float = 0.0
+    recorded_s: float = 0.0
+    markers: list[str] = field(default_factory=list)
+    pulled: int = 0
+    confirmed: int = 0
+    verified: bool = False
+    problems: list[str] = field(default_factory=list)
+    mp4s: list[Path] = field(default_factory=list)
+    reports: list[Path] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def _fresh_out(out: Path) -> None:
+    """Reuse ``out`` only if an earlier demo made it; never delete anything else."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER_FILE).exists():
+            raise DemoError(f"{out} exists and was not made by bodycam demo; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER_FILE).write_text(MARKER_TEXT)
+
+
+def _sim_keys(out: Path) -> dict[str, Path]:
+    key_dir = out / "sim-keys"
+    key_dir.mkdir()
+    (key_dir / MARKER_FILE).write_text(MARKER_TEXT)
+    made = {}
+    for kind in ("agency", "vendor", "dock"):
+        private, public = keys.write_keypair(kind, key_dir / f"sim-{kind}")
+        made[kind], made[kind + "_pub"] = private, public
+    return made
+
+
+def demo_config(resolution: str, fps: int, pre_event_s: float, bitrate: int) -> Config:
+    return with_overrides(
+        Config(),
+        video={"resolution": resolution, "fps": fps, "pre_event_s": pre_event_s, "segment_s": 10.0,
+               "bitrate": bitrate},
+        storage={"reserve_mb": 0},
+    )
+
+
+def run_demo(
+    out: str | Path,
+    *,
+    resolution: str = "1280x720",
+    fps: int = 30,
+    pre_event_s: float = 30.0,
+    buffer_s: float = 35.0,
+    record_s: float = 20.0,
+    bitrate: int = 4_000_000,
+    say: Callable[[str], None] = lambda line: None,
+) -> DemoSummary:
+    """Run the demo into ``out``; ``say`` receives one line per step (the CLI prints them)."""
+    from dock.client import pull
+    from dock.export import export_evidence
+    from firmware.device import Device
+    from firmware.provision import provision
+    from hw_sim.link import LinkedPtys
+    from hw_sim.pins import Finger
+
+    started = time.monotonic()
+    out = Path(out).resolve()
+    _fresh_out(out)
+    summary = DemoSummary(out, resolution=resolution)
+    made = _sim_keys(out)
+    root = out / "device"
+    provision(root, DEVICE_ID, made["agency_pub"], made["vendor_pub"], [made["dock_pub"]])
+    say(f"provisioned simulated device {DEVICE_ID} in {root} (SIMULATION ONLY keys in {out / 'sim-keys'})")
+
+    config = demo_config(resolution, fps, pre_event_s, bitrate)
+    pins, controls = config.pins, config.controls
+    with LinkedPtys() as cable:
+        device = Device(root, config, sim=True, port=cable.a_path, camera_clock="fast")
+        finger = Finger(device.pin_factory, settle_s=controls.bounce_s)
+        try:
+            device.start()
+            say(f"booted: {resolution}@{fps}, pre-event buffer {pre_event_s:g} s, sensor clock fast")
+            t0 = time.monotonic()
+            device.wait_for(lambda: device.sensor_seconds >= buffer_s, 120, f"{buffer_s:g} s of buffered video")
+            rate = device.sensor_seconds / max(time.monotonic() - t0, 1e-3)  # sensor seconds per wall second
+            say(f"buffered {device.sensor_seconds:.1f} s of sensor time (holding {device.buffer.held_seconds:.1f} s)"
+                f" at {rate:.1f}x real time")
+
+            finger.double(pins.record_button)
+            device.wait_for(lambda: device.machine.state is State.RECORDING, 10, "the double press to start")
+            start_s = device.recording_started_us / 1e6
+            say(f"double-pressed record at sensor {start_s:.1f} s: recording, LED red")
+
+            device.wait_for(lambda: device.sensor_seconds >= start_s + record_s / 2, 60, "the marker moment")
+            finger.press(pins.function_button)
+            say(f"function button at sensor {device.sensor_seconds:.1f} s: marker")
+
+            hold_sensor_s = (controls.stop_hold_s + 0.3) * rate  # sensor time that passes while the finger holds
+            device.wait_for(lambda: device.sensor_seconds >= start_s + max(record_s - hold_sensor_s, 1), 60,
+                            "the end of the recording")
+            finger.hold(pins.record_button, controls.stop_hold_s)
+            device.wait_for(lambda: device.machine.state is not State.RECORDING, 10, "the hold to stop")
+            rec = device.machine.last_recording
+            summary.markers = list(rec.markers)
+            summary.recorded_s = device.sensor_seconds - start_s
+            say(f"held record {controls.stop_hold_s:g} s: stopped, last segment sealed "
+                f"(recording {rec.recording_id})")
+
+            evidence = [p for p in root.joinpath("evidence").glob("seg-*.seg")]
+            summary.segments = len(evidence)
+            summary.bytes_sealed = sum(p.stat().st_size for p in evidence)
+
+            finger.set_active(pins.dock_detect, True)
+            device.wait_for(lambda: device.machine.state is State.DOCKED, 10, "docking")
+            say(f"docked: pulling over the simulated USB serial link {cable.b_path}")
+            dock_key = keys.load_private_key(made["dock"], "dock")
+            pulled = pull(cable.b_path, out / "dock", dock_key)
+            summary.pulled, summary.confirmed = len(pulled.fetched), len(pulled.confirmed)
+            summary.problems += pulled.problems
+            say(f"pulled {len(pulled.fetched)} files ({pulled.bytes_fetched} bytes) in {pulled.seconds:.1f} s, "
+                f"verified and confirmed {len(pulled.confirmed)} segments (released on the device)")
+            finger.set_active(pins.dock_detect, False)
+        finally:
+            device.stop("demo finished")
+
+    agency_key = keys.load_private_key(made["agency"], "agency")
+    device_key = keys.load_public_key(root / "keys" / "device.pub", "device")
+    result = export_evidence(out / "dock" / DEVICE_ID, agency_key, out / "export", device_key)
+    summary.verified = result.verification.ok
+    summary.problems += [str(p) for p in result.verification.problems]
+    for recording in result.recordings:
+        summary.mp4s.append(recording.mp4)
+        summary.reports.append(recording.report)
+        first_ts = _first_timestamp_us(recording.report, rec.recording_id)
+        if first_ts is not None:
+            summary.pre_event_s = round(start_s - first_ts / 1e6, 2)
+    summary.wall_s = round(time.monotonic() - started, 1)
+    return summary
+
+
+def _first_timestamp_us(report: Path, recording_id: str) -> int | None:
+    """The first frame's sensor timestamp of a recording, from its export report."""
+    doc = json.loads(Path(report).read_text())
+    if doc.get("recording_id") != recording_id or not doc.get("segments"):
+        return None
+    return doc["segments"][0]["first_timestamp_us"]

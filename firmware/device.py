@@ -1,0 +1,237 @@
+"""The composition root: one provisioned device root + a config → a running camera.
+
+Everything is built here and nowhere else: camera and encoder, pre-event buffer, sealed
+store and audit log, pins (controls and signals), battery, the dock link and the state
+machine. ``sim=True`` swaps in the simulated hardware — the hw_sim camera, gpiozero's
+MockFactory pins, the sim battery — behind the same seams; a Raspberry Pi gets
+picamera2 (``recorder.picamera``) and gpiozero's default pin factory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from buffer.prebuffer import PreEventBuffer
+from firmware import update
+from firmware.config import Config
+from firmware.controls import Controls
+from firmware.machine import DeviceMachine, State
+from firmware.offload import OffloadServer, OffsetClock, load_enrolled_docks
+from firmware.provision import ProvisionError, load_identity
+from firmware.signals import Signals
+from secure_store import keys
+from secure_store.audit import AuditLog
+from secure_store.layout import DeviceRoot
+from secure_store.store import EvidenceStore
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+TICK_S = 0.5
+EARLIEST_PLAUSIBLE_UTC = 1_704_067_200  # 2024-01-01: a Pi without RTC boots in 1970
+
+
+class DeviceError(Exception):
+    """The device cannot start: not provisioned, keys missing, hardware absent."""
+
+    exit_code = 1
+
+
+class FrameTap:
+    """Between the encoder and the pre-event buffer: counts frames and keeps the newest timestamp.
+
+    The newest timestamp is the device's sensor time (in simulation with a fast clock,
+    the only clock that tells how much video exists); the count is the health check.
+    """
+
+    def __init__(self, output) -> None:
+        self.output = output
+        self.frames = 0
+        self.newest_us: int | None = None
+
+    def outputframe(self, frame: bytes, keyframe: bool = True, timestamp: int | None = None,
+                    packet: object = None, audio: bool = False) -> None:
+        self.output.outputframe(frame, keyframe, timestamp, packet, audio)
+        self.newest_us = timestamp
+        self.frames += 1
+
+
+def _signals(config: Config, pin_factory) -> Signals:
+    from gpiozero import LED, Buzzer, PWMOutputDevice
+
+    pins = config.pins
+
+    def made(cls, pin):
+        return None if pin is None else cls(pin, pin_factory=pin_factory)
+
+    return Signals(green=made(LED, pins.led_green), red=made(LED, pins.led_red), amber=made(LED, pins.led_amber),
+                   buzzer=made(Buzzer, pins.buzzer), haptic=made(PWMOutputDevice, pins.haptic))
+
+
+class Device:
+    """A running body camera; ``start()`` boots it, ``stop()`` seals and shuts down."""
+
+    def __init__(self, root: str | Path, config: Config, *, sim: bool = False, port: str | None = None,
+                 camera_clock: str = "real", pin_factory=None, battery=None) -> None:
+        self.root = DeviceRoot(root)
+        self.config = config
+        self.sim = sim
+        try:
+            identity = load_identity(self.root)
+            self.device_id: str = identity["device_id"]
+            self.device_key = keys.load_private_key(self.root.device_key, "device")
+            agency_public_key = keys.load_public_key(self.root.agency_pub, "agency")
+        except (ProvisionError, keys.KeyFileError) as exc:
+            raise DeviceError(f"device {self.root.root} cannot start: {exc}") from None
+        self.audit = AuditLog(self.root.audit, self.device_key, self.device_id)
+        self.clock = OffsetClock(self.root.state / "clock.json")
+        storage = config.storage
+        self.store = EvidenceStore(
+            self.root, device_id=self.device_id, signing_key=self.device_key,
+            agency_public_key=agency_public_key, audit=self.audit, clock=self.clock,
+            quota_bytes=storage.quota_mb * MIB if storage.quota_mb else None,
+            reserve_bytes=storage.reserve_mb * MIB,
+        )
+        video = config.video
+        held_bytes = int(video.pre_event_s * video.bitrate / 8 * 1.5) + 8 * MIB
+        self.buffer = PreEventBuffer(video.pre_event_s, max_bytes=held_bytes)
+        self.tap = FrameTap(self.buffer)
+
+        if sim and pin_factory is None:
+            from hw_sim.pins import sim_pin_factory
+            pin_factory = sim_pin_factory()
+        self.pin_factory = pin_factory
+        if sim and battery is None:
+            from hw_sim.battery import SimBattery
+            battery = SimBattery()
+        self.battery = battery
+        self.signals = _signals(config, pin_factory)
+
+        self.port = port
+        self.offload = None
+        if port:
+            self.offload = OffloadServer(
+                port, self.store, self.audit, self.device_key, self.device_id,
+                enrolled_docks=lambda: load_enrolled_docks(self.root.docks),
+                status_provider=self._dock_status, clock=self.clock,
+                on_clock_set=lambda offset: self.machine.handle("clock_set", offset_us=offset),
+            )
+        self.machine = DeviceMachine(
+            buffer=self.buffer, store=self.store, audit=self.audit, signals=self.signals,
+            segment_s=video.segment_s, reminder_s=config.signals.reminder_s,
+            battery_low_percent=config.power.battery_low_percent,
+            battery_shutdown_percent=config.power.battery_shutdown_percent,
+            dock_link=self.offload,
+        )
+        self.machine.listeners.append(self._on_transition)
+        self.controls = Controls(config.pins, config.controls, self.machine.handle, pin_factory=pin_factory)
+        self.camera = self._camera(camera_clock)
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick_loop, name="device-tick", daemon=True)
+        self._healthy = False
+        self._last_battery: int | None = None
+        self.recording_started_us: int | None = None  # sensor time of the newest frame at activation
+
+    def _camera(self, camera_clock: str):
+        video = self.config.video
+        width, height = video.size
+
+        def utc() -> dt.datetime:
+            return dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc)
+
+        if self.sim:
+            from hw_sim.camera import SimCamera
+            from recorder.encoders import CaptureThread, PyAVEncoder
+
+            camera = SimCamera(width, height, video.fps, clock=camera_clock, pixel_format="yuv420p")
+            encoder = PyAVEncoder(self.tap, width, height, video.fps, video.bitrate, input_format="yuv420p")
+            return CaptureThread(camera, encoder, device_id=self.device_id, utc_clock=utc)
+        from recorder.picamera import PiCameraSource
+
+        return PiCameraSource(self.tap, width, height, video.fps, video.bitrate, device_id=self.device_id,
+                              utc_clock=utc)
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Boot: choose the firmware slot, recover the store, start the camera and the machine."""
+        slot = update.boot_slot(self.root, audit=self.audit)
+        log.info("device %s booting firmware slot %s (%s)", self.device_id, slot.slot, slot.version)
+        update.clear_recording(self.root)  # no recording survives a reboot
+        clock_set = (self.root.state / "clock.json").exists() and self.clock() > EARLIEST_PLAUSIBLE_UTC
+        self.machine.boot(docked=self.controls.docked, clock_set=clock_set)
+        self.camera.start()
+        self._ticker.start()
+
+    def stop(self, reason: str = "shutdown") -> None:
+        """Seal any recording, stop the camera and the dock link, release the pins."""
+        self._stop.set()
+        if self._ticker.is_alive():
+            self._ticker.join(timeout=2)
+        self.machine.shutdown(reason)
+        try:
+            self.camera.stop()
+        finally:
+            self.controls.close()
+            self.signals.close()
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(TICK_S):
+            try:
+                self._tick()
+            except Exception:  # noqa: BLE001 - the ticker must outlive one bad tick
+                log.exception("device tick failed")
+
+    def _tick(self) -> None:
+        error = getattr(self.camera, "error", None)
+        if error is not None and self.machine.state is not State.FAULT:
+            self.machine.handle("fault", reason=f"camera stopped: {error}")
+        if self.battery is not None:
+            percent = self.battery.percent
+            if percent != self._last_battery:
+                self._last_battery = percent
+                self.machine.handle("battery", percent=percent)
+        self.machine.tick()
+        if not self._healthy and self.tap.frames >= self.config.video.fps and self.machine.state in (
+                State.BUFFERING, State.DOCKED, State.RECORDING):
+            self._healthy = True  # a second of video through the buffer: this firmware works
+            update.mark_healthy(self.root, audit=self.audit)
+
+    def _on_transition(self, old: State, new: State, event: str) -> None:
+        if new is State.RECORDING and self.machine.recording is not None:
+            self.recording_started_us = self.tap.newest_us
+            update.set_recording(self.root, self.machine.recording.recording_id)
+        elif old is State.RECORDING:
+            update.clear_recording(self.root)
+
+    # -- what a person or a dock can see ----------------------------------------------------------
+    @property
+    def sensor_seconds(self) -> float:
+        """Seconds of video the camera has produced (sensor time, fast in simulation)."""
+        return 0.0 if self.tap.newest_us is None else self.tap.newest_us / 1e6
+
+    def status(self) -> dict[str, Any]:
+        status = self.machine.status()
+        status.update(device_id=self.device_id, sensor_s=round(self.sensor_seconds, 2),
+                      frames=self.tap.frames, storage_free_bytes=self.store.storage_status().free_bytes)
+        return status
+
+    def _dock_status(self) -> dict[str, Any]:
+        status = self.machine.status()
+        return {"battery_percent": status["battery_percent"], "recording_state": status["state"],
+                "recording_id": status["recording_id"]}
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        """Poll ``condition`` until true; DeviceError naming ``what`` after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            error = getattr(self.camera, "error", None)
+            if error is not None:
+                raise DeviceError(f"camera failed while waiting for {what}: {error}")
+            if time.monotonic() > deadline:
+                raise DeviceError(f"timed out after {timeout:g} s waiting for {what}")
+            time.sleep(0.01)

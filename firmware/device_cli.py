@@ -1,0 +1,127 @@
+"""`bodycam device` (the firmware daemon) and `bodycam demo` (the simulated journey)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from firmware.config import ConfigError
+from firmware.demo import DemoError
+from firmware.machine import MachineError
+
+log = logging.getLogger(__name__)
+
+
+def _device(args: argparse.Namespace) -> int:
+    from firmware import config as config_mod
+    from firmware.device import Device
+
+    config_path = args.config
+    if config_path is None and args.root and (Path(args.root) / "config.toml").exists():
+        config_path = Path(args.root) / "config.toml"
+    config = config_mod.load(config_path)
+    root = Path(args.root or config.paths.root)
+    port = args.port if args.port else (None if args.sim else config.paths.serial_port)
+    device = Device(root, config, sim=args.sim, port=port, camera_clock="real")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    device.start()
+    print(f"bodycam: device {device.device_id} running ({'simulated' if args.sim else 'Raspberry Pi'}); "
+          f"state {device.machine.state.value}", file=sys.stderr)
+    try:
+        if args.sim:
+            _console(device, stop)
+        else:
+            stop.wait()
+    finally:
+        device.stop("daemon stopped")
+    return 0
+
+
+def _console(device, stop: threading.Event) -> None:
+    from firmware.console import ConsoleError, Quit, SimConsole
+
+    console = SimConsole(device)
+    print("type commands (help for the list, quit to stop)", file=sys.stderr)
+    reader = threading.Thread(target=_read_lines, args=(console, stop), name="console", daemon=True)
+    reader.start()
+    stop.wait()
+
+
+def _read_lines(console, stop: threading.Event) -> None:
+    from firmware.console import ConsoleError, Quit
+
+    for line in sys.stdin:
+        try:
+            answer = console.execute(line)
+        except ConsoleError as exc:
+            answer = f"error: {exc}"
+        except Quit:
+            break
+        if answer:
+            print(answer, flush=True)
+    stop.set()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from firmware.demo import run_demo
+
+    summary = run_demo(args.out, resolution=args.resolution, say=lambda line: print(f"demo: {line}", flush=True))
+    ok = summary.verified and not summary.problems
+    print()
+    print(f"  device           {summary.device_id} (SIMULATION ONLY) in {summary.out}")
+    print(f"  segments         {summary.segments} sealed, {summary.bytes_sealed:,} bytes")
+    print(f"  pre-event        {summary.pre_event_s:.1f} s before the press, on disk")
+    print(f"  recorded         {summary.recorded_s:.1f} s after the press, markers: {', '.join(summary.markers) or '-'}")
+    print(f"  dock pull        {summary.pulled} files, {summary.confirmed} segments confirmed and released")
+    print(f"  verification     {'OK' if ok else 'FAILED'}")
+    for problem in summary.problems:
+        print(f"    problem: {problem}")
+    for mp4, report in zip(summary.mp4s, summary.reports):
+        print(f"  mp4              {mp4}")
+        print(f"  report           {report}")
+    print(f"  wall time        {summary.wall_s:.1f} s")
+    return 0 if ok else 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("device", help="run the camera firmware daemon",
+                              description="Run the body camera: buttons, LEDs, pre-event buffer, sealed "
+                                          "recording, dock link. --sim runs it on simulated hardware and "
+                                          "reads button presses from stdin.")
+    p.add_argument("--sim", action="store_true", help="simulated camera, MockFactory pins, sim battery")
+    p.add_argument("--config", type=Path, help="TOML config (default: ROOT/config.toml if present)")
+    p.add_argument("--root", type=Path, help="device root (default: paths.root from the config)")
+    p.add_argument("--port", help="dock link serial port (default: paths.serial_port; none with --sim)")
+    p.set_defaults(func=_device)
+
+    d = subparsers.add_parser("demo", help="simulated device end to end: record, dock pull, verify, export",
+                              description="Provision a throw-away simulated device (SIMULATION ONLY keys), "
+                                          "record with pre-event, pull over a simulated USB link, verify and "
+                                          "export to MP4.")
+    d.add_argument("--out", type=Path, default=Path("demo-output"), help="output directory (default: demo-output)")
+    d.add_argument("--resolution", default="1280x720", choices=("320x240", "640x480", "1280x720", "1920x1080"),
+                   help="sim camera resolution (default: 1280x720)")
+    d.set_defaults(func=_demo)
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    from dock.client import PullError
+    from dock.export import ExportError
+    from firmware.console import ConsoleError
+    from firmware.device import DeviceError
+    from firmware.provision import ProvisionError
+    from firmware.slots import UpdateError
+    from secure_store.errors import StoreError
+    from secure_store.keys import KeyFileError
+
+    return (ConfigError, DemoError, DeviceError, MachineError, ConsoleError, ProvisionError, UpdateError,
+            StoreError, KeyFileError, PullError, ExportError)
+
+
+ERRORS = _errors()
