@@ -1,7 +1,7 @@
 """Firmware over the dock link: three commands added to the device's ``OffloadServer``.
 
 The dock is only the carrier; the device trusts nothing it sends until ``install_image``
-has checked the vendor signature. docs/PROTOCOL.md ("Firmware transfer") specifies::
+has checked the vendor signature. docs/FIRMWARE.md §5 specifies::
 
     fw_begin   {size, sha256}          → {"upload": size}     refused while recording, if too big or no room
     fw_data    {offset} + blob         → {"received": n}      offsets must follow on exactly

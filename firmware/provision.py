@@ -130,16 +130,16 @@ def set_clock(root: DeviceRoot, audit: AuditLog, source: str, reference_utc: flo
               clock: Callable[[], float] = time.time) -> int:
     """Record the offset between a reference UTC and the device clock in state/clock.json; logged.
 
-    The device clock itself is not changed (that needs root on a Pi); readers add the offset.
+    The device clock itself is not changed (that needs root on a Pi); ``firmware.offload.OffsetClock``
+    adds the offset, and a dock's time sync later updates the same file.
     """
     device_now = clock()
     reference = device_now if reference_utc is None else reference_utc
     offset_us = round((reference - device_now) * 1e6)
     root.state.mkdir(mode=0o755, parents=True, exist_ok=True)
-    record = {"offset_us": offset_us, "source": source, "reference_utc": _utc(reference),
-              "device_utc": _utc(device_now)}
+    record = {"offset_us": offset_us, "source": source, "reference_utc": reference}  # as OffsetClock writes it
     write_atomic(root.state / "clock.json", json.dumps(record, sort_keys=True).encode() + b"\n", 0o644)
-    audit.append(Event.CLOCK_SET, **record)
+    audit.append(Event.CLOCK_SET, **record, device_utc=device_now, utc=_utc(reference))
     log.info("clock set from %s: offset %d µs", source, offset_us)
     return offset_us
 

@@ -10,6 +10,7 @@ import stat
 import pytest
 
 from firmware.cli import main
+from firmware.offload import OffsetClock
 from firmware.provision import ProvisionError, enroll_dock, load_identity, provision
 from secure_store import keys
 from secure_store.audit import Event, read_entries, verify_audit
@@ -50,6 +51,7 @@ def test_provision_creates_key_0600_trusted_keys_identity_and_clock(trusted):
     assert doc["public_key_pem"] == root.device_pub.read_text()
     clock = json.loads((root.state / "clock.json").read_bytes())
     assert clock["offset_us"] == 1_500_000 and clock["source"] == "provision"
+    assert OffsetClock(root.state / "clock.json", base=lambda: 100.0)() == 101.5  # the daemon's clock reads it
     events = [(e.event, e.details) for e in read_entries(root.audit)]
     assert [e for e, _ in events] == [Event.PROVISION, Event.CLOCK_SET]
     assert events[0][1]["device_key"] == identity.fingerprint and events[0][1]["docks"] == [dock_fp]
