@@ -17,6 +17,9 @@ def _export(args: argparse.Namespace) -> int:
     from dock.export import ExportRefused, export_evidence
     from secure_store import keys
 
+    if not args.path.exists():
+        print(f"bodycam export: {args.path}: no such file or directory", file=sys.stderr)
+        return 2
     agency_key = keys.load_private_key(args.agency_key, "agency")
     device_key = keys.load_public_key(args.device_pub, "device") if args.device_pub else None
     try:

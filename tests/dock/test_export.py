@@ -171,7 +171,18 @@ def test_cli_export_and_refusals(recorded, tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["export", str(pulled)])
     assert exc.value.code == 2
+    assert main(["export", str(tmp_path / "nowhere"), "--agency-key", str(agency), "--out", str(out)]) == 2
     assert main(["export", str(pulled), "--agency-key", str(tmp_path / "missing.key"), "--out", str(out)]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
+def test_export_one_segment(recorded, tmp_path: Path) -> None:
+    device, pulled, _ = recorded
+    second = sorted(pulled.glob("seg-*.seg"))[1]  # rec-1, index 1: starts at a keyframe, decodes alone
+    (rec,) = export_evidence(second, device.agency_key, tmp_path).recordings
+    assert mp4_frame_numbers(rec.mp4)[0] == list(range(10, 20))
+    report = json.loads(rec.report.read_text())
+    assert [s["index"] for s in report["segments"]] == [1] and report["frame_count"] == 10
 
 
 def tamper_copy(pulled: Path, dest: Path) -> Path:
