@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -159,13 +160,16 @@ def verify_slot(root: DeviceRoot, slot: str, state: dict) -> None:
         raise UpdateError(f"slot {slot}: files differ from manifest (extra {extra[:3]}, missing {missing[:3]})")
     for path, entry in expected.items():
         full = files / path
-        st = os.lstat(full)
-        if not os.path.isfile(full) or os.path.islink(full) or st.st_mode & 0o777 != entry.mode:
-            raise UpdateError(f"slot {slot}: {path} is not a regular file of mode {entry.mode:o}")
-        digest = hashlib.sha256()
-        with open(full, "rb") as f:
-            for block in iter(lambda: f.read(1 << 16), b""):
-                digest.update(block)
+        try:
+            st = os.lstat(full)
+            if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o777 != entry.mode:
+                raise UpdateError(f"slot {slot}: {path} is not a regular file of mode {entry.mode:o}")
+            digest = hashlib.sha256()
+            with open(full, "rb") as f:
+                for block in iter(lambda: f.read(1 << 16), b""):
+                    digest.update(block)
+        except OSError as exc:
+            raise UpdateError(f"slot {slot}: cannot read {path}: {exc.strerror}") from None
         if digest.hexdigest() != entry.sha256:
             raise UpdateError(f"slot {slot}: {path} does not match its SHA-256")
 

@@ -224,7 +224,11 @@ def install_image(
             raise UpdateRefused("device is recording; firmware update refused")
         key = vendor_key(root)
         with slot_lock(root, wait=False):
-            state, previous, target, manifest, total = _install_locked(image_path, root, key, audit, max_boot_tries)
+            try:
+                state, previous, target, manifest, total = _install_locked(image_path, root, key, audit,
+                                                                           max_boot_tries)
+            except OSError as exc:  # after staging: the old slot is still active and intact
+                raise UpdateError(f"firmware install failed: {exc.strerror or exc}") from None
     except (ImageError, UpdateError) as exc:
         log.info("firmware install of %s refused: %s", image_path.name, exc)
         audit_event(audit, Event.FIRMWARE_REJECTED, image=image_path.name, reason=str(exc))
