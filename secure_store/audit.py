@@ -168,7 +168,7 @@ def _files(directory: Path) -> list[tuple[int, Path]]:
     """Audit files in order of their first entry; other names are ignored."""
     try:
         names = os.listdir(directory)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     found = [(int(m.group(1)), Path(directory) / n) for n in names if (m := _FILE_RE.fullmatch(n))]
     return sorted(found)
@@ -213,6 +213,8 @@ class AuditLog:
                  max_file_bytes: int = DEFAULT_FILE_BYTES) -> None:
         if not isinstance(signing_key, Ed25519PrivateKey):
             raise AuditError("the audit log needs the device's Ed25519 signing key")
+        if not isinstance(device_id, str) or not device_id:
+            raise AuditError(f"the audit log needs a device ID, not {device_id!r}")
         self.directory = Path(directory)
         self.device_id = device_id
         self._key = signing_key
@@ -230,7 +232,7 @@ class AuditLog:
         with self._lock:
             return self._head
 
-    def append(self, event: str, **details: Any) -> None:
+    def append(self, event: str, /, **details: Any) -> None:
         """Sign and durably append one entry (fsync'd before this returns)."""
         self.append_many([(event, details)])
 

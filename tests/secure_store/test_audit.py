@@ -338,6 +338,11 @@ def test_bad_appends_write_nothing(tmp_path: Path, key) -> None:
     assert issubclass(AuditError, StoreError)
     with pytest.raises(AuditError, match="Ed25519"):
         AuditLog(tmp_path, object(), DEVICE)  # type: ignore[arg-type]
+    with pytest.raises(AuditError, match="device ID"):
+        AuditLog(tmp_path, key, "")
+    log.append(Event.MARKER, event="a detail may be called event")
+    assert read_entries(tmp_path)[-1].details == {"event": "a detail may be called event"}
+    assert verify_audit(only_file(tmp_path), key.public_key()) == [f"{only_file(tmp_path)}: no audit log files"]
 
 
 # --- fuzzing: malformed input gives clear problems or AuditError, never a crash or a hang ---
