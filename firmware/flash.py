@@ -49,9 +49,11 @@ class FirmwareReceiver:
     """The device's end of a firmware transfer: one upload at a time, checked, then installed."""
 
     def __init__(self, root: str | Path | DeviceRoot, *, recording: Callable[[], bool] | None = None,
+                 begin_update: Callable[[], None] | None = None, end_update: Callable[[bool], None] | None = None,
                  max_image_bytes: int = MAX_IMAGE_BYTES) -> None:
         self.root = root if isinstance(root, DeviceRoot) else DeviceRoot(root)
         self.recording = recording or (lambda: is_recording(self.root))
+        self.begin_update, self.end_update = begin_update, end_update  # e.g. the state machine's
         self.max_image_bytes = max_image_bytes
         self._lock = threading.Lock()
         self._file: Any = None
@@ -125,21 +127,41 @@ class FirmwareReceiver:
                 os.fsync(self._file.fileno())
                 self._file.close()
                 self._file = None
-                try:
-                    result = install_image(self.upload_path, self.root, audit=request.server.audit,
-                                           recording=self.recording)
-                except (ImageError, UpdateError) as exc:
-                    raise CommandError(str(exc), "refused") from None
+                result = self._install(request)
             finally:
                 self._discard()
         return {"slot": result.slot, "version": result.version, "previous_slot": result.previous_slot,
                 "previous_version": result.previous_version, "files": result.files, "bytes": result.bytes}
 
 
+    def _install(self, request: Any) -> Any:
+        if self.begin_update is not None:
+            try:
+                self.begin_update()
+            except Exception as exc:  # noqa: BLE001 - the daemon's refusal goes back to the dock
+                raise CommandError(str(exc), "refused") from None
+        ok = False
+        try:
+            result = install_image(self.upload_path, self.root, audit=request.server.audit, recording=self.recording)
+            ok = True
+            return result
+        except (ImageError, UpdateError) as exc:
+            raise CommandError(str(exc), "refused") from None
+        finally:
+            if self.end_update is not None:
+                self.end_update(ok)
+
+
 def attach_firmware_commands(server: Any, root: str | Path | DeviceRoot, *,
-                             recording: Callable[[], bool] | None = None) -> FirmwareReceiver:
-    """What the device daemon calls once on its ``OffloadServer``."""
-    receiver = FirmwareReceiver(root, recording=recording)
+                             recording: Callable[[], bool] | None = None,
+                             begin_update: Callable[[], None] | None = None,
+                             end_update: Callable[[bool], None] | None = None) -> FirmwareReceiver:
+    """What the device daemon calls once on its ``OffloadServer``.
+
+    ``begin_update`` (may raise to refuse, e.g. ``StateMachine.begin_update``) and
+    ``end_update(ok)`` bracket the install, so the device shows UPDATING meanwhile.
+    """
+    receiver = FirmwareReceiver(root, recording=recording, begin_update=begin_update, end_update=end_update)
     receiver.attach(server)
     return receiver
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 
@@ -41,12 +42,12 @@ def device(tmp_path):
 class Served:
     """An OffloadServer with the firmware commands, serving one session in a thread."""
 
-    def __init__(self, root: DeviceRoot, port: str, recording=None) -> None:
+    def __init__(self, root: DeviceRoot, port: str, recording=None, **hooks) -> None:
         self.server = OffloadServer(port, store=None, audit=open_audit(root),
                                     device_key=keys.load_private_key(root.device_key, "device"),
                                     device_id="CAM-3", enrolled_docks=load_enrolled_docks(root.docks),
                                     idle_timeout=5.0)
-        attach_firmware_commands(self.server, root, recording=recording)
+        attach_firmware_commands(self.server, root, recording=recording, **hooks)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -121,3 +122,63 @@ def test_cli_flash_prints_the_result(device, capsys):
                      str(img)]) == 0
         served.join()
     assert "device CAM-3: firmware 2.0.0 installed in slot b" in capsys.readouterr().out
+
+
+def test_install_is_bracketed_by_the_daemons_update_hooks(device):
+    tmp, root, img, _ = device
+    calls = []
+
+    def refuse() -> None:
+        calls.append("begin")
+        raise RuntimeError("firmware update refused in state fault")
+
+    with LinkedPtys() as cable:
+        served = Served(root, cable.a_path, begin_update=refuse, end_update=lambda ok: calls.append(ok))
+        with pytest.raises(FlashError, match="refused in state fault"):
+            flash(cable.b_path, keys.load_private_key(tmp / "dock.key", "dock"), img)
+        served.join()
+    assert calls == ["begin"] and load_state(root)["active"] == "a"
+    with LinkedPtys() as cable:
+        served = Served(root, cable.a_path, begin_update=lambda: calls.append("begin"),
+                        end_update=lambda ok: calls.append(ok))
+        assert flash(cable.b_path, keys.load_private_key(tmp / "dock.key", "dock"), img)["slot"] == "b"
+        served.join()
+    assert calls == ["begin", "begin", True]
+
+
+def test_out_of_order_or_overlong_data_and_early_install_are_refused(device):
+    from dock.client import DeviceError, DockClient
+
+    tmp, root, img, _ = device
+    blob = img.read_bytes()
+
+    with LinkedPtys() as cable:
+        served = Served(root, cable.a_path)
+        with DockClient.connect(cable.b_path, keys.load_private_key(tmp / "dock.key", "dock")) as client:
+            with pytest.raises(DeviceError) as info:
+                client.call("fw_data", blob=b"x", offset=0)
+            assert info.value.code == "no_upload"
+            with pytest.raises(DeviceError) as info:
+                client.call("fw_begin", size=10**12, sha256="0" * 64)
+            assert info.value.code == "bad_size"
+            client.call("fw_begin", size=len(blob), sha256=hashlib.sha256(blob).hexdigest())
+            client.call("fw_data", blob=blob[:1000], offset=0)
+            with pytest.raises(DeviceError) as info:
+                client.call("fw_data", blob=blob[2000:3000], offset=2000)
+            assert info.value.code == "bad_offset"
+            with pytest.raises(DeviceError) as info:
+                client.call("fw_install")
+            assert info.value.code == "incomplete"
+            assert not (root.firmware / "upload.img.part").exists()
+            client.call("fw_begin", size=10, sha256="0" * 64)
+            with pytest.raises(DeviceError) as info:
+                client.call("fw_data", blob=b"y" * 11, offset=0)
+            assert info.value.code == "too_long"
+            client.call("fw_begin", size=len(blob), sha256="0" * 64)  # announces the wrong digest
+            for offset in range(0, len(blob), 8192):
+                client.call("fw_data", blob=blob[offset:offset + 8192], offset=offset)
+            with pytest.raises(DeviceError) as info:
+                client.call("fw_install")
+            assert info.value.code == "corrupted"
+        served.join()
+    assert load_state(root)["active"] == "a"
