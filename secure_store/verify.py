@@ -150,9 +150,10 @@ def _check_record(name: str, record, expected: tuple[bytes, ...], recovered: boo
     if record.stored_digest != record.digest:
         return [Problem(name, i, "record digest field altered")]
     last = i == len(expected) - 1
-    if record.meta.final != (last and not recovered):
-        return [Problem(name, i, "final-chunk flag wrong: " + ("chunk marked final before the end" if record.meta.final
-                                                                else "sealed segment does not end in its final chunk"))]
+    if record.meta.final and not last:
+        return [Problem(name, i, "final-chunk flag wrong: chunk marked final before the end")]
+    if last and not record.meta.final and not recovered:
+        return [Problem(name, i, "final-chunk flag wrong: sealed segment does not end in its final chunk")]
     return []
 
 
