@@ -226,3 +226,15 @@ def test_manifest_json_is_strict(vendor):
         fwimage.parse_manifest(json.dumps({"version": "1.0.0"}).encode())
     with pytest.raises(ImageError, match="ASCII JSON"):
         fwimage.parse_manifest(b"\xff\xfe")
+
+
+@settings(max_examples=40)
+@given(st.binary(max_size=300), st.booleans())
+def test_garbage_only_ever_raises_image_error(data, with_magic):
+    key = keys.generate("vendor").public_key()
+    blob = (fwimage.MAGIC + b"\x00\x01" + data) if with_magic else data
+    with pytest.raises(ImageError):
+        with io.BytesIO(blob) as stream:
+            manifest = fwimage.read_manifest(stream, key)
+            for _ in fwimage.iter_files(stream, manifest):
+                pass
