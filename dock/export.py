@@ -26,8 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from buffer.frame import Frame
 from recorder.chunk import ChunkFormatError, decode_chunk
+from secure_store.audit import Event, read_entries
 from secure_store.durable import fsync_dir, write_atomic
-from secure_store.errors import StoreError
+from secure_store.errors import AuditError, StoreError
 from secure_store.verify import VerifiedSegment, VerifyReport, decrypt_chunks, verify_path
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ REPORT_FORMAT = "bodycam-export-report"
 REPORT_VERSION = 1
 TIME_BASE = Fraction(1, 1_000_000)  # frame timestamps are µs; the MP4 keeps them exactly
 GAP_FACTOR = 1.5  # a frame interval this much longer than the nominal one is a gap
+CLOCK_EVENTS = (Event.CLOCK_SET, Event.CLOCK_SYNC)
 
 
 class ExportError(Exception):
@@ -114,7 +116,11 @@ def _export_recording(segments: list[VerifiedSegment], agency_key: x25519.X25519
     stem = _output_stem(segments[0])
     mp4_path, report_path = out_dir / (stem + ".mp4"), out_dir / (stem + ".json")
     nominal_us = _nominal_interval_us(segments)
-    muxer = Mp4Remuxer(out_dir / f".{stem}.mp4.partial", rate=Fraction(round(1_000_000 / nominal_us * 1000), 1000))
+    metadata = {"creation_time": _iso(first.first_utc_us),
+                "comment": f"bodycam evidence export: device {first.device_id}, recording {first.recording_id}; "
+                           f"see {report_path.name}"}
+    muxer = Mp4Remuxer(out_dir / f".{stem}.mp4.partial", rate=Fraction(round(1_000_000 / nominal_us * 1000), 1000),
+                       metadata=metadata)
     gaps: list[dict] = []
     try:
         for s in segments:
@@ -154,6 +160,7 @@ def _export_recording(segments: list[VerifiedSegment], agency_key: x25519.X25519
         "gaps": gaps,
         "recovered_segments": [Path(s.path).name for s in segments if s.manifest.recovered],
         "storage_full_segments": [Path(s.path).name for s in segments if s.manifest.storage_full],
+        "audit": _audit_context(verification, segments),
         "clock": {"utc_offset_us": sorted({s.manifest.utc_offset_us for s in segments}),
                   "sources": sorted({s.manifest.clock_source for s in segments}),
                   "note": "utc = frame timestamp_us + utc_offset_us of its segment"},
@@ -169,6 +176,29 @@ def _nominal_interval_us(segments: list[VerifiedSegment]) -> float:
     rates = [(m.last_ts_us - m.first_ts_us) / (m.frame_count - 1)
              for m in (s.manifest for s in segments) if m.frame_count > 1 and m.last_ts_us > m.first_ts_us]
     return min(rates) if rates else 1_000_000 / 30
+
+
+def _audit_context(verification: VerifyReport, segments: list[VerifiedSegment]) -> dict:
+    """From the (verified) audit logs beside the evidence: their heads, the entries that name this
+    recording or its segments, and the clock changes in force during it."""
+    first, last = segments[0].manifest, segments[-1].manifest
+    names = {first.recording_id} | {Path(s.path).stem for s in segments}
+    start, end = _iso(first.first_utc_us), _iso(last.last_utc_us)
+    logs, entries = [], []
+    for directory in verification.audit_logs:
+        try:
+            found = read_entries(Path(directory))
+        except AuditError as exc:  # verified just now, so only a file changed since then gets here
+            raise ExportError(f"audit log changed during export: {exc}") from None
+        if found:
+            logs.append({"directory": str(directory), "head_seq": found[-1].seq, "head_digest": found[-1].digest})
+        clock_before = [e for e in found if e.event in CLOCK_EVENTS and e.utc < start][-1:]
+        for e in found:
+            named = any(isinstance(v, str) and v in names for v in e.details.values())
+            clock = e.event in CLOCK_EVENTS and (e in clock_before or start <= e.utc <= end)
+            if named or clock:
+                entries.append({"seq": e.seq, "utc": e.utc, "event": e.event, "details": e.details})
+    return {"logs": logs, "entries": entries}
 
 
 def _gap(segment: VerifiedSegment, before_ts: int, gap_us: int) -> dict:
@@ -211,9 +241,10 @@ class Mp4Remuxer:
     first frame) and lasts until the next frame; the last lasts one nominal interval.
     """
 
-    def __init__(self, partial_path: Path, rate: Fraction) -> None:
+    def __init__(self, partial_path: Path, rate: Fraction, metadata: dict[str, str] | None = None) -> None:
         self.partial_path = Path(partial_path)
         self.rate = rate
+        self.metadata = dict(metadata or {})
         self.frames = 0
         self.previous_ts = 0
         self._container: Any = None
@@ -281,6 +312,7 @@ class Mp4Remuxer:
         width, height = _frame_size(frame.data)
         self.partial_path.unlink(missing_ok=True)  # left by an earlier crash: never evidence
         self._container = av.open(str(self.partial_path), "w", format="mp4")
+        self._container.metadata.update(self.metadata)
         self._stream = self._container.add_mux_stream("h264", rate=self.rate, width=width, height=height)
         self._stream.time_base = TIME_BASE
 

@@ -88,6 +88,8 @@ def recorded(tmp_path_factory):
     """One device, two recordings (the first with markers and a pre-event-sized start)."""
     base = tmp_path_factory.mktemp("export")
     device = Device(base / "device")
+    device.audit.append(Event.CLOCK_SYNC, dock="dock-1", step_us=-1200)  # an older sync, then the one in force
+    device.audit.append(Event.CLOCK_SYNC, dock="dock-1", step_us=350)
     device.record("rec-1", 0, 35, {4: "door opened", 22: "arrest"})
     device.record("rec-2", 100, 12)
     pulled = device.offload(base / "pulled")
@@ -140,6 +142,14 @@ def test_export_round_trip(recorded, tmp_path: Path) -> None:
         "%Y-%m-%dT%H:%M:%S.%fZ")
     assert report["gaps"] == [] and report["recovered_segments"] == []
     assert len(report["clock"]["utc_offset_us"]) >= 1
+    audit = report["audit"]
+    assert len(audit["logs"]) == 1 and audit["logs"][0]["head_seq"] >= 7
+    events = [(e["event"], e["details"].get("recording") or e["details"].get("segment")) for e in audit["entries"]]
+    assert audit["entries"][0]["event"] == "clock_sync" and audit["entries"][0]["details"]["step_us"] == 350
+    assert events[1] == ("record_start", "rec-1") and events[-1] == ("record_stop", "rec-1")
+    assert [name for event, name in events if event == "segment_sealed"] == [s[:-4] for s in rec1_segs]
+    with av.open(str(rec1.mp4)) as container:
+        assert "rec-1" in container.metadata.get("comment", "")
 
 
 def test_export_with_given_device_key(recorded, tmp_path: Path) -> None:
