@@ -37,6 +37,11 @@ MANIFEST_SUFFIX = ".manifest"
 MANIFEST_HEADROOM = 64 * 1024  # room kept free so a segment can always be sealed
 
 
+def new_data_key() -> bytes:
+    """A fresh 256-bit data key (a seam the test vectors replace with a fixed key)."""
+    return AESGCM.generate_key(256)
+
+
 def segment_stem(seq: int) -> str:
     return f"seg-{seq:010d}"
 
@@ -116,7 +121,7 @@ class SegmentSealer:
                 raise SealerStateError("begin_segment while a segment is open; call end_segment first")
             self._store.check_room(MANIFEST_HEADROOM * 2, during="begin_segment")
             self._recording_id, self._index = recording_id, index
-            self._data_key = AESGCM.generate_key(256)
+            self._data_key = new_data_key()
             self._aead = AESGCM(self._data_key)
             self._wrapped = wrap_data_key(self._data_key, self._store.agency_public_key)
             self._header: SegmentHeader | None = None

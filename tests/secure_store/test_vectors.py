@@ -1,0 +1,164 @@
+"""The test vectors in docs/FORMAT.md: the real sealer must produce exactly those bytes.
+
+Run this file as a script to print the vector block for the spec:
+``.venv/bin/python tests/secure_store/test_vectors.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+import sys
+import tempfile
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from buffer.frame import Frame  # noqa: E402
+from recorder.chunk import encode_chunk  # noqa: E402
+from secure_store import keys, sealer as sealer_module  # noqa: E402
+from secure_store.audit import AuditLog  # noqa: E402
+from secure_store.chain import ChainHead, save_head  # noqa: E402
+from secure_store.format import HPKE_INFO, HPKE_SUITE, Manifest, SegmentHeader, iter_records  # noqa: E402
+from secure_store.layout import DeviceRoot  # noqa: E402
+from secure_store.store import EvidenceStore  # noqa: E402
+
+SPEC = ROOT / "docs" / "FORMAT.md"
+INPUTS = {
+    "device_private_key": bytes(range(0x00, 0x20)).hex(),
+    "agency_private_key": bytes(range(0x20, 0x40)).hex(),
+    "data_key": bytes(range(0x40, 0x60)).hex(),
+    "device_id": "CAM-0001",
+    "recording_id": "20261124T170000Z",
+    "index": "2",
+    "previous_seq": "6",
+    "previous_manifest_digest": hashlib.sha256(b"bodycam test vector: previous manifest").hexdigest(),
+    "clock_utc_us": "1764003600000000",
+    "clock_source": "dock-sync",
+    "marker": "1500000 suspect fled",
+}
+FRAMES = [
+    [Frame(bytes.fromhex("00000001") + b"\x67SPS\x68PPS\x65IDR-0", True, 1_000_000),
+     Frame(bytes.fromhex("00000001") + b"\x41P-1", False, 1_033_333)],
+    [Frame(bytes.fromhex("00000001") + b"\x67SPS\x68PPS\x65IDR-2", True, 2_000_000)],
+]
+
+
+def seal_vector(inputs: dict[str, str], wrapped_key: bytes, monkeypatch=None) -> dict[str, str]:
+    """Seal the vector segment with the real SegmentSealer; returns the named outputs."""
+    device = ed25519.Ed25519PrivateKey.from_private_bytes(bytes.fromhex(inputs["device_private_key"]))
+    agency = x25519.X25519PrivateKey.from_private_bytes(bytes.fromhex(inputs["agency_private_key"]))
+    data_key = bytes.fromhex(inputs["data_key"])
+    patches = {"new_data_key": lambda: data_key, "wrap_data_key": lambda key, pub: wrapped_key}
+    saved = {name: getattr(sealer_module, name) for name in patches}
+    try:
+        for name, value in patches.items():
+            setattr(sealer_module, name, value)
+        with tempfile.TemporaryDirectory() as tmp:
+            root = DeviceRoot(tmp)
+            save_head(root.state, ChainHead(int(inputs["previous_seq"]),
+                                            bytes.fromhex(inputs["previous_manifest_digest"])))
+            store = EvidenceStore(root, device_id=inputs["device_id"], signing_key=device,
+                                  agency_public_key=agency.public_key(), audit=AuditLog(root.audit, device, "v"),
+                                  clock=lambda: int(inputs["clock_utc_us"]) / 1e6,
+                                  clock_source=inputs["clock_source"], reserve_bytes=0)
+            sealer = store.open_sealer()
+            sealer.begin_segment(inputs["recording_id"], int(inputs["index"]))
+            sealer.write_chunk(FRAMES[0])
+            ts, label = inputs["marker"].split(" ", 1)
+            sealer.add_marker(int(ts), label)
+            sealer.write_chunk(FRAMES[1])
+            sealer.end_segment()
+            seq = int(inputs["previous_seq"]) + 1
+            segment = (root.evidence / f"seg-{seq:010d}.seg").read_bytes()
+            manifest = (root.evidence / f"seg-{seq:010d}.manifest").read_bytes()
+    finally:
+        for name, value in saved.items():
+            setattr(sealer_module, name, value)
+    header_len = struct.unpack(">H", segment[10:12])[0]
+    out = {
+        "device_public_key": keys.raw_public(device.public_key()).hex(),
+        "agency_public_key": keys.raw_public(agency.public_key()).hex(),
+        "wrapped_key": wrapped_key.hex(),
+        "chunk_plaintext_0": encode_chunk(FRAMES[0]).hex(),
+        "chunk_plaintext_1": encode_chunk(FRAMES[1]).hex(),
+        "header": segment[:header_len].hex(),
+        "header_digest": hashlib.sha256(segment[:header_len]).hexdigest(),
+    }
+    pos = header_len
+    for i in range(3):
+        (n,) = struct.unpack(">I", segment[pos:pos + 4])
+        out[f"record_{i}"] = segment[pos:pos + 4 + n + 32].hex()
+        pos += 4 + n + 32
+    assert pos == len(segment)
+    out.update({
+        "segment_sha256": hashlib.sha256(segment).hexdigest(),
+        "manifest": manifest.hex(),
+        "signature": manifest[-64:].hex(),
+        "manifest_digest": hashlib.sha256(manifest).hexdigest(),
+    })
+    return out
+
+
+def spec_vectors() -> dict[str, str]:
+    text = SPEC.read_text()
+    block = re.search(r"<!-- vectors:begin -->\n```text\n(.*?)```\n<!-- vectors:end -->", text, re.S)
+    assert block, "docs/FORMAT.md has no test-vector block"
+    values = {}
+    for line in block.group(1).splitlines():
+        name, _, value = line.partition(" = ")
+        values[name.strip()] = value.strip()
+    return values
+
+
+def test_sealer_reproduces_the_spec_vectors() -> None:
+    spec = spec_vectors()
+    inputs = {k: spec[k] for k in INPUTS}
+    wrapped = bytes.fromhex(spec["wrapped_key"])
+    agency = x25519.X25519PrivateKey.from_private_bytes(bytes.fromhex(inputs["agency_private_key"]))
+    assert HPKE_SUITE.decrypt(wrapped, agency, info=HPKE_INFO).hex() == inputs["data_key"]
+    produced = seal_vector(inputs, wrapped)
+    for name, value in produced.items():
+        assert spec[name] == value, f"FORMAT.md vector {name} differs from what the sealer writes"
+
+
+def test_spec_vectors_follow_the_written_rules() -> None:
+    """Recompute record 1 and the signature from the spec's formulas alone, not the codecs."""
+    spec = spec_vectors()
+    header_digest = bytes.fromhex(spec["header_digest"])
+    assert hashlib.sha256(bytes.fromhex(spec["header"])).digest() == header_digest
+    record = bytes.fromhex(spec["record_1"])
+    body, digest = record[4:-32], record[-32:]
+    assert struct.unpack(">I", record[:4])[0] == len(body) and hashlib.sha256(body).digest() == digest
+    meta = body[:21]
+    assert meta == struct.pack(">BIQQ", 0, 1, 2_000_000, 2_000_000)
+    nonce = bytes(4) + struct.pack(">Q", 1)
+    aad = header_digest + struct.pack(">Q", 1) + meta
+    ct = AESGCM(bytes.fromhex(spec["data_key"])).encrypt(nonce, bytes.fromhex(spec["chunk_plaintext_1"]), aad)
+    assert body[21:] == ct
+    final = bytes.fromhex(spec["record_2"])
+    assert final[4] == 1 and len(final) == 4 + 21 + 16 + 32  # empty final chunk
+    manifest = bytes.fromhex(spec["manifest"])
+    device = ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(spec["device_public_key"]))
+    device.verify(manifest[-64:], manifest[:-64])
+    m = Manifest.parse(manifest)
+    assert m.segment_seq == 7 and m.prev_digest.hex() == spec["previous_manifest_digest"]
+    assert list(m.chunk_digests) == [bytes.fromhex(spec[f"record_{i}"])[-32:] for i in range(3)]
+    header = SegmentHeader.parse(bytes.fromhex(spec["header"]))
+    assert header.utc_offset_us == int(spec["clock_utc_us"]) - 1_033_333
+    with tempfile.TemporaryFile() as f:
+        f.write(bytes.fromhex(spec["header"] + spec["record_0"] + spec["record_1"] + spec["record_2"]))
+        f.seek(0)
+        assert [r.meta.final for r in iter_records(f, len(header.encode()))] == [False, False, True]
+
+
+if __name__ == "__main__":
+    agency_key = x25519.X25519PrivateKey.from_private_bytes(bytes.fromhex(INPUTS["agency_private_key"]))
+    wrapped_key = HPKE_SUITE.encrypt(bytes.fromhex(INPUTS["data_key"]), agency_key.public_key(), info=HPKE_INFO)
+    lines = [f"{k} = {v}" for k, v in {**INPUTS, **seal_vector(INPUTS, wrapped_key)}.items()]
+    print("<!-- vectors:begin -->\n```text\n" + "\n".join(lines) + "\n```\n<!-- vectors:end -->")
