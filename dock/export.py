@@ -26,9 +26,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from buffer.frame import Frame
 from recorder.chunk import ChunkFormatError, decode_chunk
+from secure_store import keys
 from secure_store.audit import Event, read_entries
 from secure_store.durable import fsync_dir, write_atomic
 from secure_store.errors import AuditError, StoreError
+from secure_store.format import read_header, sha256
 from secure_store.verify import VerifiedSegment, VerifyReport, decrypt_chunks, verify_path
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,10 @@ def export_evidence(path: Path, agency_key: x25519.X25519PrivateKey, out_dir: Pa
     if not verification.segments:
         raise ExportError(f"{path}: no sealed segments to export")
     recordings = group_recordings(verification.segments)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_agency_key(verification.segments, agency_key)
+    if not out_dir.is_dir():
+        out_dir.mkdir(parents=True)
+        fsync_dir(out_dir.parent)
     for segments in recordings:
         stem = _output_stem(segments[0])
         for suffix in (".mp4", ".json"):
@@ -91,8 +96,25 @@ def export_evidence(path: Path, agency_key: x25519.X25519PrivateKey, out_dir: Pa
                 raise ExportError(f"{out_dir / (stem + suffix)} already exists; refusing to overwrite an export")
     result = ExportResult(verification)
     for segments in recordings:
-        result.recordings.append(_export_recording(segments, agency_key, device_key, out_dir, verification))
+        try:
+            result.recordings.append(_export_recording(segments, agency_key, device_key, out_dir, verification))
+        except StoreError as exc:  # e.g. a file changed between verification and decryption
+            raise ExportError(str(exc)) from None
     return result
+
+
+def _check_agency_key(segments: Iterable[VerifiedSegment], agency_key: x25519.X25519PrivateKey) -> None:
+    """Refuse before writing anything if any segment was sealed to another agency key."""
+    fingerprint = sha256(keys.raw_public(agency_key.public_key()))
+    for s in segments:
+        try:
+            with open(s.path, "rb") as f:
+                header, _ = read_header(f, Path(s.path).name)
+        except (OSError, StoreError) as exc:
+            raise ExportError(f"{Path(s.path).name}: cannot read its header: {exc}") from None
+        if header.agency_key_fp != fingerprint:
+            raise ExportError(f"{Path(s.path).name}: sealed to another agency key "
+                              f"({header.agency_key_fp.hex()[:16]}, not {fingerprint.hex()[:16]}); nothing exported")
 
 
 def group_recordings(segments: Iterable[VerifiedSegment]) -> list[list[VerifiedSegment]]:

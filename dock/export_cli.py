@@ -28,6 +28,8 @@ def _export(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"FAIL {problem}", file=sys.stderr)
         raise
+    if not result.verification.audit_logs:
+        print("bodycam export: note: no audit log beside the evidence, so none was checked", file=sys.stderr)
     for rec in result.recordings:
         print(f"{rec.recording_id}: {rec.frame_count} frames -> {rec.mp4} (sha256 {rec.mp4_sha256}), report {rec.report}")
     return 0

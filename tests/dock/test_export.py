@@ -175,8 +175,8 @@ def test_cli_export_and_refusals(recorded, tmp_path: Path, capsys) -> None:
     other = tmp_path / "other.key"
     other.write_bytes(keys.private_pem(X25519PrivateKey.generate()))
     assert main(["export", str(pulled), "--agency-key", str(other), "--out", str(tmp_path / "o2")]) == 1
-    assert "agency key" in capsys.readouterr().err
-    assert not list((tmp_path / "o2").glob("*.mp4"))
+    assert "sealed to another agency key" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
     # bad usage
     with pytest.raises(SystemExit) as exc:
         main(["export", str(pulled)])
@@ -193,6 +193,13 @@ def test_export_one_segment(recorded, tmp_path: Path) -> None:
     assert mp4_frame_numbers(rec.mp4)[0] == list(range(10, 20))
     report = json.loads(rec.report.read_text())
     assert [s["index"] for s in report["segments"]] == [1] and report["frame_count"] == 10
+
+
+def test_cli_notes_an_unchecked_audit_log(recorded, tmp_path: Path, capsys) -> None:
+    _, pulled, agency = recorded
+    segment = sorted(pulled.glob("seg-*.seg"))[0]
+    assert main(["export", str(segment), "--agency-key", str(agency), "--out", str(tmp_path)]) == 0
+    assert "no audit log" in capsys.readouterr().err
 
 
 def tamper_copy(pulled: Path, dest: Path) -> Path:
