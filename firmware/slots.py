@@ -278,14 +278,18 @@ def boot_slot(root: str | Path | DeviceRoot, *, audit: object | None = None, ver
 def mark_healthy(root: str | Path | DeviceRoot, *, audit: object | None = None) -> BootResult:
     """The running firmware passed its health check: its trial slot becomes good.
 
-    Raises the anti-rollback floor to its version. A no-op on a slot that is already good.
+    Raises the anti-rollback floor to its version. A no-op on a slot that is already good,
+    and on a trial slot installed since this boot (it has not run yet).
     """
     root = root if isinstance(root, DeviceRoot) else DeviceRoot(root)
     with slot_lock(root):
         state = load_state(root)
         slot = state["active"]
         info = state["slots"][slot]
-        if info["status"] == "trial":
+        if info["status"] == "trial" and not info.get("boots"):
+            # installed after this boot: the firmware that passed the check is still the old one
+            log.warning("slot %s (%s) has not been booted yet; not marking it healthy", slot, info["version"])
+        elif info["status"] == "trial":
             audit = device_audit(root, audit)
             info["status"] = "good"
             info["healthy_utc"] = utc_now()

@@ -231,6 +231,15 @@ def test_trial_slot_not_marked_healthy_rolls_back_by_itself(kit):
     assert update.install_image(build(tmp, vendor, "1.2.1", {"v": b"fixed"}), root).slot == "a"
 
 
+def test_mark_healthy_before_the_new_slot_ever_booted_changes_nothing(kit):
+    tmp, root, vendor = kit
+    update.install_image(build(tmp, vendor, "1.1.0", {"v": b"1"}), root)
+    still = update.mark_healthy(root)  # the old firmware's health check, after the install
+    assert (still.slot, still.status) == ("b", "trial") and load_state(root)["floor"] == "0.1.0"
+    assert update.boot_slot(root).status == "trial"
+    assert update.mark_healthy(root).status == "good"
+
+
 def test_first_update_failing_rolls_back_to_factory(kit):
     tmp, root, vendor = kit
     update.install_image(build(tmp, vendor, "1.1.0", {"v": b"1"}), root, max_boot_tries=1)
