@@ -6,14 +6,19 @@ import datetime as dt
 import hashlib
 import json
 import shutil
+import tempfile
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from hypothesis import given, settings, strategies as st
 
-from dock.export import ExportError, ExportRefused, export_evidence
+from buffer.frame import Frame
+
+from dock.export import ExportError, ExportRefused, Mp4Remuxer, export_evidence
 from firmware.cli import main
 from hw_sim.camera import SimCamera, read_frame_number
 from recorder.encoders import PyAVEncoder
@@ -270,3 +275,18 @@ def test_recovered_segment_and_gap_are_exported_and_reported(tmp_path: Path) -> 
     assert times[15] - times[14] == pytest.approx(1.6, abs=1e-6)
     report = json.loads(gap.report.read_text())
     assert [(g["after_timestamp_us"], g["gap_us"]) for g in report["gaps"]] == [(5_400_000, 1_600_000)]
+
+
+@settings(max_examples=25)
+@given(st.binary(max_size=400))
+def test_fuzz_garbage_first_frame_is_refused_cleanly(data: bytes) -> None:
+    """Authenticated plaintext is trusted, but a device bug must still give a clear error, not a crash."""
+    with tempfile.TemporaryDirectory() as d:
+        muxer = Mp4Remuxer(Path(d) / ".x.partial", Fraction(30))
+        try:
+            muxer.add(Frame(data, True, 0))
+            muxer.add(Frame(data, False, 33_333))
+            muxer.finish(Path(d) / "x.mp4", 0)
+        except ExportError:
+            muxer.abort()
+        assert not (Path(d) / ".x.partial").exists()
