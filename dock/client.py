@@ -66,7 +66,7 @@ class DockClient:
 
     @classmethod
     def connect(cls, port: str, dock_key: ed25519.Ed25519PrivateKey, *, handshake_timeout: float = 10.0,
-                window: int = 32) -> "DockClient":
+                window: int = 128) -> "DockClient":
         """Open ``port`` and authenticate both ways (AuthError if the device refuses this dock)."""
         link = Link(open_port(port), window=window)
         try:

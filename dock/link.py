@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import queue
 import select
@@ -24,13 +25,22 @@ from typing import Any
 
 import serial
 
-from dock.protocol import FLAG_TAG, MAX_PAYLOAD, FrameDecoder, FrameType, LinkFrame, encode_frame
+from dock.protocol import (DEFAULT_PAYLOAD, FLAG_MORE, FRAME_OVERHEAD, MAX_PAYLOAD, FrameDecoder, FrameType,
+                           LinkFrame, encode_frame)
 
 log = logging.getLogger(__name__)
 
-_ACK = struct.Struct(">QI")  # selective bits for seq+1 .. seq+64, receive window edge
-_SACK_BITS = 64
+_ACK = struct.Struct(">I")  # receive window edge; then the selective bits for seq+1 .. seq+256
+_SACK_BITS = 256
 _WRITE_BATCH = 65536
+MAX_MESSAGE = 1 << 20        # a message is cut into as many DATA frames as it takes
+MIN_FRAME = 128
+# Per-frame cost in byte-equivalents for choosing the frame size: wire overhead plus the
+# CPU a frame costs at both ends (roughly 500 bytes' worth at pty speeds).
+_COST_BYTES = FRAME_OVERHEAD + 512
+_ADAPT_EVERY = 32            # transmissions between frame-size decisions
+MIN_RTO, MAX_RTO = 0.1, 2.0
+MIN_PROBE = 0.01
 
 
 class LinkError(Exception):
@@ -71,18 +81,28 @@ class Link:
         self,
         port: serial.SerialBase,
         *,
-        window: int = 32,
-        rto: float = 0.4,
+        window: int = 128,
+        rto: float = 0.25,
         idle_timeout: float = 10.0,
         heartbeat: float = 1.0,
-        max_sends: int = 40,
+        max_sends: int = 100,
+        frame_size: int = 1024,
     ) -> None:
         self.port = port
         self.window = min(window, _SACK_BITS)
-        self.rto = rto
+        self.rto = rto              # initial; then from measured round trips (RFC 6298)
+        self._srtt: float | None = None
+        self._rttvar = 0.0
         self.idle_timeout = idle_timeout
         self.heartbeat = heartbeat
         self.max_sends = max_sends
+        self.max_frame = DEFAULT_PAYLOAD
+        self.frame_size = frame_size   # adapted to the loss rate (see _adapt)
+        self._sent_count = 0
+        self._lost_count = 0
+        self._current: memoryview | None = None   # the message being cut into frames
+        self._partial: list[bytes] = []
+        self._partial_size = 0
         self.decoder = FrameDecoder(MAX_PAYLOAD)
         self.stats: collections.Counter[str] = collections.Counter()
         self.handshake_frames: queue.Queue[LinkFrame] = queue.Queue(maxsize=64)
@@ -96,7 +116,7 @@ class Link:
         self._tx_counter = 0
         self._peer_window_end = self.window
         self._recv_next = 0
-        self._recv_buffer: dict[int, bytes] = {}
+        self._recv_buffer: dict[int, tuple[bytes, bool]] = {}
         self._delivered: collections.deque[bytes] = collections.deque()
         self._ack_due = False
         self._close_due = False
@@ -137,10 +157,13 @@ class Link:
         with self._cond:
             self._replies[(ftype, payload)] = reply
 
-    def establish(self, send_key: bytes, recv_key: bytes, peer_window: int | None = None) -> None:
+    def establish(self, send_key: bytes, recv_key: bytes, peer_window: int | None = None,
+                  max_frame: int = DEFAULT_PAYLOAD) -> None:
         """Start the authenticated stream: from now on every frame is tagged and checked."""
         with self._cond:
             self._send_key, self._recv_key = send_key, recv_key
+            self.max_frame = max(MIN_FRAME, min(max_frame, MAX_PAYLOAD))
+            self.frame_size = min(self.frame_size, self.max_frame)
             if peer_window is not None:
                 self._peer_window_end = max(1, min(self.window, peer_window))
             self._last_heard = time.monotonic()
@@ -159,8 +182,8 @@ class Link:
 
     def send(self, message: bytes, timeout: float | None = None) -> None:
         """Queue a message; blocks while a window's worth is already waiting."""
-        if len(message) > MAX_PAYLOAD:
-            raise LinkError(f"message of {len(message)} bytes exceeds the frame maximum")
+        if len(message) > MAX_MESSAGE:
+            raise LinkError(f"message of {len(message)} bytes exceeds the {MAX_MESSAGE}-byte maximum")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while len(self._pending) >= self.window:
@@ -191,7 +214,7 @@ class Link:
         """Wait until everything sent is acknowledged; False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._pending or self._unacked:
+            while self._pending or self._unacked or self._current is not None:
                 self._raise_if_failed()
                 if time.monotonic() >= deadline:
                     return False
@@ -304,35 +327,78 @@ class Link:
         with self._cond:
             self._last_heard = time.monotonic()
             if frame.type == FrameType.DATA:
-                self._on_data(frame.seq, frame.payload)
-            elif frame.type == FrameType.ACK and len(frame.payload) == _ACK.size:
-                self._on_ack(frame.seq, *_ACK.unpack(frame.payload))
+                self._on_data(frame.seq, frame.payload, bool(frame.flags & FLAG_MORE))
+            elif frame.type == FrameType.ACK and _ACK.size <= len(frame.payload) <= _ACK.size + _SACK_BITS // 8:
+                (window_end,) = _ACK.unpack_from(frame.payload)
+                self._on_ack(frame.seq, int.from_bytes(frame.payload[_ACK.size:], "little"), window_end)
             elif frame.type == FrameType.CLOSE:
                 self._peer_closed = True
             self._cond.notify_all()
 
-    def _on_data(self, seq: int, payload: bytes) -> None:
+    def _on_data(self, seq: int, payload: bytes, more: bool) -> None:
         self._ack_due = True
         window_end = self._recv_next + self.window - len(self._delivered)
         if seq < self._recv_next or seq >= window_end or seq in self._recv_buffer:
             self.stats["duplicates" if seq < self._recv_next or seq in self._recv_buffer else "beyond_window"] += 1
             return
-        self._recv_buffer[seq] = payload
+        self._recv_buffer[seq] = (payload, more)
         while self._recv_next in self._recv_buffer:
-            self._delivered.append(self._recv_buffer.pop(self._recv_next))
+            fragment, more = self._recv_buffer.pop(self._recv_next)
             self._recv_next += 1
+            self._partial.append(fragment)
+            self._partial_size += len(fragment)
+            if self._partial_size > MAX_MESSAGE:
+                self._fail(LinkError("the peer sent a message larger than the protocol allows"))
+                return
+            if not more:
+                self._delivered.append(b"".join(self._partial))
+                self._partial, self._partial_size = [], 0
 
     def _on_ack(self, cumulative: int, sack: int, window_end: int) -> None:
         acked = [seq for seq in self._unacked if seq < cumulative or
                  (seq > cumulative and seq - cumulative - 1 < _SACK_BITS and sack >> (seq - cumulative - 1) & 1)]
-        newest = 0
+        newest: _Unacked | None = None
         for seq in acked:
-            newest = max(newest, self._unacked.pop(seq).tx_order)
-        if newest:  # the line is FIFO: anything sent before an acknowledged frame is lost
-            for entry in self._unacked.values():
-                if entry.tx_order < newest and not entry.lost:
+            entry = self._unacked.pop(seq)
+            if newest is None or entry.tx_order > newest.tx_order:
+                newest = entry
+            self._sent_count += entry.sends      # known outcomes: sends - 1 of them were lost
+            self._lost_count += entry.sends - 1
+        if newest is not None:
+            if newest.sends == 1:  # Karn: a retransmitted frame's round trip is ambiguous
+                self._sample_rtt(time.monotonic() - newest.sent_at)
+            for entry in self._unacked.values():  # the line is FIFO: anything sent before it is lost
+                if entry.tx_order < newest.tx_order and not entry.lost:
                     entry.lost = True
         self._peer_window_end = max(self._peer_window_end, window_end)
+
+    def _sample_rtt(self, rtt: float) -> None:
+        if self._srtt is None:
+            self._srtt, self._rttvar = rtt, rtt / 2
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rtt)
+            self._srtt = 0.875 * self._srtt + 0.125 * rtt
+        self.rto = min(MAX_RTO, max(MIN_RTO, self._srtt + 4 * self._rttvar))
+
+    def _adapt(self) -> None:
+        """Pick the frame size that maximises goodput for the loss rate just seen.
+
+        With a bit error rate b a frame of L payload bytes arrives with probability
+        exp(-8b(L+H)); goodput L/(L+H)·exp(-8b(L+H)) peaks at L² + HL = H/(8b).
+        """
+        loss = self._lost_count / self._sent_count
+        size = self.frame_size
+        if loss == 0:
+            size *= 2
+        elif loss >= 0.9:
+            size //= 4
+        else:
+            cost = _COST_BYTES
+            ber = -math.log(1.0 - loss) / (8 * (size + cost))
+            size = int((-cost + math.sqrt(cost * cost + cost / (2 * ber))) / 2)
+        self.frame_size = max(MIN_FRAME, min(self.max_frame, size))
+        self.stats["frame_size"] = self.frame_size
+        self._sent_count = self._lost_count = 0
 
     def _ack_frame(self) -> bytes:
         sack = 0
@@ -341,7 +407,8 @@ class Link:
             if 0 <= offset < _SACK_BITS:
                 sack |= 1 << offset
         window_end = self._recv_next + self.window - len(self._delivered)
-        return encode_frame(FrameType.ACK, self._recv_next, _ACK.pack(sack, window_end), self._send_key)
+        bits = sack.to_bytes((sack.bit_length() + 7) // 8, "little")
+        return encode_frame(FrameType.ACK, self._recv_next, _ACK.pack(window_end) + bits, self._send_key)
 
     def _collect(self, now: float) -> list[bytes]:
         """Frames to write now, in order of urgency (called with the lock held)."""
@@ -354,11 +421,21 @@ class Link:
             out.append(self._ack_frame())
             self._ack_due = False
         size = sum(map(len, out))
-        for seq in sorted(self._unacked):
-            entry = self._unacked[seq]
+        base = min(self._unacked, default=self._next_seq)
+        blocked = (not (self._pending or self._current is not None) or self._next_seq >= base + self.window
+                   or self._next_seq >= self._peer_window_end)
+        # nothing new can go out: rather than idle the line, resend what is overdue by a round trip
+        probe = max(MIN_PROBE, 1.5 * (self._srtt or self.rto)) if blocked else math.inf
+        oldest = True
+        for seq, entry in self._unacked.items():   # in sequence order
             if size >= _WRITE_BATCH:
                 break
-            if entry.lost or now - entry.sent_at >= self.rto * min(4, 1 + entry.sends // 4):
+            # a timeout only for the oldest frame: later losses show up as soon as it is acked
+            timed_out = oldest and now - entry.sent_at >= self.rto * min(8, 1 << min(entry.sends - 1, 3))
+            oldest = False
+            if timed_out and not entry.lost:
+                self.stats["timeouts"] += 1
+            if entry.lost or timed_out or now - entry.sent_at >= probe:
                 if entry.sends >= self.max_sends:
                     self._fail(LinkError(f"frame {seq} unacknowledged after {entry.sends} sends"))
                     return out
@@ -369,10 +446,13 @@ class Link:
                     self.stats["retransmits"] += 1
                 out.append(entry.frame)
                 size += len(entry.frame)
-        base = min(self._unacked, default=self._next_seq)
-        while (self._pending and size < _WRITE_BATCH and self._next_seq < base + self.window
-               and self._next_seq < self._peer_window_end):
-            entry = _Unacked(encode_frame(FrameType.DATA, self._next_seq, self._pending.popleft(), key))
+        while ((self._pending or self._current is not None) and size < _WRITE_BATCH
+               and self._next_seq < base + self.window and self._next_seq < self._peer_window_end):
+            if self._current is None:
+                self._current = memoryview(self._pending.popleft())
+            piece, rest = self._current[:self.frame_size], self._current[self.frame_size:]
+            self._current = rest if len(rest) else None
+            entry = _Unacked(encode_frame(FrameType.DATA, self._next_seq, bytes(piece), key, more=bool(len(rest))))
             self._tx_counter += 1
             entry.tx_order, entry.sent_at, entry.lost, entry.sends = self._tx_counter, now, False, 1
             self._unacked[self._next_seq] = entry
@@ -380,7 +460,9 @@ class Link:
             self.stats["frames_sent"] += 1
             out.append(entry.frame)
             size += len(entry.frame)
-        if self._close_due and not self._pending:
+        if self._sent_count >= _ADAPT_EVERY:
+            self._adapt()
+        if self._close_due and not self._pending and self._current is None:
             out.append(encode_frame(FrameType.CLOSE, self._next_seq, b"", key))
             self._close_due = False
         return out

@@ -6,7 +6,7 @@ A frame (all integers big-endian)::
 
     magic  2  b"\\xb0\\xdc"          where a receiver hunts for the next frame
     type   1  FrameType
-    flags  1  bit 0: a 16-byte HMAC tag follows the payload
+    flags  1  bit 0: a 16-byte HMAC tag follows the payload; bit 1: more fragments follow
     seq    4  DATA: sequence number; ACK: next sequence number expected
     length 4  payload length, at most MAX_PAYLOAD
     hcrc   4  CRC-32 of the 12 bytes above
@@ -33,6 +33,8 @@ MAX_PAYLOAD = 65536            # the largest payload any frame may carry
 DEFAULT_PAYLOAD = 16384        # what endpoints offer unless configured otherwise
 TAG_SIZE = 16                  # HMAC-SHA256 truncated to 128 bits
 FLAG_TAG = 0x01
+FLAG_MORE = 0x02                # DATA: more fragments of this message follow
+FRAME_OVERHEAD = 16 + TAG_SIZE + 4
 
 _HEAD = struct.Struct(">2sBBII")   # magic, type, flags, seq, length
 _HCRC = struct.Struct(">I")
@@ -74,11 +76,12 @@ def frame_tag(key: bytes, head: bytes, payload: bytes) -> bytes:
     return hmac.digest(key, head + payload, hashlib.sha256)[:TAG_SIZE]
 
 
-def encode_frame(ftype: int, seq: int, payload: bytes = b"", key: bytes | None = None) -> bytes:
+def encode_frame(ftype: int, seq: int, payload: bytes = b"", key: bytes | None = None, more: bool = False) -> bytes:
     """One frame, tagged with HMAC-SHA256 under ``key`` if given."""
     if len(payload) > MAX_PAYLOAD:
         raise ProtocolError(f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD}-byte maximum")
-    head = _HEAD.pack(MAGIC, ftype, FLAG_TAG if key else 0, seq & 0xFFFFFFFF, len(payload))
+    flags = (FLAG_TAG if key else 0) | (FLAG_MORE if more else 0)
+    head = _HEAD.pack(MAGIC, ftype, flags, seq & 0xFFFFFFFF, len(payload))
     tag = frame_tag(key, head, payload) if key else b""
     body = payload + tag
     return b"".join((head, _HCRC.pack(zlib.crc32(head)), body, _HCRC.pack(zlib.crc32(body))))
@@ -118,7 +121,7 @@ class FrameDecoder:
             _, ftype, flags, seq, length = _HEAD.unpack_from(buf, start)
             (hcrc,) = _HCRC.unpack_from(buf, start + _HEAD.size)
             head = bytes(buf[start:start + _HEAD.size])
-            if zlib.crc32(head) != hcrc or length > self.max_payload or flags & ~FLAG_TAG:
+            if zlib.crc32(head) != hcrc or length > self.max_payload or flags & ~(FLAG_TAG | FLAG_MORE):
                 self.bad_headers += 1
                 pos = start + 1
                 continue

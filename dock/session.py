@@ -135,12 +135,13 @@ def dock_handshake(
     payload = info.get("max_payload")
     payload = payload if isinstance(payload, int) else DEFAULT_PAYLOAD
     window = info.get("window")
-    link.establish(to_device, to_dock, window if isinstance(window, int) else None)
+    agreed = max(1024, min(max_payload, payload, MAX_PAYLOAD))
+    link.establish(to_device, to_dock, window if isinstance(window, int) else None, agreed)
     session = Session(
         version=version,
         peer_key=device_key,
         peer_fingerprint=fingerprint(device_key),
-        max_payload=max(1024, min(max_payload, payload, MAX_PAYLOAD)),
+        max_payload=agreed,
         device_id=str(info.get("device_id", "")),
         firmware_version=str(info.get("firmware", "")),
     )
@@ -242,7 +243,7 @@ def device_handshake(
             raise AuthError("the dock's signature does not verify") from None
         to_device, to_dock = _session_keys(ephemeral, _hex(info, "ephemeral", 32, "dock hello"), transcript)
         window = info.get("window")
-        link.establish(to_dock, to_device, window if isinstance(window, int) else None)
+        link.establish(to_dock, to_device, window if isinstance(window, int) else None, payload)
         ok = encode_frame(FrameType.AUTH_OK, 0, b"ok", to_dock)
         link.remember_reply(FrameType.AUTH, auth, ok)
         link.send_frame(FrameType.AUTH_OK, b"ok", to_dock)

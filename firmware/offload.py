@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Protocol
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from dock.link import Link, LinkError, LinkTimeout, open_port
-from dock.protocol import MESSAGE_OVERHEAD, Kind, ProtocolError, chunk_header_size, decode_message, encode_message
+from dock.protocol import Kind, ProtocolError, decode_message, encode_message
 from dock.session import AuthError, Session, device_handshake
 from firmware import __version__
 from secure_store.audit import Event
@@ -37,6 +37,7 @@ from secure_store.keys import KeyFileError, load_public_key
 
 log = logging.getLogger(__name__)
 
+FETCH_CHUNK = 65536
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _EARLIEST_UTC, _LATEST_UTC = 1_577_836_800.0, 4_102_444_800.0   # 2020 .. 2100
 
@@ -141,7 +142,7 @@ class OffloadServer:
         firmware_version: str = __version__,
         on_clock_set: Callable[[int], None] | None = None,
         idle_timeout: float = 15.0,
-        window: int = 32,
+        window: int = 128,
     ) -> None:
         self.port, self.store, self.audit = port, store, audit
         self.device_key, self.device_id = device_key, device_id
@@ -294,7 +295,7 @@ class OffloadServer:
             raise CommandError("fetch needs integer offset >= 0 and length >= 0", "bad_range")
         size = self._listed[name].size
         end = min(offset + length, size)   # the listed size: a growing audit log still hashes as listed
-        step = request.session.max_payload - MESSAGE_OVERHEAD - chunk_header_size(end, request.request_id) - 8
+        step = FETCH_CHUNK  # the link cuts each chunk message into frames sized for the line
         sent = 0
         with open(self.store.evidence_path(name), "rb") as f:
             f.seek(offset)
