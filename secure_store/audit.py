@@ -43,6 +43,7 @@ SIGNATURE_CONTEXT = b"bodycam-audit-v1\x00"
 ZERO_DIGEST = "0" * 64
 MAX_LINE_BYTES = 64 * 1024
 DEFAULT_FILE_BYTES = 1024 * 1024
+MAX_READ_BYTES = 64 * 1024 * 1024  # a reader refuses a file larger than any writer makes
 
 _BODY_PREFIX = b'{"body":'
 _SIG_PREFIX = b',"sig":"'
@@ -177,9 +178,12 @@ def _files(directory: Path) -> list[tuple[int, Path]]:
 def _read_file(path: Path) -> tuple[list[bytes], bytes]:
     """The complete lines after the header, and any torn tail (bytes after the last LF)."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_READ_BYTES + 1)
     except OSError as exc:
         raise AuditError(f"{path.name}: cannot read: {exc.strerror}") from None
+    if len(data) > MAX_READ_BYTES:
+        raise AuditError(f"{path.name}: larger than {MAX_READ_BYTES} bytes; not an audit log file")
     if not data.startswith(HEADER):
         first = data.split(b"\n", 1)[0]
         try:

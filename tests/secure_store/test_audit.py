@@ -345,6 +345,13 @@ def test_bad_appends_write_nothing(tmp_path: Path, key) -> None:
     assert verify_audit(only_file(tmp_path), key.public_key()) == [f"{only_file(tmp_path)}: no audit log files"]
 
 
+def test_oversized_file_is_refused(tmp_path: Path, key, monkeypatch) -> None:
+    make_log(tmp_path, key, 3)
+    monkeypatch.setattr(audit, "MAX_READ_BYTES", 500)
+    name = only_file(tmp_path).name
+    assert verify_audit(tmp_path, key.public_key()) == [f"{name}: larger than 500 bytes; not an audit log file"]
+
+
 # --- fuzzing: malformed input gives clear problems or AuditError, never a crash or a hang ---
 
 _PROTO = tempfile.mkdtemp(prefix="audit-proto-")
