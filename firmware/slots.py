@@ -193,7 +193,8 @@ def _result(root: DeviceRoot, state: dict, rolled_from: str | None = None, reaso
     return BootResult(slot, info["version"], info["status"], path, rolled_from, reason)
 
 
-FIRMWARE_BOOT = "firmware_boot"  # an audit event name of ours (secure_store.audit.Event has the rest)
+FIRMWARE_BOOT = "firmware_boot"  # audit event names of ours (secure_store.audit.Event has the rest)
+FIRMWARE_STATE_REBUILT = "firmware_state_rebuilt"
 
 
 def device_audit(root: DeviceRoot, audit: object | None) -> object | None:
@@ -226,6 +227,54 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path)
 
 
+def _slot_manifest_version(root: DeviceRoot, slot: str) -> tuple[str, str] | None:
+    """(version, manifest digest) of a slot whose files verify against its signed manifest."""
+    try:
+        with open(slot_dir(root, slot) / "manifest.bin", "rb") as f:
+            manifest = read_manifest(f, vendor_key(root))
+    except (OSError, ImageError, UpdateError, keys.KeyFileError):
+        return None
+    probe = {"slots": {slot: {"version": manifest.version, "manifest_sha256": manifest.digest}}}
+    try:
+        verify_slot(root, slot, probe)
+    except UpdateError:
+        return None
+    return manifest.version, manifest.digest
+
+
+def rebuild_state(root: DeviceRoot, problem: str, audit: object | None) -> dict:
+    """state.json is unreadable (bit rot or tampering; a power cut cannot do it): rebuild it.
+
+    Slots whose files verify are kept; the newest runs on trial (it must prove itself
+    again), the other is its fallback; with none, the factory firmware. The anti-rollback
+    floor becomes the newest verified version. The bad file is kept beside for inspection.
+    """
+    found = {s: v for s in SLOTS if (v := _slot_manifest_version(root, s)) is not None}
+    state = factory_state()  # slot a is the factory firmware only while slot-a/ was never written
+    for s in SLOTS:
+        if s in found:
+            version, digest = found[s]
+            state["slots"][s] = {"status": "good", "version": version, "manifest_sha256": digest, "boots": 0}
+        elif slot_dir(root, s).exists():
+            state["slots"][s] = {"status": "bad", "reason": "does not verify after the state was lost"}
+    if found:
+        newest = max(found, key=lambda s: parse_version(found[s][0]))
+        state["active"] = newest
+        state["floor"] = found[newest][0]
+        if state["slots"][other(newest)]["status"] == "good":
+            state["slots"][newest]["status"] = "trial"  # it must prove itself again, with a fallback
+    elif state["slots"]["a"]["status"] != "good":
+        raise UpdateError(f"{problem}, and no firmware slot verifies: nothing to boot")
+    aside = state_path(root).with_name(f"state.json.corrupt-{utc_now()}")
+    with contextlib.suppress(OSError):
+        os.replace(state_path(root), aside)
+    save_state(root, state)
+    log.error("firmware state unreadable (%s); rebuilt from the slots: active %s", problem, state["active"])
+    audit_event(audit, FIRMWARE_STATE_REBUILT, problem=problem, active=state["active"],
+                slots={s: v[0] for s, v in found.items()})
+    return state
+
+
 def boot_slot(root: str | Path | DeviceRoot, *, audit: object | None = None, verify: bool = True) -> BootResult:
     """Choose the slot to run at boot, counting trial boots and rolling back by itself.
 
@@ -236,7 +285,10 @@ def boot_slot(root: str | Path | DeviceRoot, *, audit: object | None = None, ver
     audit = device_audit(root, audit)
     with slot_lock(root):
         cleanup_staging(root)
-        state = load_state(root)
+        try:
+            state = load_state(root)
+        except UpdateError as exc:
+            state = rebuild_state(root, str(exc), audit)
         slot = state["active"]
         info = state["slots"][slot]
         reason = None

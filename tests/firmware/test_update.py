@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import firmware
 from firmware import image as fwimage
 from firmware import update
 from firmware.cli import main
@@ -27,6 +28,7 @@ from secure_store.audit import Event, read_entries, verify_audit
 from secure_store.layout import DeviceRoot
 
 REPO = Path(__file__).resolve().parents[2]
+FACTORY = firmware.__version__
 
 
 @pytest.fixture()
@@ -235,7 +237,7 @@ def test_mark_healthy_before_the_new_slot_ever_booted_changes_nothing(kit):
     tmp, root, vendor = kit
     update.install_image(build(tmp, vendor, "1.1.0", {"v": b"1"}), root)
     still = update.mark_healthy(root)  # the old firmware's health check, after the install
-    assert (still.slot, still.status) == ("b", "trial") and load_state(root)["floor"] == "0.1.0"
+    assert (still.slot, still.status) == ("b", "trial") and load_state(root)["floor"] == FACTORY
     assert update.boot_slot(root).status == "trial"
     assert update.mark_healthy(root).status == "good"
 
@@ -260,6 +262,38 @@ def test_corrupted_active_slot_fails_verified_boot_and_rolls_back(kit):
     (slot_dir(root, "b") / "files" / "extra").write_bytes(b"planted")
     with pytest.raises(UpdateError, match="nothing to boot"):
         update.boot_slot(root)
+
+
+@pytest.mark.parametrize("damage", [b"", b"{not json", b'{"state_format": 1}'])
+def test_corrupt_slot_state_is_rebuilt_from_the_verified_slots(kit, damage):
+    tmp, root, vendor = kit
+    update.install_image(build(tmp, vendor, "1.1.0", {"v": b"1"}), root)
+    update.boot_slot(root)
+    update.mark_healthy(root)
+    update.install_image(build(tmp, vendor, "1.2.0", {"v": b"2"}), root)
+    (root.firmware / "state.json").write_bytes(damage)
+    boot = update.boot_slot(root)
+    assert (boot.slot, boot.version, boot.status) == ("a", "1.2.0", "trial")  # the newest must prove itself
+    state = load_state(root)
+    assert state["slots"]["b"]["status"] == "good" and state["floor"] == "1.2.0"
+    assert len(list(root.firmware.glob("state.json.corrupt-*"))) == 1
+    assert audit_events(root)[-2][0] == "firmware_state_rebuilt"
+    update.mark_healthy(root)
+    with pytest.raises(UpdateRefused, match="downgrade"):
+        update.install_image(build(tmp, vendor, "1.1.5", {"v": b"old"}), root)
+
+
+def test_corrupt_state_after_the_first_update_keeps_the_factory_fallback(kit):
+    tmp, root, vendor = kit
+    update.install_image(build(tmp, vendor, "1.1.0", {"v": b"1"}), root)
+    (root.firmware / "state.json").write_bytes(b"\x00" * 40)
+    boot = update.boot_slot(root, verify=True)
+    assert (boot.slot, boot.status) == ("b", "trial")
+    assert load_state(root)["slots"]["a"] == {"status": "good", "version": FACTORY, "factory": True}
+    (slot_dir(root, "b") / "files" / "v").write_bytes(b"rot")
+    (root.firmware / "state.json").write_bytes(b"garbage")
+    boot = update.boot_slot(root)
+    assert (boot.slot, boot.path) == ("a", None) and load_state(root)["slots"]["b"]["status"] == "bad"
 
 
 def test_cli_install_and_status(kit, capsys):
