@@ -188,10 +188,13 @@ class SegmentSealer:
 
     def _append(self, meta: ChunkMeta, plaintext: bytes) -> None:
         index = len(self._tally.chunk_digests)
-        record, digest = seal_record(self._aead, self._header_digest, index, meta, plaintext)
-        self._write_all(record)
+        parts, digest = seal_record(self._aead, self._header_digest, index, meta, plaintext)
+        size = sum(len(p) for p in parts)
+        written = os.writev(self._fd, parts)
+        if written != size:  # a short write: finish the record from where it stopped
+            self._write_all(b"".join(parts)[written:])
         os.fsync(self._fd)
-        self._store.note_written(len(record))
+        self._store.note_written(size)
         self._tally.add(meta, digest)
 
     def _write_all(self, data: bytes) -> None:

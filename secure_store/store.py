@@ -64,7 +64,7 @@ class EvidenceStore:
         agency_public_key: x25519.X25519PublicKey,
         audit: Any,
         clock: Callable[[], float] = time.time,
-        clock_source: str | Callable[[], str] = "system",
+        clock_source: str | Callable[[], str] | None = None,
         quota_bytes: int | None = None,
         reserve_bytes: int = DEFAULT_RESERVE,
     ) -> None:
@@ -196,8 +196,11 @@ class EvidenceStore:
         return int(round(self._clock() * 1_000_000))
 
     def clock_source(self) -> str:
+        """What set the clock: ``clock_source`` if given, else the clock's ``source`` attribute, else "system"."""
         src = self._clock_source
-        return src() if callable(src) else src
+        if src is None:
+            src = getattr(self._clock, "source", None) or "system"
+        return str(src() if callable(src) else src)
 
     def _scan_used(self) -> int:
         total = 0
