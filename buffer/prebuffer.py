@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 MAX_DURATION_S = 120.0
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # 30 s at up to ~17 Mbit/s
 
+_NEVER = 1 << 63  # an expiry time no timestamp reaches
+_NO_FRAME_YET = -(1 << 63)
+
 # A held frame is a plain (data, keyframe, timestamp_us) tuple, Frame's field order:
 # Frame(...) goes through a Python-level __new__, too slow for the encoder's hot path.
 _Gop = list  # list[tuple[bytes, bool, int]], first entry a keyframe
@@ -45,6 +48,12 @@ class PreEventBufferError(Exception):
 
 class TimestampError(PreEventBufferError, ValueError):
     """A frame came without a timestamp or with one earlier than the previous frame's."""
+
+
+def _timestamp_problem(timestamp: int | None, newest_us: int) -> str:
+    if timestamp is None:
+        return "frame has no timestamp"
+    return f"frame timestamp {timestamp} µs goes back before the previous frame's {newest_us} µs"
 
 
 class PreEventBuffer:
@@ -71,9 +80,10 @@ class PreEventBuffer:
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
         self._gops: deque[_Gop] = deque()
+        self._tail: _Gop | None = None  # the GOP in flight, last of _gops
         self._bytes = 0
-        self._count = 0
-        self._newest_us: int | None = None
+        self._expire_at = _NEVER  # newest timestamp at which the oldest GOP is no longer needed
+        self._newest_us = _NO_FRAME_YET
         self._sink: Output | None = None
         self._sink_synced = False  # the open sink has had its keyframe
         self._short = False  # max_bytes has cut the buffer below duration_s
@@ -93,11 +103,8 @@ class PreEventBuffer:
         ``packet`` is ignored: sinks receive the bytes, keyframe flag and timestamp only.
         """
         with self._lock:
-            newest = self._newest_us
-            if timestamp is None or (newest is not None and timestamp < newest):
-                raise TimestampError(
-                    f"frame timestamp {timestamp!r} µs is not at or after the previous {newest} µs"
-                )
+            if timestamp is None or timestamp < self._newest_us:
+                raise TimestampError(_timestamp_problem(timestamp, self._newest_us))
             if audio:
                 raise PreEventBufferError("audio frames are not supported by the pre-event buffer")
             self._newest_us = timestamp
@@ -109,16 +116,17 @@ class PreEventBuffer:
                     sink.outputframe(frame, keyframe, timestamp)
                 return
 
-            gops = self._gops
             if keyframe:
-                gops.append([(frame, True, timestamp)])
-            elif gops:
-                gops[-1].append((frame, False, timestamp))
+                self._tail = tail = [(frame, True, timestamp)]
+                self._gops.append(tail)
+                if len(self._gops) == 2:
+                    self._expire_at = timestamp + self._duration_us
+            elif self._tail is not None:
+                self._tail.append((frame, False, timestamp))
             else:
                 return  # before the first keyframe: nothing could decode it
             self._bytes += len(frame)
-            self._count += 1
-            if len(gops) > 1 and gops[1][0][2] <= timestamp - self._duration_us:
+            if timestamp >= self._expire_at:
                 self._expire(timestamp - self._duration_us)
             if self._bytes > self._max_bytes:
                 self._shed()
@@ -129,12 +137,20 @@ class PreEventBuffer:
         while len(gops) > 1 and gops[1][0][2] <= cutoff_us:
             self._drop_oldest()
         self._short = False
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """After GOPs went: when the (new) oldest one will be expirable, and the GOP in flight."""
+        gops = self._gops
+        self._expire_at = gops[1][0][2] + self._duration_us if len(gops) > 1 else _NEVER
+        self._tail = gops[-1] if gops else None
 
     def _shed(self) -> None:
         """Drop whole oldest GOPs until the bytes fit; say so, since evidence is being lost."""
         gops = self._gops
         while self._bytes > self._max_bytes and gops:
             self._drop_oldest()
+        self._rearm()
         if not self._short:
             self._short = True
             log.warning(
@@ -145,7 +161,6 @@ class PreEventBuffer:
     def _drop_oldest(self) -> None:
         gop = self._gops.popleft()
         self._bytes -= sum(len(f[0]) for f in gop)
-        self._count -= len(gop)
 
     # -- the control thread's side -------------------------------------------------------
 
@@ -186,8 +201,8 @@ class PreEventBuffer:
     def _clear(self) -> None:
         self._gops.clear()
         self._bytes = 0
-        self._count = 0
         self._short = False
+        self._rearm()
 
     # -- what it holds ---------------------------------------------------------------------
 
@@ -223,7 +238,7 @@ class PreEventBuffer:
     @property
     def held_frames(self) -> int:
         with self._lock:
-            return self._count
+            return sum(len(gop) for gop in self._gops)
 
     def snapshot(self) -> list[Frame]:
         """A copy of the held frames, oldest first (for diagnostics and tests)."""
