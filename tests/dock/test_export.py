@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given, settings, strategies as st
 
 from buffer.frame import Frame
+from buffer.prebuffer import PreEventBuffer
 
 from dock.export import ExportError, ExportRefused, Mp4Remuxer, export_evidence
 from firmware.cli import main
@@ -253,6 +254,29 @@ def test_library_refusal_names_each_problem(recorded, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="no sealed segments"):
         (tmp_path / "empty").mkdir()
         export_evidence(tmp_path / "empty", device.agency_key, tmp_path / "out")
+
+
+def test_pre_event_footage_is_exported(tmp_path: Path) -> None:
+    """The officer presses record at frame 45: the 2 s held before the press are in the MP4."""
+    device = Device(tmp_path / "device")
+    camera = SimCamera(WIDTH, HEIGHT, FPS)
+    buffer = PreEventBuffer(duration_s=2.0)
+    segmenter = Segmenter(device.store.open_sealer(), "rec-pre", segment_s=1.0)
+    with PyAVEncoder(buffer, WIDTH, HEIGHT, FPS, bitrate=300_000) as encoder:
+        for number, image, ts in camera.frames(60):
+            if number == 45:
+                buffer.open_output(segmenter)
+                segmenter.add_marker("record pressed", ts)
+            encoder.encode(image, ts)
+    buffer.close_output()
+    segmenter.close()
+    (rec,) = export_evidence(device.offload(tmp_path / "pulled"), device.agency_key, tmp_path / "out").recordings
+    numbers = mp4_frame_numbers(rec.mp4)[0]
+    first = numbers[0]
+    assert first % FPS == 0 and first <= 45 - 2 * FPS  # whole GOPs, at least the 2 s asked for
+    assert numbers == list(range(first, 60))
+    report = json.loads(rec.report.read_text())
+    assert [(m["label"], m["offset_s"]) for m in report["markers"]] == [("record pressed", (45 - first) / FPS)]
 
 
 def test_recovered_segment_and_gap_are_exported_and_reported(tmp_path: Path) -> None:
