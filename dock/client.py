@@ -160,7 +160,8 @@ class PullSummary:
     confirmed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     clock_offset_us: int | None = None
-    retransmits: int = 0
+    retransmits: int = 0       # frames this dock sent again
+    damaged_frames: int = 0    # frames from the device that failed their CRC (the device resent them)
     seconds: float = 0.0
 
     @property
@@ -305,6 +306,7 @@ def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *,
             raise PullError(f"link to {session.device_id} lost: {exc}; rerun to resume") from None
         finally:
             summary.retransmits = client.link.stats["retransmits"]
+            summary.damaged_frames = client.link.decoder.bad_headers + client.link.decoder.bad_payloads
             summary.seconds = time.monotonic() - started
     return summary
 

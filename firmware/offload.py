@@ -122,6 +122,7 @@ class SessionReport:
     commands: collections.Counter = field(default_factory=collections.Counter)
     bytes_sent: int = 0
     released: list[str] = field(default_factory=list)
+    retransmits: int = 0
     ended: str = ""
 
 
@@ -223,9 +224,10 @@ class OffloadServer:
                 self._serve(link, session, report)
             except LinkError as exc:
                 report.ended = str(exc)
+            report.retransmits = link.stats["retransmits"]
             self.audit.append("offload_end", dock=session.peer_fingerprint, bytes_sent=report.bytes_sent,
                               released=len(report.released), ended=report.ended or "closed by dock",
-                              retransmits=link.stats["retransmits"])
+                              retransmits=report.retransmits)
             return report
         finally:
             self._link = None

@@ -228,3 +228,36 @@ class LinkedPtys:
 
     def __exit__(self, *exc: object) -> None:
         self.unplug()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hw_sim.link``: run a simulated cable until stdin closes or it is unplugged.
+
+    Prints the device-end and dock-end paths on one line, so scripts and benchmarks can
+    put the relay in a process of its own.
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m hw_sim.link", description=main.__doc__)
+    parser.add_argument("--ber", type=float, default=0.0, help="bit error rate")
+    parser.add_argument("--drop", type=float, default=0.0, help="probability of dropping each byte")
+    parser.add_argument("--stall-every", type=int, default=0, help="stall after every N bytes")
+    parser.add_argument("--stall", type=float, default=0.0, help="stall length in seconds")
+    parser.add_argument("--disconnect-after", type=int, default=None, help="pull the cable after N bytes")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--link-a", help="symlink for the device end")
+    parser.add_argument("--link-b", help="symlink for the dock end")
+    args = parser.parse_args(argv)
+    faults = Faults(args.ber, args.drop, args.stall_every, args.stall, args.seed)
+    with LinkedPtys(faults, disconnect_after=args.disconnect_after, link_a=args.link_a, link_b=args.link_b) as link:
+        print(link.a_path, link.b_path, flush=True)
+        while link.connected:
+            ready, _, _ = select.select([sys.stdin], [], [], 0.2)
+            if ready and not sys.stdin.buffer.read1(4096):
+                break
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""Fixtures for the dock link tests: a real device (sealed store, audit log, keys) and a server thread.
+
+Everything is real: sealed segments from EvidenceStore, Ed25519/X25519 keys, pty pairs
+opened with pyserial through hw_sim.link.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from buffer.frame import Frame
+from firmware.offload import OffloadServer, OffsetClock
+from secure_store import keys
+from secure_store.audit import AuditLog, read_entries
+from secure_store.durable import write_atomic
+from secure_store.layout import DeviceRoot
+from secure_store.store import EvidenceStore
+from secure_store.trust import identity_json
+
+DEVICE_ID = "CAM-0042"
+FRAME_US = 33_333
+
+
+class Keyset:
+    def __init__(self) -> None:
+        self.device = keys.generate("device")
+        self.agency = keys.generate("agency")
+        self.dock = keys.generate("dock")
+        self.stranger = keys.generate("dock")
+
+
+class ServerThread:
+    """``OffloadServer.serve_session`` on a thread; keeps its result or exception."""
+
+    def __init__(self, server: OffloadServer, wait: float) -> None:
+        self.server = server
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(wait,), daemon=True)
+        self.thread.start()
+
+    def _run(self, wait: float) -> None:
+        try:
+            self.result = self.server.serve_session(wait=wait)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            self.error = exc
+
+    def join(self, timeout: float = 30.0) -> "ServerThread":
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the device's session did not end"
+        return self
+
+
+@dataclass
+class Device:
+    root: DeviceRoot
+    store: EvidenceStore
+    audit: AuditLog
+    clock: OffsetClock
+    ks: Keyset
+    next_frame: int = 0
+    next_index: dict[str, int] = field(default_factory=dict)
+
+    def record(self, segments: int = 2, chunks: int = 3, frame_bytes: int = 4000,
+               recording_id: str = "rec-1") -> None:
+        """Seal ``segments`` real segments; frame numbers are in the frame bytes."""
+        sealer = self.store.open_sealer()
+        for _ in range(segments):
+            index = self.next_index.get(recording_id, 0)
+            self.next_index[recording_id] = index + 1
+            sealer.begin_segment(recording_id, index)
+            for _ in range(chunks):
+                frames = [Frame(self.next_frame.to_bytes(4, "big") + os.urandom(frame_bytes), i == 0,
+                                self.next_frame * FRAME_US) for i in range(5)]
+                self.next_frame += 5
+                sealer.write_chunk(frames)
+            sealer.end_segment()
+
+    def evidence(self) -> dict[str, bytes]:
+        """Name → bytes of every sealed segment and manifest now on the device."""
+        return {i.name: self.store.evidence_path(i.name).read_bytes()
+                for i in self.store.list_evidence() if i.kind != "audit"}
+
+    def events(self) -> list[Any]:
+        return read_entries(self.root.audit)
+
+    def server(self, port: str, docks: list | None = None, **kw: Any) -> OffloadServer:
+        return OffloadServer(port, self.store, self.audit, self.ks.device, DEVICE_ID,
+                             [self.ks.dock.public_key()] if docks is None else docks,
+                             lambda: {"battery_percent": 77, "recording_state": "docked"}, self.clock,
+                             idle_timeout=kw.pop("idle_timeout", 5.0), **kw)
+
+    def serve(self, port: str, wait: float = 10.0, **kw: Any) -> ServerThread:
+        return ServerThread(self.server(port, **kw), wait)
+
+
+@pytest.fixture(scope="session")
+def keyset() -> Keyset:
+    return Keyset()
+
+
+@pytest.fixture
+def device(tmp_path: Path, keyset: Keyset) -> Device:
+    root = DeviceRoot(tmp_path / "device")
+    root.keys.mkdir(parents=True)
+    write_atomic(root.identity, identity_json(DEVICE_ID, keyset.device.public_key()))
+    audit = AuditLog(root.audit, keyset.device, DEVICE_ID)
+    clock = OffsetClock(root.state / "clock.json")
+    store = EvidenceStore(root, device_id=DEVICE_ID, signing_key=keyset.device,
+                          agency_public_key=keyset.agency.public_key(), audit=audit, clock=clock,
+                          reserve_bytes=0)
+    return Device(root, store, audit, clock, keyset)
+
+
+@pytest.fixture
+def dock_key_file(tmp_path: Path, keyset: Keyset) -> Path:
+    path = tmp_path / "dock.key"
+    write_atomic(path, keys.private_pem(keyset.dock), 0o600)
+    return path
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
