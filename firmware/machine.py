@@ -198,9 +198,9 @@ class DeviceMachine:
         pre_event_s = round(self.buffer.held_seconds, 3)
         now = self._clock()
         self.recording = Recording(recording_id, segmenter, output, trigger, pre_event_s, now, now)
+        self.buffer.open_output(output)  # held GOPs sealed and fsync'd now; live frames follow
         self._enter(State.RECORDING, Event.RECORD_START, recording_id=recording_id, trigger=trigger,
                     pre_event_s=pre_event_s, docked=self.docked)
-        self.buffer.open_output(output)  # held GOPs sealed and fsync'd now; live frames follow
 
     def _on_stop(self, gesture: str = "hold") -> None:
         if self.recording is not None:
@@ -375,15 +375,19 @@ class DeviceMachine:
 
     # -- transitions --------------------------------------------------------------------------
     def _enter(self, new: State, event: str, **details: Any) -> None:
-        """Change state: lights, audit entry (one per transition), listeners."""
-        old, self.state = self.state, new
+        """Change state: lights, audit entry (one per transition), listeners, then ``state``.
+
+        ``state`` changes last, so whoever sees the new state sees everything that goes with it.
+        """
+        old = self.state
         if new is not State.RECORDING:
             self.signals.show(new.value)
-        self._show_warnings()
         self.audit.append(event, **{"from": old.value, "to": new.value}, **details)
         log.info("%s -> %s (%s)", old.value, new.value, event)
         for listener in self.listeners:
             listener(old, new, event)
+        self.state = new
+        self._show_warnings()
 
     def status(self) -> dict[str, Any]:
         """What `status` shows and the dock link reports."""
