@@ -98,8 +98,14 @@ def load_state(root: DeviceRoot) -> dict:
             state["state_format"] == STATE_FORMAT
             and state["active"] in SLOTS
             and all(state["slots"][s]["status"] in STATUSES for s in SLOTS)
+            and state["slots"][state["active"]]["status"] in ("trial", "good", "bad")
+            and type(state["max_boot_tries"]) is int and state["max_boot_tries"] >= 1
         )
-    except (ValueError, KeyError, TypeError):
+        parse_version(state["floor"])
+        for s in SLOTS:
+            if state["slots"][s]["status"] in ("trial", "good"):
+                parse_version(state["slots"][s]["version"])
+    except (ValueError, KeyError, TypeError, ImageError):
         ok = False
     if not ok:
         raise UpdateError(f"{state_path(root)} is not a valid slot state file")
@@ -289,6 +295,13 @@ def boot_slot(root: str | Path | DeviceRoot, *, audit: object | None = None, ver
             state = load_state(root)
         except UpdateError as exc:
             state = rebuild_state(root, str(exc), audit)
+        if verify:
+            try:
+                vendor_key(root)
+            except (UpdateError, keys.KeyFileError) as exc:  # better an unverified boot than a brick
+                log.error("cannot verify firmware slots: %s", exc)
+                audit_event(audit, FIRMWARE_BOOT, action="unverified", reason=str(exc))
+                verify = False
         slot = state["active"]
         info = state["slots"][slot]
         reason = None

@@ -46,6 +46,7 @@ from firmware.slots import (
 )
 from secure_store.audit import Event
 from secure_store.durable import fsync_dir, write_atomic
+from secure_store.keys import KeyFileError
 from secure_store.layout import DeviceRoot
 
 __all__ = [
@@ -229,7 +230,7 @@ def install_image(
                                                                            max_boot_tries)
             except OSError as exc:  # after staging: the old slot is still active and intact
                 raise UpdateError(f"firmware install failed: {exc.strerror or exc}") from None
-    except (ImageError, UpdateError) as exc:
+    except (ImageError, UpdateError, KeyFileError) as exc:
         log.info("firmware install of %s refused: %s", image_path.name, exc)
         audit_event(audit, Event.FIRMWARE_REJECTED, image=image_path.name, reason=str(exc))
         raise

@@ -296,6 +296,18 @@ def test_corrupt_state_after_the_first_update_keeps_the_factory_fallback(kit):
     assert (boot.slot, boot.path) == ("a", None) and load_state(root)["slots"]["b"]["status"] == "bad"
 
 
+def test_unreadable_vendor_key_boots_unverified_rather_than_bricking(kit):
+    tmp, root, vendor = kit
+    update.install_image(build(tmp, vendor, "1.1.0", {"v": b"1"}), root)
+    root.vendor_pub.write_bytes(b"rotten")
+    boot = update.boot_slot(root)
+    assert (boot.slot, boot.version, boot.status) == ("b", "1.1.0", "trial")
+    assert ("firmware_boot", "unverified") in [(e, d.get("action")) for e, d in audit_events(root)]
+    with pytest.raises(keys.KeyFileError):
+        update.install_image(build(tmp, vendor, "1.2.0", {"v": b"2"}), root)  # installs still need the key
+    assert audit_events(root)[-1][0] == Event.FIRMWARE_REJECTED
+
+
 def test_cli_install_and_status(kit, capsys):
     tmp, root, vendor = kit
     img = build(tmp, vendor, "1.1.0", {"v": b"1"})
