@@ -265,8 +265,40 @@ def _verify_audit_logs(root: Path, device_key, report: VerifyReport) -> None:
             report.problems.append(Problem(str(d), None, "no device public key for this audit log"))
             continue
         report.audit_logs.append(str(d))
-        for problem in verify_audit(d, key):
+        problems = verify_audit(d, key)
+        for problem in problems:
             report.problems.append(Problem(str(d), None, f"audit log: {problem}"))
+        if not problems:
+            report.problems.extend(_check_against_audit(d, key, report.segments))
+
+
+def _check_against_audit(audit_dir: Path, key: ed25519.Ed25519PublicKey,
+                         segments: list[VerifiedSegment]) -> list[Problem]:
+    """Every segment the (verified) audit log says was sealed and never released must be here.
+
+    This is what catches the deletion of a device's newest segments, which the chain alone cannot.
+    """
+    from secure_store.audit import read_entries
+
+    fp = sha256(keys.raw_public(key)).hex()
+    present = {s.manifest.segment_seq: s.manifest.digest.hex() for s in segments if s.device_key_fp == fp}
+    sealed: dict[int, str] = {}
+    released: set[str] = set()
+    for entry in read_entries(audit_dir):
+        if entry.event == "segment_sealed" and isinstance(entry.details.get("seq"), int):
+            sealed[entry.details["seq"]] = str(entry.details.get("manifest_sha256"))
+        elif entry.event == "delete":
+            released.add(str(entry.details.get("segment")))
+    problems = []
+    for seq, digest in sorted(sealed.items()):
+        name = segment_stem(seq)
+        if seq not in present and name not in released:
+            problems.append(Problem(name + SEGMENT_SUFFIX, None, "missing: the audit log records this segment as "
+                                                                 "sealed and never released"))
+        elif seq in present and present[seq] != digest:
+            problems.append(Problem(name + MANIFEST_SUFFIX, None, "manifest differs from the one the audit log "
+                                                                  "recorded when it was sealed"))
+    return problems
 
 
 def decrypt_chunks(segment: Path, agency_private_key: x25519.X25519PrivateKey,

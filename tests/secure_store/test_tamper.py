@@ -97,6 +97,12 @@ def test_segment_deleted_from_the_middle(case) -> None:
     assert any(r == "recording rec-1: segment index jumps from 0 to 2" for _, _, r in found), found
 
 
+def test_newest_segment_deleted(case) -> None:
+    (case / "evidence" / SEG.format(4)).unlink()
+    (case / "evidence" / MAN.format(4)).unlink()
+    only(problems(case), SEG.format(4), None, "missing: the audit log records this segment as sealed and never released")
+
+
 def test_two_segments_swapped(case) -> None:
     ev = case / "evidence"
     for pattern in (SEG, MAN):
