@@ -2,11 +2,11 @@
 
 Every decision the device takes (boot, record, marker, dock, offload, release, firmware,
 clock, power recovery, storage full ...) is one entry. Each entry carries its sequence
-number and the SHA-256 of the previous entry and is signed on its own (Ed25519, ~50 µs), so
+number and the SHA-256 of the previous entry and is signed on its own (Ed25519, well under a millisecond), so
 anyone with the device *public* key can prove that every entry present is authentic and
 that none was altered, removed from the middle, reordered or spliced in from elsewhere.
 Removing the newest entries cannot be seen from the log alone; :meth:`AuditLog.head`
-gives the (seq, digest) that manifests and docks record, and ``verify_audit(anchor=...)``
+gives the (seq, digest) a dock records at each offload, and ``verify_audit(anchor=...)``
 checks a log against such a head. docs/FORMAT.md ("Audit log") specifies the bytes.
 
 Layout: ``DIR/audit-<seq of its first entry, 12 digits>.log``; a file starts with the
@@ -359,8 +359,8 @@ def read_entries(directory: Path) -> list[AuditEntry]:
     return entries
 
 
-def _ranges(seqs: list[int]) -> str:
-    return f"entry {seqs[0]}" if seqs[0] == seqs[1] else f"entries {seqs[0]}-{seqs[1]}"
+def _span(first: int, last: int) -> str:
+    return f"entry {first}" if first == last else f"entries {first}-{last}"
 
 
 def verify_audit(directory: Path, device_public_key: Ed25519PublicKey, *, device_id: str | None = None,
@@ -376,6 +376,7 @@ def verify_audit(directory: Path, device_public_key: Ed25519PublicKey, *, device
     if not files:
         return [f"{directory}: no audit log files"]
     problems: list[str] = []
+    bad_signatures: list[str] = []
     entries: list[tuple[AuditEntry, bool]] = []
     for i, (first_seq, path) in enumerate(files):
         try:
@@ -396,13 +397,18 @@ def verify_audit(directory: Path, device_public_key: Ed25519PublicKey, *, device
                 continue
             ok = _sig_ok(device_public_key, body, sig)
             if not ok:
-                problems.append(f"entry {entry.seq} ({path.name} line {n}): bad signature "
-                                "(altered, or not signed by this device's key)")
+                bad_signatures.append(f"entry {entry.seq} ({path.name} line {n}): bad signature "
+                                      "(altered, or not signed by this device's key)")
             entries.append((entry, ok))
         if len(entries) == start:
             problems.append(f"{path.name}: holds no valid entries")
         elif entries[start][0].seq != first_seq:
             problems.append(f"{path.name}: named for entry {first_seq} but starts with entry {entries[start][0].seq}")
+    if len(entries) > 1 and len(bad_signatures) == len(entries):
+        problems.append(f"none of the {len(entries)} entries is signed by this device key "
+                        "(wrong key, or the whole log re-signed)")
+    else:
+        problems += bad_signatures
     problems += _check_structure(entries, device_id, anchor)
     return problems
 
@@ -415,9 +421,13 @@ def _check_structure(entries: list[tuple[AuditEntry, bool]], device_id: str | No
     expected_device = device_id if device_id is not None else (signed[0].device if signed else None)
     by_seq: dict[int, tuple[AuditEntry, bool]] = {}
     highest = -1
+    strangers = [e for e, _ in entries if expected_device is not None and e.device != expected_device]
+    if len(entries) > 1 and len(strangers) == len(entries):
+        problems.append(f"all {len(entries)} entries are from device {strangers[0].device!r}, "
+                        f"not {expected_device!r}")
+    else:
+        problems += [f"entry {e.seq}: from device {e.device!r}, not {expected_device!r}" for e in strangers]
     for entry, ok in entries:
-        if expected_device is not None and entry.device != expected_device:
-            problems.append(f"entry {entry.seq}: from device {entry.device!r}, not {expected_device!r}")
         if entry.seq in by_seq:
             problems.append(f"entry {entry.seq}: duplicated")
             continue
@@ -428,7 +438,7 @@ def _check_structure(entries: list[tuple[AuditEntry, bool]], device_id: str | No
     last = -1
     for seq in sorted(by_seq):
         if seq > last + 1:
-            problems.append(f"{_ranges([last + 1, seq - 1])} missing (removed)")
+            problems.append(f"{_span(last + 1, seq - 1)} missing (removed)")
         last = seq
     for seq, (entry, ok) in by_seq.items():
         if seq == 0:
