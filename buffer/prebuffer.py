@@ -11,8 +11,15 @@ It differs from picamera2's ``CircularOutput2`` in three ways that matter for ev
 - a byte bound (``max_bytes``) as well as a time bound, so a bitrate spike cannot exhaust RAM;
 - what it holds always starts at a keyframe, so the recording is decodable from its first byte.
 
+What it holds starts at the newest keyframe whose timestamp is at or before newest − duration
+(so at most duration + one GOP). ``duration_s=0`` therefore holds just the GOP in flight: the
+recording still starts at a keyframe (the press's own GOP) and is otherwise pure passthrough.
+Frames arriving after ``close_output()`` are held again from the next keyframe.
+
 Threading follows ``CircularOutput2``: one lock around ``outputframe`` (the encoder thread's
-only call), taken briefly by the control thread's ``open_output`` / ``close_output``.
+only call), taken by the control thread's ``open_output`` / ``close_output``. ``open_output`` hands over
+the held frames while holding it, so the encoder thread waits for the sink to take them
+(that wait is what makes the handoff gapless).
 
 Documented handling of bad input (the frame is refused and the buffer is left untouched):
 
@@ -59,8 +66,9 @@ def _timestamp_problem(timestamp: int | None, newest_us: int) -> str:
 class PreEventBuffer:
     """Keep at least ``duration_s`` of whole GOPs before the newest frame, within ``max_bytes``.
 
-    Implements picamera2's ``Output`` protocol (``outputframe``, plus the ``start`` / ``stop`` /
-    ``_add_stream`` hooks its encoders call), so it can be an ``H264Encoder``'s output directly.
+    Implements picamera2's ``Output`` protocol: ``outputframe``, plus the ``start`` / ``stop`` /
+    ``_add_stream`` hooks its encoders call. picamera2's encoders also insist on an instance of
+    their own ``Output`` class, so on a Pi a thin subclass forwards to this (recorder/picamera.py).
     """
 
     needs_add_stream = False  # picamera2 encoders ask outputs these two questions
