@@ -6,7 +6,6 @@ opened with pyserial through hw_sim.link.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
@@ -100,6 +99,9 @@ class Device:
     def serve(self, port: str, wait: float = 10.0, **kw: Any) -> ServerThread:
         return ServerThread(self.server(port, **kw), wait)
 
+    def serve_with(self, server: OffloadServer, wait: float = 10.0) -> ServerThread:
+        return ServerThread(server, wait)
+
 
 @pytest.fixture(scope="session")
 def keyset() -> Keyset:
@@ -125,6 +127,3 @@ def dock_key_file(tmp_path: Path, keyset: Keyset) -> Path:
     write_atomic(path, keys.private_pem(keyset.dock), 0o600)
     return path
 
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
