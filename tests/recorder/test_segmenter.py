@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import struct
+import sys
+import threading
 
 import pytest
 from hypothesis import given
@@ -229,3 +231,41 @@ def test_every_stream_is_cut_into_whole_gops_and_keyframe_aligned_segments(frame
             assert chunk is s.chunks[0] or chunk[0].timestamp_us - start < segment_us
     for before, after in zip(sink.segments, sink.segments[1:]):
         assert after.frames[0].timestamp_us - before.frames[0].timestamp_us >= segment_us
+
+
+def test_markers_from_another_thread_each_land_once_in_the_segment_holding_their_frame():
+    """The control thread marks while the encoder thread feeds: every marker lands in exactly one
+    segment, in order, inside the span of frames that segment holds (or at its start)."""
+    sink = MemoryChunkSink()
+    seg = Segmenter(sink, "rec", segment_s=1.0)
+    produced = [0]
+    stop = threading.Event()
+
+    def encoder():
+        n = 0
+        while not stop.is_set() and n < 20_000:
+            seg.outputframe(payload(n), n % 25 == 0, n * FRAME_US)
+            n += 1
+            produced[0] = n
+
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    thread = threading.Thread(target=encoder)
+    thread.start()
+    try:
+        for i in range(40):
+            target = produced[0] + 7 + i
+            while produced[0] < target and thread.is_alive():
+                pass
+            seg.add_marker(f"m{i}")
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(switch_interval)
+    seg.close()
+    labels = [label for s in sink.segments for _, label in s.markers]
+    assert labels == [f"m{i}" for i in range(40)]
+    for s in sink.segments:
+        first, last = s.frames[0].timestamp_us, s.frames[-1].timestamp_us
+        assert all(first <= ts <= last for ts, _ in s.markers)
+    assert numbers(sink.frames) == list(range(len(sink.frames)))
