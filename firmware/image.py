@@ -175,6 +175,8 @@ def parse_manifest(raw: bytes) -> Manifest:
         if f.path in seen:
             raise ImageError(f"duplicate path {f.path!r} in image")
         seen.add(f.path)
+    if [f.path for f in files] != sorted(seen):
+        raise ImageError("manifest files are not in path order")
     for f in files:  # a file cannot also be a directory of another entry
         parts = f.path.split("/")
         for i in range(1, len(parts)):

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from firmware.image import ImageError, Manifest, iter_files, parse_version, read_manifest
 from firmware.slots import (
     DEFAULT_MAX_BOOT_TRIES,
@@ -152,7 +154,8 @@ def _stage(image: BinaryIO, manifest: Manifest, header: bytes, staging: Path) ->
     return total
 
 
-def _install_locked(image_path: Path, root: DeviceRoot, key, audit, max_boot_tries: int) -> tuple:
+def _install_locked(image_path: Path, root: DeviceRoot, key: Ed25519PublicKey, audit: object | None,
+                    max_boot_tries: int) -> tuple:
     """The install proper, under the slot lock: verify, stage, mark, move, read back, switch."""
     cleanup_staging(root)
     state = load_state(root)
@@ -164,8 +167,8 @@ def _install_locked(image_path: Path, root: DeviceRoot, key, audit, max_boot_tri
         manifest = read_manifest(image, key)
         header_len = image.tell()
         _check_versions(manifest, state)
-        audit_event(audit, Event.FIRMWARE_INSTALL, step="verified", image=image_path.name, version=manifest.version,
-                       manifest_sha256=manifest.digest, files=len(manifest.files))
+        audit_event(audit, Event.FIRMWARE_INSTALL, step="verified", image=image_path.name,
+                    version=manifest.version, manifest_sha256=manifest.digest, files=len(manifest.files))
         previous = state["active"]
         target = other(previous)
         staging = root.firmware / f".staging-{target}"

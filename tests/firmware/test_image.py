@@ -123,6 +123,7 @@ def _bad_images(tmp_path, key, other_key, good: bytes):
     cases["oversized manifest"] = (good[:10] + struct.pack(">I", fwimage.MAX_MANIFEST_BYTES + 1) + good[14:], "oversized")
     cases["duplicate path"] = (crafted("d", [entry("a", data), entry("a", data)], [data, data]), "duplicate path")
     cases["file through file"] = (crafted("ff", [entry("a", data), entry("a/b", data)], [data, data]), "runs through file")
+    cases["unsorted"] = (crafted("us", [entry("b", data), entry("a", data)], [data, data]), "not in path order")
     cases["setuid mode"] = (crafted("m", [entry("a", data, mode=0o4755)], [data]), "mode")
     return cases
 
@@ -130,7 +131,8 @@ def _bad_images(tmp_path, key, other_key, good: bytes):
 BAD_NAMES = ["unsigned", "wrong key", "tampered file", "tampered manifest", "truncated header", "truncated manifest",
              "truncated signature", "truncated payload", "trailing data", "bad magic", "future format",
              "path traversal", "absolute path", "symlink entry", "hardlink entry", "oversized file",
-             "oversized total", "oversized manifest", "duplicate path", "file through file", "setuid mode"]
+             "oversized total", "oversized manifest", "duplicate path", "file through file", "unsorted",
+             "setuid mode"]
 
 
 @pytest.fixture()
