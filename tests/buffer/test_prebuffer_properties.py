@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from buffer import Frame, PreEventBuffer
+from buffer import Frame, PreEventBuffer, TimestampError
 
 
 def payload(number: int, size: int) -> bytes:
@@ -95,10 +96,18 @@ def check_invariants(buf: PreEventBuffer, fed: list[Frame]) -> None:
     frames=streams(),
     duration=st.sampled_from([0.0, 0.1, 0.5, 1.0, 3.0]),
     max_bytes=st.integers(500, 40_000),
+    backwards=st.sets(st.integers(1, 400), max_size=5),
 )
-def test_held_frames_obey_every_invariant_after_every_frame(frames, duration, max_bytes):
+def test_held_frames_obey_every_invariant_after_every_frame(frames, duration, max_bytes, backwards):
+    """Also tries, at generated positions, a frame stamped before the previous one: it must be
+    refused with TimestampError and leave the buffer exactly as it was."""
     buf = PreEventBuffer(duration, max_bytes)
     for i, f in enumerate(frames):
+        if i in backwards:
+            before = buf.snapshot()
+            with pytest.raises(TimestampError):
+                buf.outputframe(b"late", True, frames[i - 1].timestamp_us - 1)
+            assert buf.snapshot() == before
         buf.outputframe(f.data, f.keyframe, f.timestamp_us)
         check_invariants(buf, frames[: i + 1])
 
