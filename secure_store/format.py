@@ -99,6 +99,18 @@ def _text(value: str, name: str, len_fmt: str, limit: int, pattern: re.Pattern |
     return struct.pack(">" + len_fmt, len(raw)) + raw
 
 
+def check_recording_id(recording_id: str) -> None:
+    """FormatError unless ``recording_id`` fits the header: 1-64 of ``A-Z a-z 0-9 . _ : -``."""
+    _text(recording_id, "recording_id", "B", MAX_ID, _RECORDING_ID, allow_empty=False)
+
+
+def check_marker(marker: "Marker") -> None:
+    """FormatError unless the marker fits a manifest (u64 time, label of ≤ 256 bytes, no controls)."""
+    if not 0 <= marker.timestamp_us < 2**64:
+        raise FormatError(f"marker timestamp {marker.timestamp_us} out of range")
+    _text(marker.label, "marker label", "H", MAX_LABEL)
+
+
 def _check_version(magic: bytes, version: int, what: str) -> None:
     if version != VERSION:
         raise FormatError(f"{what}: format version {version} is not supported (this reader knows {VERSION})")

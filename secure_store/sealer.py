@@ -8,6 +8,7 @@ forgets it when the segment ends. docs/FORMAT.md is the byte-level spec.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -22,9 +23,9 @@ from recorder.chunk import encode_chunk
 from secure_store import keys
 from secure_store.chain import ChainHead, save_head
 from secure_store.durable import fsync_dir, write_atomic
-from secure_store.errors import SealerStateError, StorageFull
+from secure_store.errors import FormatError, SealerStateError, StorageFull
 from secure_store.format import (
-    ChunkMeta, Manifest, Marker, SegmentHeader, seal_record, sha256, wrap_data_key,
+    ChunkMeta, Manifest, Marker, SegmentHeader, check_marker, check_recording_id, seal_record, sha256, wrap_data_key,
 )
 
 if TYPE_CHECKING:
@@ -119,6 +120,9 @@ class SegmentSealer:
         with self._lock:
             if self._open:
                 raise SealerStateError("begin_segment while a segment is open; call end_segment first")
+            check_recording_id(recording_id)
+            if not 0 <= index < 2**32:
+                raise SealerStateError(f"segment index {index} out of range")
             self._store.check_room(MANIFEST_HEADROOM * 2, during="begin_segment")
             self._recording_id, self._index = recording_id, index
             self._data_key = new_data_key()
@@ -138,6 +142,8 @@ class SegmentSealer:
                 raise SealerStateError("write_chunk without begin_segment")
             if not frames:
                 return
+            if not all(0 <= f.timestamp_us < 2**63 for f in (frames[0], frames[-1])):
+                raise FormatError("frame timestamp out of range (0 .. 2**63 µs)")
             plaintext = encode_chunk(frames)
             needed = len(plaintext) + 64 + MANIFEST_HEADROOM + 32 * len(self._tally.chunk_digests)
             if not self._store.has_room(needed):
@@ -148,13 +154,21 @@ class SegmentSealer:
             if self._header is None:
                 self._write_header(self._store.clock_us() - frames[-1].timestamp_us)
             meta = ChunkMeta(False, len(frames), frames[0].timestamp_us, frames[-1].timestamp_us)
-            self._append(meta, plaintext)
+            try:
+                self._append(meta, plaintext)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                self._out_of_space()
+                raise StorageFull(f"storage full while writing a chunk ({exc.strerror}); segment sealed") from None
 
     def add_marker(self, timestamp_us: int, label: str) -> None:
         with self._lock:
             if not self._open:
                 raise SealerStateError("add_marker without an open segment")
-            self._markers.append(Marker(int(timestamp_us), label))
+            marker = Marker(int(timestamp_us), label)
+            check_marker(marker)  # refuse it now, not when the manifest is signed
+            self._markers.append(marker)
 
     def end_segment(self) -> None:
         with self._lock:
@@ -180,11 +194,15 @@ class SegmentSealer:
         raw = self._header.encode()
         self._header_digest = sha256(raw)
         path = self._store.root.evidence / (segment_stem(self._header.segment_seq) + SEGMENT_SUFFIX)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        except FileExistsError:
+            raise SealerStateError(f"{path.name} exists but is not sealed; run EvidenceStore.recover()") from None
+        self._path = path
         self._write_all(raw)
         os.fsync(self._fd)
         fsync_dir(path.parent)
-        self._path = path
+        self._offset = len(raw)
 
     def _append(self, meta: ChunkMeta, plaintext: bytes) -> None:
         index = len(self._tally.chunk_digests)
@@ -194,8 +212,19 @@ class SegmentSealer:
         if written != size:  # a short write: finish the record from where it stopped
             self._write_all(b"".join(parts)[written:])
         os.fsync(self._fd)
+        self._offset += size
         self._store.note_written(size)
         self._tally.add(meta, digest)
+
+    def _out_of_space(self) -> None:
+        """The disk filled up under us: drop the partial record, seal with what fits, say so."""
+        os.ftruncate(self._fd, self._offset)
+        self._stopped_full = True
+        try:
+            self._finish(storage_full=True)
+        except OSError as exc:  # not even room for the final chunk: recovery will seal it at boot
+            log.error("cannot seal %s on a full disk (%s); recovery will close it", self._path.name, exc.strerror)
+        self._store.report_full(during="write_chunk", segment=self._path.stem)
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)

@@ -201,3 +201,30 @@ def test_list_evidence_only_sealed_files(device, h) -> None:
     for bad in ("../identity.json", "audit/../../keys/device.key", ".hidden", "seg-9.seg"):
         with pytest.raises(StoreError):
             store.evidence_path(bad)
+
+
+def test_bad_input_is_refused_at_once_and_loses_nothing(device, keyset, h) -> None:
+    from secure_store.errors import FormatError
+    from buffer.frame import Frame
+
+    store = device()
+    sealer = store.open_sealer()
+    for bad in ("", "has space", "x" * 65, "naïve"):
+        with pytest.raises(FormatError):
+            sealer.begin_segment(bad, 0)
+    sealer.begin_segment("rec-1", 0)
+    sealer.write_chunk(h.gop(0))
+    with pytest.raises(FormatError):
+        sealer.add_marker(10, "x" * 300)
+    with pytest.raises(FormatError):
+        sealer.add_marker(10, "bell\x07")
+    with pytest.raises(FormatError):
+        sealer.write_chunk([Frame(b"x", True, -1)])
+    sealer.add_marker(10, "fine")
+    sealer.end_segment()
+    sealer.begin_segment("rec-2", 0)  # a segment with no chunks still seals and verifies
+    sealer.end_segment()
+    report = verify_path(store.root.evidence)
+    assert report.ok and [s.manifest.frame_count for s in report.segments] == [5, 0]
+    assert [m.label for m in report.segments[0].manifest.markers] == ["fine"]
+    assert h.frame_numbers(decrypted_frames(store.root.evidence / "seg-0000000001.seg", keyset.agency)) == [0, 1, 2, 3, 4]
