@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -359,99 +359,13 @@ def read_entries(directory: Path) -> list[AuditEntry]:
     return entries
 
 
-def _span(first: int, last: int) -> str:
-    return f"entry {first}" if first == last else f"entries {first}-{last}"
-
-
-def verify_audit(directory: Path, device_public_key: Ed25519PublicKey, *, device_id: str | None = None,
-                 anchor: AuditHead | None = None) -> list[str]:
+def verify_audit(directory: Path, device_public_key: Ed25519PublicKey | Iterable[Ed25519PublicKey], *,
+                 device_id: str | None = None, anchor: AuditHead | None = None) -> list[str]:
     """Every problem with the audit log in ``directory``, one line each; [] when it verifies.
 
-    Checks the header and version of each file, each entry's signature against the device
-    public key, the device ID, sequence numbers (missing, duplicated, out of order) and the
-    hash chain. With ``anchor`` (a head recorded earlier), also that the log still reaches it.
+    ``device_public_key`` may be several keys (a retired key and its successor); ``anchor`` a
+    head recorded earlier that the log must still reach. See :mod:`secure_store.audit_verify`.
     """
-    directory = Path(directory)
-    files = _files(directory)
-    if not files:
-        return [f"{directory}: no audit log files"]
-    problems: list[str] = []
-    bad_signatures: list[str] = []
-    entries: list[tuple[AuditEntry, bool]] = []
-    for i, (first_seq, path) in enumerate(files):
-        try:
-            lines, tail = _read_file(path)
-        except AuditError as exc:
-            problems.append(str(exc))
-            continue
-        if tail:
-            last = i == len(files) - 1
-            problems.append(f"{path.name}: torn last entry of {len(tail)} bytes (power cut, not yet recovered)"
-                            if last else f"{path.name}: {len(tail)} bytes of garbage after the last entry")
-        start = len(entries)
-        for n, line in enumerate(lines, start=2):
-            try:
-                entry, body, sig = _parse_line(line, path.name, n)
-            except AuditError as exc:
-                problems.append(str(exc))
-                continue
-            ok = _sig_ok(device_public_key, body, sig)
-            if not ok:
-                bad_signatures.append(f"entry {entry.seq} ({path.name} line {n}): bad signature "
-                                      "(altered, or not signed by this device's key)")
-            entries.append((entry, ok))
-        if len(entries) == start:
-            problems.append(f"{path.name}: holds no valid entries")
-        elif entries[start][0].seq != first_seq:
-            problems.append(f"{path.name}: named for entry {first_seq} but starts with entry {entries[start][0].seq}")
-    if len(entries) > 1 and len(bad_signatures) == len(entries):
-        problems.append(f"none of the {len(entries)} entries is signed by this device key "
-                        "(wrong key, or the whole log re-signed)")
-    else:
-        problems += bad_signatures
-    problems += _check_structure(entries, device_id, anchor)
-    return problems
+    from secure_store.audit_verify import verify_audit as verify  # its own module: it imports this one
 
-
-def _check_structure(entries: list[tuple[AuditEntry, bool]], device_id: str | None,
-                     anchor: AuditHead | None) -> list[str]:
-    """Device, sequence and chain problems across all entries, in file order."""
-    problems: list[str] = []
-    signed = [e for e, ok in entries if ok]
-    expected_device = device_id if device_id is not None else (signed[0].device if signed else None)
-    by_seq: dict[int, tuple[AuditEntry, bool]] = {}
-    highest = -1
-    strangers = [e for e, _ in entries if expected_device is not None and e.device != expected_device]
-    if len(entries) > 1 and len(strangers) == len(entries):
-        problems.append(f"all {len(entries)} entries are from device {strangers[0].device!r}, "
-                        f"not {expected_device!r}")
-    else:
-        problems += [f"entry {e.seq}: from device {e.device!r}, not {expected_device!r}" for e in strangers]
-    for entry, ok in entries:
-        if entry.seq in by_seq:
-            problems.append(f"entry {entry.seq}: duplicated")
-            continue
-        if entry.seq < highest:
-            problems.append(f"entry {entry.seq}: out of order (appears after entry {highest})")
-        by_seq[entry.seq] = (entry, ok)
-        highest = max(highest, entry.seq)
-    last = -1
-    for seq in sorted(by_seq):
-        if seq > last + 1:
-            problems.append(f"{_span(last + 1, seq - 1)} missing (removed)")
-        last = seq
-    for seq, (entry, ok) in by_seq.items():
-        if seq == 0:
-            if entry.prev != ZERO_DIGEST:
-                problems.append("entry 0: does not start the chain (previous digest is not zero)")
-        elif seq - 1 in by_seq:
-            before, before_ok = by_seq[seq - 1]
-            if ok and before_ok and entry.prev != before.digest:
-                problems.append(f"entry {seq}: does not chain to entry {seq - 1} (previous-entry digest mismatch)")
-    if anchor is not None and anchor.seq >= 0:
-        if anchor.seq in by_seq:
-            if by_seq[anchor.seq][0].digest != anchor.digest:
-                problems.append(f"entry {anchor.seq}: differs from the recorded head digest")
-        elif anchor.seq > last:
-            problems.append(f"log ends at entry {last} but entry {anchor.seq} was recorded (newest entries removed)")
-    return problems
+    return verify(directory, device_public_key, device_id=device_id, anchor=anchor)

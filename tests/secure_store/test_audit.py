@@ -180,7 +180,7 @@ def test_other_key_and_other_device_are_named(tmp_path: Path, key) -> None:
     make_log(tmp_path, key, 3)
     other = Ed25519PrivateKey.generate()
     assert verify_audit(tmp_path, other.public_key()) == [
-        "none of the 3 entries is signed by this device key (wrong key, or the whole log re-signed)"]
+        "no entry is signed by the given device key (3 checked: wrong key, or the whole log re-signed)"]
     assert verify_audit(tmp_path, key.public_key(), device_id="cam-0002") == [
         "all 3 entries are from device 'cam-0001', not 'cam-0002'"]
     # One entry from another device (signed with the same key, e.g. a re-provisioned ID) is named.
@@ -223,6 +223,31 @@ def test_validly_signed_fork_breaks_the_chain(tmp_path: Path, key) -> None:
     assert verify_audit(tmp_path / "a", key.public_key()) == [
         "entry 2: does not chain to entry 1 (previous-entry digest mismatch)",
         "entry 3: does not chain to entry 2 (previous-entry digest mismatch)"]
+
+
+def test_key_hand_over_is_followed(tmp_path: Path, key) -> None:
+    """Re-provisioning: the old key signs a hand-over naming the new key; later entries use the new key."""
+    from secure_store.keys import fingerprint
+    new = Ed25519PrivateKey.generate()
+    old_log = make_log(tmp_path, key, 3)
+    old_log.append(Event.PROVISION, action="reprovision_begin", device_id="cam-0002",
+                   device_key=fingerprint(new.public_key()))
+    new_log = AuditLog(tmp_path, new, "cam-0002")
+    new_log.append(Event.PROVISION, action="reprovision")
+    new_log.append(Event.BOOT)
+    old_pub, new_pub = key.public_key(), new.public_key()
+    assert verify_audit(tmp_path, [old_pub, new_pub], device_id=DEVICE) == []
+    assert verify_audit(tmp_path, [new_pub, old_pub]) == []
+    fp = fingerprint(new_pub)[:16]
+    assert verify_audit(tmp_path, new_pub) == [
+        f"entries 0-3: not signed by any given key (before the hand-over to key {fp} at entry 3; give the retired key)"]
+    only_old = verify_audit(tmp_path, old_pub)
+    assert only_old[0] == f"entry 3: hands the log over to device key {fp}, which was not given"
+    assert [p.split(" (")[0] for p in only_old[1:]] == ["entry 4", "entry 5"]
+    # The retired key cannot write after the hand-over.
+    AuditLog(tmp_path, key, "cam-0002").append(Event.MARKER, label="forged with the retired key")
+    problems = verify_audit(tmp_path, [old_pub, new_pub])
+    assert len(problems) == 1 and problems[0].startswith("entry 6 (") and "bad signature" in problems[0]
 
 
 def test_unknown_versions_are_refused(tmp_path: Path, key) -> None:

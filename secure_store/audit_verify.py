@@ -1,0 +1,166 @@
+"""Verify an audit log with the device public key(s) only: every problem, one line each.
+
+Checks each file's header and version, each entry's envelope and signature, the device ID,
+sequence numbers (missing, duplicated, out of order), the hash chain and, given an anchor
+(a head recorded earlier), that the log still reaches it. docs/FORMAT.md ("Audit log").
+
+A re-provisioned device changes key: its old key signs a hand-over entry (event
+``provision``, details ``action="reprovision_begin"``, ``device_key`` = the new key's
+fingerprint, ``device_id`` = the new ID) and every later entry is signed by the new key.
+Given both keys (old first or in any order), the verifier follows the hand-over; an entry
+signed by a key that is not the one in force at its place is a bad signature.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from secure_store import keys as keyfiles
+from secure_store.audit import ZERO_DIGEST, AuditEntry, AuditError, AuditHead, Event, _files, _parse_line, \
+    _read_file, _sig_ok
+
+Parsed = tuple[AuditEntry, bytes, bytes]
+
+
+def verify_audit(directory: Path, device_public_key: Ed25519PublicKey | Iterable[Ed25519PublicKey], *,
+                 device_id: str | None = None, anchor: AuditHead | None = None) -> list[str]:
+    """Every problem with the audit log in ``directory``, one line each; [] when it verifies.
+
+    ``device_public_key`` is the device key, or several (a retired key and its successor).
+    ``device_id`` is the expected device ID (default: the first validly signed entry's).
+    """
+    directory = Path(directory)
+    trusted = [device_public_key] if isinstance(device_public_key, Ed25519PublicKey) else list(device_public_key)
+    if not trusted or not all(isinstance(k, Ed25519PublicKey) for k in trusted):
+        raise AuditError("verify_audit needs the device's Ed25519 public key(s)")
+    files = _files(directory)
+    if not files:
+        return [f"{directory}: no audit log files"]
+    problems, parsed = _parse_files(files)
+    entries = _check_signatures(parsed, trusted, device_id, problems)
+    return problems + _check_structure(entries, anchor)
+
+
+def _parse_files(files: list[tuple[int, Path]]) -> tuple[list[str], list[Parsed]]:
+    problems: list[str] = []
+    parsed: list[Parsed] = []
+    for i, (first_seq, path) in enumerate(files):
+        try:
+            lines, tail = _read_file(path)
+        except AuditError as exc:
+            problems.append(str(exc))
+            continue
+        if tail:
+            last = i == len(files) - 1
+            problems.append(f"{path.name}: torn last entry of {len(tail)} bytes (power cut, not yet recovered)"
+                            if last else f"{path.name}: {len(tail)} bytes of garbage after the last entry")
+        start = len(parsed)
+        for n, line in enumerate(lines, start=2):
+            try:
+                parsed.append(_parse_line(line, path.name, n))
+            except AuditError as exc:
+                problems.append(str(exc))
+        if len(parsed) == start:
+            problems.append(f"{path.name}: holds no valid entries")
+        elif parsed[start][0].seq != first_seq:
+            problems.append(f"{path.name}: named for entry {first_seq} but starts with entry {parsed[start][0].seq}")
+    return problems, parsed
+
+
+def _handover(entry: AuditEntry) -> tuple[str, str | None] | None:
+    """(new key fingerprint, new device ID) if this entry hands the log over to a new key."""
+    d = entry.details
+    if entry.event == Event.PROVISION and d.get("action") == "reprovision_begin" and isinstance(d.get("device_key"), str):
+        new_id = d.get("device_id")
+        return d["device_key"], new_id if isinstance(new_id, str) else None
+    return None
+
+
+def _check_signatures(parsed: list[Parsed], trusted: list[Ed25519PublicKey], device_id: str | None,
+                      problems: list[str]) -> list[tuple[AuditEntry, bool]]:
+    """Each entry's signature by the key in force at its place, and its device ID."""
+    by_fp = {keyfiles.fingerprint(k): k for k in trusted}
+    current = next((k for k in trusted if parsed and _sig_ok(k, *parsed[0][1:])), None)
+    expected = device_id
+    unverifiable: list[int] = []  # entries while no given key is in force
+    bad: list[str] = []
+    strangers: list[AuditEntry] = []
+    checked: list[tuple[AuditEntry, bool]] = []
+    for entry, body, sig in parsed:
+        ok = current is not None and _sig_ok(current, body, sig)
+        if current is None:
+            unverifiable.append(entry.seq)
+        elif not ok:
+            bad.append(f"entry {entry.seq} ({entry.file} line {entry.line}): bad signature "
+                       "(altered, or not signed by this device's key)")
+        if ok and expected is None:
+            expected = entry.device
+        if expected is not None and entry.device != expected:
+            strangers.append(entry)
+        handover = _handover(entry)
+        if handover and (ok or current is None):
+            new_fp, new_id = handover
+            expected = new_id or expected
+            if new_fp in by_fp:
+                if unverifiable:
+                    problems.append(f"{_span(unverifiable[0], unverifiable[-1])}: not signed by any given key "
+                                    f"(before the hand-over to key {new_fp[:16]} at entry {entry.seq}; "
+                                    "give the retired key)")
+                    unverifiable = []
+                current = by_fp[new_fp]
+            elif ok:
+                problems.append(f"entry {entry.seq}: hands the log over to device key {new_fp[:16]}, "
+                                "which was not given")
+        checked.append((entry, ok))
+    if unverifiable:
+        problems.append(f"no entry is signed by the given device key ({len(parsed)} checked: wrong key, or the "
+                        "whole log re-signed)" if len(unverifiable) == len(parsed)
+                        else f"{_span(unverifiable[0], unverifiable[-1])}: not signed by any given key")
+    problems += bad
+    if len(parsed) > 1 and len(strangers) == len(parsed):
+        problems.append(f"all {len(parsed)} entries are from device {strangers[0].device!r}, not {expected!r}")
+    else:
+        problems += [f"entry {e.seq}: from device {e.device!r}, not {expected!r}" for e in strangers]
+    return checked
+
+
+def _span(first: int, last: int) -> str:
+    return f"entry {first}" if first == last else f"entries {first}-{last}"
+
+
+def _check_structure(entries: list[tuple[AuditEntry, bool]], anchor: AuditHead | None) -> list[str]:
+    """Sequence and chain problems across all entries, in file order."""
+    problems: list[str] = []
+    by_seq: dict[int, tuple[AuditEntry, bool]] = {}
+    highest = -1
+    for entry, ok in entries:
+        if entry.seq in by_seq:
+            problems.append(f"entry {entry.seq}: duplicated")
+            continue
+        if entry.seq < highest:
+            problems.append(f"entry {entry.seq}: out of order (appears after entry {highest})")
+        by_seq[entry.seq] = (entry, ok)
+        highest = max(highest, entry.seq)
+    last = -1
+    for seq in sorted(by_seq):
+        if seq > last + 1:
+            problems.append(f"{_span(last + 1, seq - 1)} missing (removed)")
+        last = seq
+    for seq, (entry, ok) in by_seq.items():
+        if seq == 0:
+            if entry.prev != ZERO_DIGEST:
+                problems.append("entry 0: does not start the chain (previous digest is not zero)")
+        elif seq - 1 in by_seq:
+            before, before_ok = by_seq[seq - 1]
+            if ok and before_ok and entry.prev != before.digest:
+                problems.append(f"entry {seq}: does not chain to entry {seq - 1} (previous-entry digest mismatch)")
+    if anchor is not None and anchor.seq >= 0:
+        if anchor.seq in by_seq:
+            if by_seq[anchor.seq][0].digest != anchor.digest:
+                problems.append(f"entry {anchor.seq}: differs from the recorded head digest")
+        elif anchor.seq > last:
+            problems.append(f"log ends at entry {last} but entry {anchor.seq} was recorded (newest entries removed)")
+    return problems
