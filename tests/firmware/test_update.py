@@ -369,7 +369,9 @@ def test_sigkill_at_random_points_of_an_install_still_boots_a_good_slot(kit):
     outcomes = []
     for trial in range(24):
         dev = _fresh(base, tmp / f"trial-{trial}")
+        untouched = tree_digest(dev / "evidence", dev / "keys")
         _run_installer(new, dev, rng.uniform(0, full * 1.1))
+        assert tree_digest(dev / "evidence", dev / "keys") == untouched
         boot = update.boot_slot(dev)
         if boot.version == "1.2.0":
             assert boot.status == "trial" and all((boot.path / p).read_bytes() == d for p, d in files.items())
