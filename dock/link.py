@@ -458,6 +458,7 @@ class Link:
             self._unacked[self._next_seq] = entry
             self._next_seq += 1
             self.stats["frames_sent"] += 1
+            self.stats["max_in_flight"] = max(self.stats["max_in_flight"], len(self._unacked))
             out.append(entry.frame)
             size += len(entry.frame)
         if self._sent_count >= _ADAPT_EVERY:

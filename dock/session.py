@@ -197,7 +197,8 @@ def device_handshake(
         hello = hello_frame.payload
         info = _json(hello, "dock hello")
         versions = info.get("versions")
-        common = set(versions if isinstance(versions, list) else []) & set(SUPPORTED_VERSIONS)
+        versions_offered = versions if isinstance(versions, list) else []
+        common = {v for v in versions_offered if type(v) is int} & set(SUPPORTED_VERSIONS)
         if not common:
             link.send_frame(FrameType.REJECT, b"no common protocol version")
             raise AuthError(f"dock offers protocol versions {versions!r}; device speaks {SUPPORTED_VERSIONS}")

@@ -143,6 +143,7 @@ class OffloadServer:
         firmware_version: str = __version__,
         on_clock_set: Callable[[int], None] | None = None,
         idle_timeout: float = 15.0,
+        handshake_timeout: float = 10.0,
         window: int = 128,
     ) -> None:
         self.port, self.store, self.audit = port, store, audit
@@ -153,6 +154,7 @@ class OffloadServer:
         self.firmware_version = firmware_version
         self.on_clock_set = on_clock_set
         self.idle_timeout, self.window = idle_timeout, window
+        self.handshake_timeout = handshake_timeout
         self.commands: dict[str, Handler] = {
             "status": self._status, "list": self._list, "fetch": self._fetch,
             "confirm": self._confirm, "time": self._time,
@@ -209,7 +211,8 @@ class OffloadServer:
             docks = self._enrolled() if callable(self._enrolled) else self._enrolled
             try:
                 session = device_handshake(link, self.device_key, self.device_id, docks,
-                                           firmware_version=self.firmware_version, wait=wait)
+                                           firmware_version=self.firmware_version, wait=wait,
+                                           timeout=self.handshake_timeout)
             except AuthError as exc:
                 self.audit.append(Event.DOCK_AUTH_FAILED, reason=str(exc))
                 raise

@@ -10,7 +10,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -108,9 +108,8 @@ def keyset() -> Keyset:
     return Keyset()
 
 
-@pytest.fixture
-def device(tmp_path: Path, keyset: Keyset) -> Device:
-    root = DeviceRoot(tmp_path / "device")
+def _make_device(path: Path, keyset: Keyset) -> Device:
+    root = DeviceRoot(path)
     root.keys.mkdir(parents=True)
     write_atomic(root.identity, identity_json(DEVICE_ID, keyset.device.public_key()))
     audit = AuditLog(root.audit, keyset.device, DEVICE_ID)
@@ -119,6 +118,17 @@ def device(tmp_path: Path, keyset: Keyset) -> Device:
                           agency_public_key=keyset.agency.public_key(), audit=audit, clock=clock,
                           reserve_bytes=0)
     return Device(root, store, audit, clock, keyset)
+
+
+@pytest.fixture
+def device(tmp_path: Path, keyset: Keyset) -> Device:
+    return _make_device(tmp_path / "device", keyset)
+
+
+@pytest.fixture
+def make_device(tmp_path_factory: pytest.TempPathFactory, keyset: Keyset) -> Callable[[], Device]:
+    """Factory for a fresh device per hypothesis example."""
+    return lambda: _make_device(tmp_path_factory.mktemp("device") / "root", keyset)
 
 
 @pytest.fixture
