@@ -143,6 +143,7 @@ def _export_recording(segments: list[VerifiedSegment], agency_key: x25519.X25519
                            f"see {report_path.name}"}
     muxer = Mp4Remuxer(out_dir / f".{stem}.mp4.partial", rate=Fraction(round(1_000_000 / nominal_us * 1000), 1000),
                        metadata=metadata)
+    audit = _audit_context(verification, segments)  # before writing: it may refuse
     gaps: list[dict] = []
     try:
         for s in segments:
@@ -182,7 +183,7 @@ def _export_recording(segments: list[VerifiedSegment], agency_key: x25519.X25519
         "gaps": gaps,
         "recovered_segments": [Path(s.path).name for s in segments if s.manifest.recovered],
         "storage_full_segments": [Path(s.path).name for s in segments if s.manifest.storage_full],
-        "audit": _audit_context(verification, segments),
+        "audit": audit,
         "clock": {"utc_offset_us": sorted({s.manifest.utc_offset_us for s in segments}),
                   "sources": sorted({s.manifest.clock_source for s in segments}),
                   "note": "utc = frame timestamp_us + utc_offset_us of its segment"},
