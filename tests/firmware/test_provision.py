@@ -129,6 +129,9 @@ def test_force_reprovision_keeps_evidence_and_audit_and_retires_old_keys(trusted
     assert not any(f"entry {e.seq} " in p and "bad signature" in p for p in old_problems for e in entries if e.seq <= cut)
     new_problems = verify_audit(root.audit, keys.load_public_key(root.device_pub, "device"))
     assert not any(f"entry {e.seq} " in p and "bad signature" in p for p in new_problems for e in entries if e.seq > cut)
+    new_pub = keys.load_public_key(root.device_pub, "device")
+    assert verify_audit(root.audit, [old_pub, new_pub]) == []  # the verifier follows the signed hand-over
+    assert verify_audit(root.audit, [new_pub])  # without the retired key, the old entries are unverifiable
     assert [e.details.get("action") for e in entries if e.event == Event.PROVISION] == \
         ["provision", "reprovision_begin", "reprovision"]
 
