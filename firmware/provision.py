@@ -84,11 +84,23 @@ def _short(fp: str) -> str:
     return fp[:16]
 
 
+_WANTED = {"agency": "the agency's X25519 public key", "vendor": "the vendor's Ed25519 firmware public key",
+           "dock": "a dock's Ed25519 public key"}
+
+
+def _load_public(path: Path, kind: str, option: str = "") -> keys.PublicKey:
+    """A public key of ``kind``; the one-line error says which option wanted what."""
+    try:
+        return keys.load_public_key(path, kind)
+    except keys.KeyFileError as exc:
+        raise ProvisionError(f"{option or f'--{kind}-pub'} wants {_WANTED[kind]}: {exc}") from None
+
+
 def _load_trusted(agency_pub: Path, vendor_pub: Path, dock_pubs: Iterable[Path]) -> tuple:
     """Load and cross-check every public key before anything is written."""
-    agency = keys.load_public_key(agency_pub, "agency")
-    vendor = keys.load_public_key(vendor_pub, "vendor")
-    docks = [(Path(p), keys.load_public_key(p, "dock")) for p in dock_pubs]
+    agency = _load_public(agency_pub, "agency")
+    vendor = _load_public(vendor_pub, "vendor")
+    docks = [(Path(p), _load_public(p, "dock")) for p in dock_pubs]
     vendor_fp = keys.fingerprint(vendor)
     for path, dock in docks:
         if keys.fingerprint(dock) == vendor_fp:
@@ -227,7 +239,7 @@ def _retired_list(root: DeviceRoot, just_retired: str | None) -> list[str]:
 def enroll_dock(root: str | Path | DeviceRoot, dock_pub: str | Path) -> tuple[str, bool]:
     """Enroll one more dock station's public key; (fingerprint, newly enrolled?). Audit-logged."""
     root = _root(root)
-    dock = keys.load_public_key(dock_pub, "dock")
+    dock = _load_public(Path(dock_pub), "dock", "--enroll-dock")
     audit = open_audit(root)
     if root.vendor_pub.exists() and keys.fingerprint(keys.load_public_key(root.vendor_pub, "vendor")) == keys.fingerprint(dock):
         raise ProvisionError(f"dock key {dock_pub} is the vendor key; one key must not serve both roles")
