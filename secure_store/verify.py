@@ -309,16 +309,25 @@ def decrypt_chunks(segment: Path, agency_private_key: x25519.X25519PrivateKey,
     and if any chunk fails to authenticate while decrypting.
     """
     segment = Path(segment)
-    _, problems = verify_segment(segment, device_key)
-    if problems:
+    verified, problems = verify_segment(segment, device_key)
+    if problems or verified is None:
         raise VerifyError("; ".join(str(p) for p in problems))
-    with open(segment, "rb") as f:
+    expected = verified.manifest.chunk_digests
+    with open(segment, "rb") as f:  # re-checked as it is read: the file may change after verification
         header, raw = read_header(f, segment.name)
+        header_digest = sha256(raw)
+        if header_digest != verified.manifest.header_digest:
+            raise VerifyError(f"{segment.name}: header changed since it was verified")
         if header.agency_key_fp != sha256(keys.raw_public(agency_private_key.public_key())):
             raise VerifyError(f"{segment.name}: sealed to another agency key")
         aead = AESGCM(unwrap_data_key(header.wrapped_key, agency_private_key, segment.name))
-        header_digest = sha256(raw)
+        count = 0
         for record in iter_records(f, len(raw), segment.name):
+            if record.index >= len(expected) or record.digest != expected[record.index]:
+                raise VerifyError(f"{segment.name}: chunk {record.index} changed since it was verified")
             plaintext = open_record(aead, header_digest, record, segment.name)
+            count += 1
             if not record.meta.final:
                 yield plaintext
+        if count != len(expected):
+            raise VerifyError(f"{segment.name}: {count} of {len(expected)} chunks read (changed since verified)")

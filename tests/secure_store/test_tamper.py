@@ -177,3 +177,15 @@ def test_audit_entry_altered_is_reported(case) -> None:
     log.write_bytes(b"\n".join(lines))
     found = problems(case)
     assert found and all(r.startswith("audit log:") for _, _, r in found), found
+
+
+def test_segment_changed_while_decrypting(case, keyset) -> None:
+    seg = case / "evidence" / SEG.format(2)
+    raw, recs = records(seg)
+    chunks = decrypt_chunks(seg, keyset.agency)
+    first = next(chunks)  # verified, first chunk decrypted
+    assert first
+    with open(seg, "r+b") as f:
+        f.truncate(len(raw) + len(recs[0]) + len(recs[1]))
+    with pytest.raises(VerifyError, match="2 of 4 chunks read"):
+        list(chunks)
