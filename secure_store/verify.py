@@ -313,7 +313,7 @@ def decrypt_chunks(segment: Path, agency_private_key: x25519.X25519PrivateKey,
     if problems or verified is None:
         raise VerifyError("; ".join(str(p) for p in problems))
     expected = verified.manifest.chunk_digests
-    with open(segment, "rb") as f:  # re-checked as it is read: the file may change after verification
+    with open(segment, "rb", buffering=0) as f:  # re-checked as it is read: the file may change after verification
         header, raw = read_header(f, segment.name)
         header_digest = sha256(raw)
         if header_digest != verified.manifest.header_digest:
