@@ -29,14 +29,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from firmware import image as fwimage
 from firmware.image import ImageError
 from firmware.offload import CommandError
-from firmware.slots import UpdateError
+from firmware.slots import UPLOAD_NAME, UpdateError
 from firmware.update import install_image, is_recording
 from secure_store.layout import DeviceRoot
 
 log = logging.getLogger(__name__)
 
 MAX_IMAGE_BYTES = fwimage.HEADER.size + fwimage.MAX_MANIFEST_BYTES + fwimage.SIGNATURE_BLOCK + fwimage.MAX_TOTAL_BYTES
-UPLOAD_NAME = "upload.img.part"
 FIRMWARE_UPLOAD = "firmware_upload"  # audit event: a dock started sending an image
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 

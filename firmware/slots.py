@@ -44,6 +44,7 @@ SLOTS = ("a", "b")
 STATE_FORMAT = 1
 DEFAULT_MAX_BOOT_TRIES = 3
 STATUSES = ("empty", "installing", "trial", "good", "bad")
+UPLOAD_NAME = "upload.img.part"  # an image arriving over the dock link (firmware.flash)
 
 
 class UpdateError(Exception):
@@ -218,11 +219,13 @@ def audit_event(audit: object | None, event: str, **details: object) -> None:
         audit.append(event, **details)  # type: ignore[attr-defined]
 
 
-def cleanup_staging(root: DeviceRoot) -> None:
-    """Remove half-written staging directories left by an install that died."""
+def cleanup_staging(root: DeviceRoot, *, uploads: bool = False) -> None:
+    """Remove half-written staging directories (and at boot, dock uploads) left by a dead install."""
     if root.firmware.is_dir():
         for entry in root.firmware.glob(".staging-*"):
             remove_tree(entry)
+        if uploads:
+            (root.firmware / UPLOAD_NAME).unlink(missing_ok=True)
 
 
 def remove_tree(path: Path) -> None:
@@ -290,7 +293,7 @@ def boot_slot(root: str | Path | DeviceRoot, *, audit: object | None = None, ver
     root = root if isinstance(root, DeviceRoot) else DeviceRoot(root)
     audit = device_audit(root, audit)
     with slot_lock(root):
-        cleanup_staging(root)
+        cleanup_staging(root, uploads=True)
         try:
             state = load_state(root)
         except UpdateError as exc:

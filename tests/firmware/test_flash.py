@@ -182,3 +182,21 @@ def test_out_of_order_or_overlong_data_and_early_install_are_refused(device):
             assert info.value.code == "corrupted"
         served.join()
     assert load_state(root)["active"] == "a"
+
+
+def test_cable_pulled_mid_transfer_installs_nothing_and_a_rerun_succeeds(device):
+    tmp, root, img, files = device
+    dock_key = keys.load_private_key(tmp / "dock.key", "dock")
+    with LinkedPtys(disconnect_after=60_000) as cable:
+        served = Served(root, cable.a_path)
+        with pytest.raises(FlashError, match="dock link"):
+            flash(cable.b_path, dock_key, img, handshake_timeout=5)
+        served.join()
+    assert load_state(root)["active"] == "a" and not slot_dir(root, "b").exists()
+    assert update.boot_slot(root).slot == "a"  # and boot removes the abandoned upload
+    assert not (root.firmware / "upload.img.part").exists()
+    with LinkedPtys() as cable:
+        served = Served(root, cable.a_path)
+        assert flash(cable.b_path, dock_key, img)["version"] == "2.0.0"
+        served.join()
+    assert (slot_dir(root, "b") / "files" / "app.py").read_bytes() == files["app.py"]
