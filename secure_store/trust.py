@@ -77,7 +77,12 @@ def find_device_key(directory: Path) -> DeviceKey | None:
     for d in [directory, *directory.parents][:SEARCH_PARENTS + 1]:
         identity = d / "identity.json"
         if identity.is_file():
-            device_id, key = parse_identity(identity.read_bytes()[:MAX_IDENTITY_BYTES + 1], str(identity))
+            try:
+                with open(identity, "rb") as f:
+                    data = f.read(MAX_IDENTITY_BYTES + 1)
+            except OSError as exc:
+                raise FormatError(f"{identity}: cannot read ({exc.strerror})") from None
+            device_id, key = parse_identity(data, str(identity))
             return DeviceKey(key, device_id, identity)
         for pub in (d / "device.pub", d / "keys" / "device.pub"):
             if pub.is_file():
