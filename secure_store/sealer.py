@@ -122,7 +122,7 @@ class SegmentSealer:
                 raise SealerStateError("begin_segment while a segment is open; call end_segment first")
             check_recording_id(recording_id)
             if not 0 <= index < 2**32:
-                raise SealerStateError(f"segment index {index} out of range")
+                raise FormatError(f"segment index {index} out of range")
             self._store.check_room(MANIFEST_HEADROOM * 2, during="begin_segment")
             self._recording_id, self._index = recording_id, index
             self._data_key = new_data_key()
@@ -151,13 +151,13 @@ class SegmentSealer:
                 self._stopped_full = True
                 self._store.report_full(during="write_chunk", segment=segment_stem(self._header_seq()))
                 raise StorageFull("storage full: recording stopped, segment sealed")
-            if self._header is None:
-                self._write_header(self._store.clock_us() - frames[-1].timestamp_us)
             meta = ChunkMeta(False, len(frames), frames[0].timestamp_us, frames[-1].timestamp_us)
             try:
+                if self._header is None:
+                    self._write_header(self._store.clock_us() - frames[-1].timestamp_us)
                 self._append(meta, plaintext)
             except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                     raise
                 self._out_of_space()
                 raise StorageFull(f"storage full while writing a chunk ({exc.strerror}); segment sealed") from None
@@ -198,7 +198,7 @@ class SegmentSealer:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         except FileExistsError:
             raise SealerStateError(f"{path.name} exists but is not sealed; run EvidenceStore.recover()") from None
-        self._path = path
+        self._path, self._offset = path, 0
         self._write_all(raw)
         os.fsync(self._fd)
         fsync_dir(path.parent)

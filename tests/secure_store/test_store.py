@@ -228,3 +228,48 @@ def test_bad_input_is_refused_at_once_and_loses_nothing(device, keyset, h) -> No
     assert report.ok and [s.manifest.frame_count for s in report.segments] == [5, 0]
     assert [m.label for m in report.segments[0].manifest.markers] == ["fine"]
     assert h.frame_numbers(decrypted_frames(store.root.evidence / "seg-0000000001.seg", keyset.agency)) == [0, 1, 2, 3, 4]
+
+
+DISK_LIMIT_CHILD = r"""
+import resource, signal, sys
+from buffer.frame import Frame
+from secure_store import keys
+from secure_store.audit import AuditLog
+from secure_store.errors import StorageFull
+from secure_store.layout import DeviceRoot
+from secure_store.store import EvidenceStore
+
+root = DeviceRoot(sys.argv[1])
+key = keys.load_private_key(root.device_key, "device")
+store = EvidenceStore(root, device_id="CAM-0001", signing_key=key,
+                      agency_public_key=keys.load_public_key(root.agency_pub, "agency"),
+                      audit=AuditLog(root.audit, key, "CAM-0001"), reserve_bytes=0)
+sealer = store.open_sealer()
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))  # the kernel refuses to grow a file past this
+sealer.begin_segment("rec-1", 0)
+n = 0
+try:
+    while True:
+        sealer.write_chunk([Frame(b"\0\0\0\1" + (n + i).to_bytes(4, "big") + bytes(2000), i == 0, (n + i) * 33333)
+                            for i in range(5)])
+        n += 5
+except StorageFull as exc:
+    print(n, exc)
+"""
+
+
+def test_disk_refusing_writes_mid_chunk_stops_cleanly(tmp_path, keyset, h) -> None:
+    import subprocess
+    import sys
+
+    root = h.provision_root(tmp_path / "device", keyset)
+    out = subprocess.run([sys.executable, "-c", DISK_LIMIT_CHILD, str(root.root)], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    acked, message = out.stdout.split(" ", 1)
+    assert int(acked) >= 20 and "storage full while writing a chunk" in message
+    seg = root.evidence / "seg-0000000001.seg"
+    assert seg.stat().st_size <= 60_000 and read_manifest(seg.with_suffix(".manifest")).storage_full
+    assert verify_path(root.root).ok
+    assert h.frame_numbers(decrypted_frames(seg, keyset.agency)) == list(range(int(acked)))
