@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from secure_store import keys
-from secure_store.audit import AuditLog, Event
+from secure_store.audit import AuditLog, Event, read_entries
+from secure_store.errors import AuditError
 from secure_store.durable import fsync_dir, write_atomic
 from secure_store.layout import DeviceRoot
 
@@ -156,6 +158,39 @@ def set_clock(root: DeviceRoot, audit: AuditLog, source: str, reference_utc: flo
     return offset_us
 
 
+def _pending_path(root: DeviceRoot) -> Path:
+    return root.keys / "device.key.next"
+
+
+def _pending_key(root: DeviceRoot) -> keys.PrivateKey:
+    """The next device key, kept (0600) from before the hand-over until it takes over.
+
+    A re-provisioning that died half-way resumes with the same key, so the hand-over
+    entry already in the audit log stays true.
+    """
+    path = _pending_path(root)
+    if path.exists():
+        try:
+            return keys.load_private_key(path, "device")
+        except keys.KeyFileError as exc:
+            log.warning("discarding an unreadable pending device key: %s", exc)
+    key = keys.generate("device")
+    write_atomic(path, keys.private_pem(key), 0o600)
+    return key
+
+
+def _hand_over(root: DeviceRoot, details: dict) -> None:
+    """The old key signs ``reprovision_begin`` naming the new key (once, even if re-run)."""
+    try:
+        audit = open_audit(root)
+        done = any(e.event == Event.PROVISION and e.details.get("action") == "reprovision_begin"
+                   and e.details.get("device_key") == details["device_key"] for e in read_entries(root.audit))
+        if not done:
+            audit.append(Event.PROVISION, action="reprovision_begin", **details)
+    except (ProvisionError, keys.KeyFileError, AuditError, OSError) as exc:
+        log.warning("old identity unusable, re-provisioning without a signed hand-over: %s", exc)
+
+
 def provision(
     root: str | Path | DeviceRoot,
     device_id: str,
@@ -181,20 +216,19 @@ def provision(
     for d in (root.evidence, root.audit, root.firmware, root.state):
         d.mkdir(mode=0o755, exist_ok=True)
 
-    new_key = keys.generate("device")
+    new_key = _pending_key(root) if previously else keys.generate("device")
     new_fp = keys.fingerprint(new_key.public_key())
     details = {"device_id": device_id, "device_key": new_fp, "agency_key": keys.fingerprint(agency),
                "vendor_key": keys.fingerprint(vendor), "docks": [keys.fingerprint(d) for _, d in docks]}
     retired: dict[str, str | None] = {}
     if previously:
-        try:  # the old key signs the hand-over to the new one
-            open_audit(root).append(Event.PROVISION, action="reprovision_begin", **details)
-        except (ProvisionError, keys.KeyFileError, OSError) as exc:
-            log.warning("old identity unusable, re-provisioning without a signed hand-over: %s", exc)
+        _hand_over(root, details)
         retired = {kind: _retire(root, name, kind)
                    for name, kind in (("device.pub", "device"), ("agency.pub", "agency"), ("vendor.pub", "vendor"))}
-
-    write_atomic(root.device_key, keys.private_pem(new_key), 0o600)
+        os.replace(_pending_path(root), root.device_key)  # the new key takes over only now
+        fsync_dir(root.keys)
+    else:
+        write_atomic(root.device_key, keys.private_pem(new_key), 0o600)
     write_atomic(root.device_pub, keys.public_pem(new_key.public_key()), 0o644)
     write_atomic(root.agency_pub, keys.public_pem(agency), 0o644)
     write_atomic(root.vendor_pub, keys.public_pem(vendor), 0o644)

@@ -136,6 +136,30 @@ def test_force_reprovision_keeps_evidence_and_audit_and_retires_old_keys(trusted
         ["provision", "reprovision_begin", "reprovision"]
 
 
+def test_reprovisioning_that_dies_after_the_hand_over_resumes_with_the_same_key(trusted, monkeypatch):
+    import firmware.provision as prov
+
+    root = DeviceRoot(trusted / "dev")
+    first = _provision(trusted, root)
+    old_pub = keys.load_public_key(root.device_pub, "device")
+
+    def power_cut(*args):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(prov, "_retire", power_cut)
+    with pytest.raises(OSError):
+        _provision(trusted, root, force=True)
+    assert keys.fingerprint(keys.load_public_key(root.device_pub, "device")) == first.fingerprint  # not switched
+    assert stat.S_IMODE(os.stat(root.keys / "device.key.next").st_mode) == 0o600
+    monkeypatch.undo()
+    second = _provision(trusted, root, force=True)
+    handovers = [e.details["device_key"] for e in read_entries(root.audit)
+                 if e.details.get("action") == "reprovision_begin"]
+    assert handovers == [second.fingerprint]  # one hand-over, to the key that really took over
+    assert not (root.keys / "device.key.next").exists()
+    assert verify_audit(root.audit, [old_pub, keys.load_public_key(root.device_pub, "device")]) == []
+
+
 def test_enroll_dock_later(trusted):
     root = DeviceRoot(trusted / "dev")
     with pytest.raises(ProvisionError, match="not provisioned"):
