@@ -123,6 +123,8 @@ def _bad_images(tmp_path, key, other_key, good: bytes):
     cases["oversized manifest"] = (good[:10] + struct.pack(">I", fwimage.MAX_MANIFEST_BYTES + 1) + good[14:], "oversized")
     cases["duplicate path"] = (crafted("d", [entry("a", data), entry("a", data)], [data, data]), "duplicate path")
     cases["file through file"] = (crafted("ff", [entry("a", data), entry("a/b", data)], [data, data]), "runs through file")
+    crowd = sorted((entry(f"f{i:05d}", b"") for i in range(fwimage.MAX_FILES + 1)), key=lambda e: e["path"])
+    cases["too many files"] = (crafted("many", crowd, []), f"at most {fwimage.MAX_FILES} entries")
     cases["unsorted"] = (crafted("us", [entry("b", data), entry("a", data)], [data, data]), "not in path order")
     cases["setuid mode"] = (crafted("m", [entry("a", data, mode=0o4755)], [data]), "mode")
     return cases
@@ -131,7 +133,7 @@ def _bad_images(tmp_path, key, other_key, good: bytes):
 BAD_NAMES = ["unsigned", "wrong key", "tampered file", "tampered manifest", "truncated header", "truncated manifest",
              "truncated signature", "truncated payload", "trailing data", "bad magic", "future format",
              "path traversal", "absolute path", "symlink entry", "hardlink entry", "oversized file",
-             "oversized total", "oversized manifest", "duplicate path", "file through file", "unsorted",
+             "oversized total", "oversized manifest", "too many files", "duplicate path", "file through file", "unsorted",
              "setuid mode"]
 
 
