@@ -28,8 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     verify = subparsers.add_parser("verify", help="verify sealed evidence with public keys only")
     verify.add_argument("path", type=Path, help="a segment, a recording's directory or a whole tree")
-    verify.add_argument("--device-pub", type=Path, metavar="FILE",
-                        help="device public key (default: identity.json or device.pub beside the evidence)")
+    verify.add_argument("--device-pub", type=Path, metavar="FILE", action="append",
+                        help="device public key; repeat for keys retired by re-provisioning "
+                             "(default: identity.json or device.pub beside the evidence)")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(func=cmd_verify)
 
@@ -54,9 +55,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not args.path.exists():
         raise UsageError(f"{args.path}: no such file or directory")
     device_key = None
-    if args.device_pub is not None:
+    if args.device_pub:
         try:
-            device_key = keys.load_public_key(args.device_pub, "device")
+            device_key = [keys.load_public_key(p, "device") for p in args.device_pub]
         except keys.KeyFileError as exc:
             raise UsageError(str(exc)) from None
     report = verify_path(args.path, device_key)

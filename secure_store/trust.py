@@ -25,9 +25,16 @@ MAX_IDENTITY_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class DeviceKey:
+    """A device's current key, its ID if known, and the keys it had before re-provisioning."""
+
     key: ed25519.Ed25519PublicKey
     device_id: str | None
     source: Path
+    retired: tuple[ed25519.Ed25519PublicKey, ...] = ()
+
+    @property
+    def all(self) -> tuple[ed25519.Ed25519PublicKey, ...]:
+        return (self.key, *self.retired)
 
 
 def parse_identity(data: bytes, source: str = "identity.json") -> tuple[str, ed25519.Ed25519PublicKey]:
@@ -83,11 +90,29 @@ def find_device_key(directory: Path) -> DeviceKey | None:
             except OSError as exc:
                 raise FormatError(f"{identity}: cannot read ({exc.strerror})") from None
             device_id, key = parse_identity(data, str(identity))
-            return DeviceKey(key, device_id, identity)
+            listed = json.loads(data).get("retired_device_keys")
+            allowed = {fp for fp in listed if isinstance(fp, str)} if isinstance(listed, list) else set()
+            return DeviceKey(key, device_id, identity, _retired_keys(d, allowed))
         for pub in (d / "device.pub", d / "keys" / "device.pub"):
             if pub.is_file():
                 try:
-                    return DeviceKey(keys.load_public_key(pub, "device"), None, pub)
+                    return DeviceKey(keys.load_public_key(pub, "device"), None, pub, _retired_keys(d, None))
                 except keys.KeyFileError as exc:
                     raise FormatError(str(exc)) from None
     return None
+
+
+def _retired_keys(d: Path, allowed: set[str] | None) -> tuple[ed25519.Ed25519PublicKey, ...]:
+    """Earlier device keys kept by re-provisioning (``keys/retired/device-*.pub``).
+
+    With an identity.json only the fingerprints it lists as ``retired_device_keys`` are trusted.
+    """
+    found = []
+    for pub in sorted([*d.glob("keys/retired/device-*.pub"), *d.glob("retired/device-*.pub")]):
+        try:
+            key = keys.load_public_key(pub, "device")
+        except keys.KeyFileError as exc:
+            raise FormatError(str(exc)) from None
+        if allowed is None or keys.fingerprint(key) in allowed:
+            found.append(key)
+    return tuple(found)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Union
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
@@ -22,9 +22,10 @@ from secure_store import keys
 from secure_store.errors import FormatError, TornRecordError, VerifyError
 from secure_store.format import Manifest, iter_records, open_record, read_header, sha256, unwrap_data_key
 from secure_store.sealer import MANIFEST_SUFFIX, SEGMENT_SUFFIX, segment_stem
-from secure_store.trust import find_device_key
+from secure_store.trust import DeviceKey, find_device_key
 
 log = logging.getLogger(__name__)
+TrustedKeys = Union[ed25519.Ed25519PublicKey, DeviceKey, Iterable[ed25519.Ed25519PublicKey], None]
 MAX_MANIFEST_FILE = 64 * 1024 * 1024
 
 
@@ -85,16 +86,29 @@ def read_manifest(path: Path) -> Manifest:
     return Manifest.parse(data, path.name)
 
 
-def check_manifest(manifest: Manifest, name: str, device_key: ed25519.Ed25519PublicKey,
+def trusted_keys(device_key: TrustedKeys) -> list[ed25519.Ed25519PublicKey]:
+    """One key, a DeviceKey (current + retired keys) or several keys, as a list."""
+    if device_key is None:
+        return []
+    if isinstance(device_key, ed25519.Ed25519PublicKey):
+        return [device_key]
+    if isinstance(device_key, DeviceKey):
+        return list(device_key.all)
+    return list(device_key)
+
+
+def check_manifest(manifest: Manifest, name: str, device_key: TrustedKeys,
                    device_id: str | None = None) -> list[Problem]:
-    """Origin and signature of one manifest."""
-    fp = sha256(keys.raw_public(device_key))
+    """Origin and signature of one manifest, against the device's trusted key(s)."""
+    by_fp = {sha256(keys.raw_public(k)): k for k in trusted_keys(device_key)}
     if device_id is not None and manifest.device_id != device_id:
         return [Problem(name, None, f"from another device: manifest says device {manifest.device_id!r}, "
                                     f"expected {device_id!r}")]
-    if manifest.device_key_fp != fp:
+    if manifest.device_key_fp not in by_fp:
+        trusted = ", ".join(fp.hex()[:16] for fp in by_fp)
         return [Problem(name, None, f"signed by another key: manifest names key {manifest.device_key_fp.hex()[:16]}, "
-                                    f"device key is {fp.hex()[:16]}")]
+                                    f"device key is {trusted}")]
+    device_key = by_fp[manifest.device_key_fp]
     try:
         device_key.verify(manifest.signature, manifest.signed_bytes())
     except InvalidSignature:
@@ -157,9 +171,13 @@ def _check_record(name: str, record, expected: tuple[bytes, ...], recovered: boo
     return []
 
 
-def verify_segment(path: Path, device_key: ed25519.Ed25519PublicKey | None = None,
+def verify_segment(path: Path, device_key: TrustedKeys = None,
                    device_id: str | None = None) -> tuple[VerifiedSegment | None, list[Problem]]:
-    """Verify one ``.seg`` file against the ``.manifest`` beside it."""
+    """Verify one ``.seg`` file against the ``.manifest`` beside it.
+
+    ``device_key``: the device's public key, or several (keys retired by re-provisioning
+    stay valid for what they signed); None to use the key found beside the evidence.
+    """
     path = Path(path)
     manifest_path = path.with_suffix(MANIFEST_SUFFIX)
     if not manifest_path.exists():
@@ -175,22 +193,22 @@ def verify_segment(path: Path, device_key: ed25519.Ed25519PublicKey | None = Non
             return None, [Problem(path.name, None, str(exc))]
         if found is None:
             return None, [Problem(path.name, None, "no device public key given or found beside the evidence")]
-        device_key, device_id = found.key, device_id or found.device_id
+        device_key, device_id = found.all, device_id or found.device_id
     problems = check_manifest(manifest, manifest_path.name, device_key, device_id)
     if problems:
         return None, problems
-    seg = VerifiedSegment(str(path), manifest, sha256(keys.raw_public(device_key)).hex())
+    seg = VerifiedSegment(str(path), manifest, manifest.device_key_fp.hex())
     if not path.exists():
         return seg, [Problem(path.name, None, "segment file missing for a signed manifest")]
     return seg, check_segment_file(path, manifest)
 
 
 def check_chain(segments: list[VerifiedSegment]) -> list[Problem]:
-    """Continuity of one device's manifests: no gaps, duplicates or broken links."""
+    """Continuity of each device's manifests (one chain per device ID, across key changes)."""
     problems: list[Problem] = []
     by_device: dict[str, list[VerifiedSegment]] = {}
     for s in segments:
-        by_device.setdefault(s.device_key_fp, []).append(s)
+        by_device.setdefault(s.manifest.device_id, []).append(s)
     for group in by_device.values():
         group.sort(key=lambda s: (s.manifest.segment_seq, s.path))
         for prev, cur in zip(group, group[1:]):
@@ -217,7 +235,7 @@ def check_chain(segments: list[VerifiedSegment]) -> list[Problem]:
     return problems
 
 
-def verify_path(path: Path, device_key: ed25519.Ed25519PublicKey | None = None) -> VerifyReport:
+def verify_path(path: Path, device_key: TrustedKeys = None) -> VerifyReport:
     """Verify a segment file, a directory of segments, or a whole tree."""
     path = Path(path)
     report = VerifyReport()
@@ -254,14 +272,14 @@ def _verify_audit_logs(root: Path, device_key, report: VerifyReport) -> None:
         report.problems.append(Problem(str(audit_dirs[0]), None, "audit log found but audit verifier unavailable"))
         return
     for d in audit_dirs:
-        key = device_key
-        if key is None:
+        key = trusted_keys(device_key)
+        if not key:
             try:
                 found = find_device_key(d)
             except FormatError:
                 found = None
-            key = found.key if found else None
-        if key is None:
+            key = list(found.all) if found else []
+        if not key:
             report.problems.append(Problem(str(d), None, "no device public key for this audit log"))
             continue
         report.audit_logs.append(str(d))
@@ -272,7 +290,7 @@ def _verify_audit_logs(root: Path, device_key, report: VerifyReport) -> None:
             report.problems.extend(_check_against_audit(d, key, report.segments))
 
 
-def _check_against_audit(audit_dir: Path, key: ed25519.Ed25519PublicKey,
+def _check_against_audit(audit_dir: Path, key: list[ed25519.Ed25519PublicKey],
                          segments: list[VerifiedSegment]) -> list[Problem]:
     """Every segment the (verified) audit log says was sealed and never released must be here.
 
@@ -280,8 +298,8 @@ def _check_against_audit(audit_dir: Path, key: ed25519.Ed25519PublicKey,
     """
     from secure_store.audit import read_entries
 
-    fp = sha256(keys.raw_public(key)).hex()
-    present = {s.manifest.segment_seq: s.manifest.digest.hex() for s in segments if s.device_key_fp == fp}
+    fps = {sha256(keys.raw_public(k)).hex() for k in key}
+    present = {s.manifest.segment_seq: s.manifest.digest.hex() for s in segments if s.device_key_fp in fps}
     sealed: dict[int, str] = {}
     released: set[str] = set()
     for entry in read_entries(audit_dir):
@@ -302,7 +320,7 @@ def _check_against_audit(audit_dir: Path, key: ed25519.Ed25519PublicKey,
 
 
 def decrypt_chunks(segment: Path, agency_private_key: x25519.X25519PrivateKey,
-                   device_key: ed25519.Ed25519PublicKey | None = None) -> Iterator[bytes]:
+                   device_key: TrustedKeys = None) -> Iterator[bytes]:
     """Verify a segment, then yield each chunk's plaintext (recorder.chunk format) in order.
 
     Raises VerifyError before yielding anything if the segment does not verify,

@@ -273,3 +273,36 @@ def test_disk_refusing_writes_mid_chunk_stops_cleanly(tmp_path, keyset, h) -> No
     assert seg.stat().st_size <= 60_000 and read_manifest(seg.with_suffix(".manifest")).storage_full
     assert verify_path(root.root).ok
     assert h.frame_numbers(decrypted_frames(seg, keyset.agency)) == list(range(int(acked)))
+
+
+def test_chain_and_verification_across_re_provisioning(tmp_path, keyset, h) -> None:
+    from firmware.provision import load_identity, provision
+    from secure_store import keys as keyfiles
+    from secure_store.audit import AuditLog
+    from secure_store.layout import DeviceRoot
+    from secure_store.store import EvidenceStore
+
+    keyfiles.write_keypair("vendor", tmp_path / "vendor")
+    (tmp_path / "agency.pub").write_bytes(keyfiles.public_pem(keyset.agency.public_key()))
+    root = DeviceRoot(tmp_path / "device")
+
+    def boot_and_record(rec: str) -> None:
+        key = keyfiles.load_private_key(root.device_key, "device")
+        device_id = load_identity(root)["device_id"]
+        store = EvidenceStore(root, device_id=device_id, signing_key=key, audit=AuditLog(root.audit, key, device_id),
+                              agency_public_key=keyfiles.load_public_key(root.agency_pub, "agency"), reserve_bytes=0)
+        store.recover()
+        h.record(store, rec, segments=2)
+
+    provision(root, "CAM-0001", tmp_path / "agency.pub", tmp_path / "vendor.pub")
+    boot_and_record("before")
+    provision(root, "CAM-0001", tmp_path / "agency.pub", tmp_path / "vendor.pub", force=True)
+    boot_and_record("after")
+    report = verify_path(root.root)
+    assert report.ok, [str(p) for p in report.problems]
+    m = {s.manifest.segment_seq: s.manifest for s in report.segments}
+    assert sorted(m) == [1, 2, 3, 4] and m[3].prev_digest == m[2].digest  # one chain across the key change
+    assert m[2].device_key_fp != m[3].device_key_fp
+    current = keyfiles.load_public_key(root.device_pub, "device")
+    only_new = verify_path(root.evidence, current)
+    assert [p.reason.split(":")[0] for p in only_new.problems] == ["signed by another key"] * 2
