@@ -36,6 +36,7 @@ from secure_store.layout import DeviceRoot
 log = logging.getLogger(__name__)
 
 MAX_IMAGE_BYTES = fwimage.HEADER.size + fwimage.MAX_MANIFEST_BYTES + fwimage.SIGNATURE_BLOCK + fwimage.MAX_TOTAL_BYTES
+DATA_BLOCK = 256 * 1024  # bytes per fw_data request: few round trips, bounded memory
 FIRMWARE_UPLOAD = "firmware_upload"  # audit event: a dock started sending an image
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -171,8 +172,7 @@ def flash(port: str, dock_key: ed25519.Ed25519PrivateKey, image_path: str | Path
     from tqdm import tqdm
 
     from dock.client import DeviceError, DockClient
-    from dock.link import LinkError
-    from dock.protocol import MESSAGE_OVERHEAD
+    from dock.link import MAX_MESSAGE, LinkError
 
     image_path = Path(image_path)
     try:
@@ -187,7 +187,7 @@ def flash(port: str, dock_key: ed25519.Ed25519PrivateKey, image_path: str | Path
         with DockClient.connect(port, dock_key, handshake_timeout=handshake_timeout) as client:
             device = client.session.device_id
             client.call("fw_begin", size=size, sha256=digest.hexdigest())
-            step = client.session.max_payload - MESSAGE_OVERHEAD - 64  # room for the meta JSON
+            step = min(DATA_BLOCK, MAX_MESSAGE - 4096)  # the link cuts it into frames; room for the meta
             with open(image_path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024,
                                                    file=sys.stderr, disable=not progress,
                                                    desc=f"flash {device}", leave=False) as bar:
