@@ -111,7 +111,7 @@ def check_marker(marker: "Marker") -> None:
     _text(marker.label, "marker label", "H", MAX_LABEL)
 
 
-def _check_version(magic: bytes, version: int, what: str) -> None:
+def _check_version(version: int, what: str) -> None:
     if version != VERSION:
         raise FormatError(f"{what}: format version {version} is not supported (this reader knows {VERSION})")
 
@@ -153,7 +153,7 @@ class SegmentHeader:
         magic = c.take(8, "magic")
         if magic != SEGMENT_MAGIC:
             raise FormatError(f"{what}: not a bodycam segment (bad magic)")
-        _check_version(magic, c.unpack("H", "version"), what)
+        _check_version(c.unpack("H", "version"), what)
         total = c.unpack("H", "header_len")
         if total != len(data):
             raise FormatError(f"{what}: header_len {total} does not match {len(data)}")
@@ -187,7 +187,7 @@ def read_header(f: BinaryIO, what: str = "segment") -> tuple[SegmentHeader, byte
     if start[:8] != SEGMENT_MAGIC:
         raise FormatError(f"{what}: not a bodycam segment (bad magic)")
     version, total = struct.unpack(">HH", start[8:12])
-    _check_version(start[:8], version, what)
+    _check_version(version, what)
     if not 12 < total <= MAX_HEADER:
         raise FormatError(f"{what}: header_len {total} out of range")
     rest = f.read(total - 12)
@@ -387,7 +387,7 @@ class Manifest:
         c = _Cursor(data, what)
         if c.take(8, "magic") != MANIFEST_MAGIC:
             raise FormatError(f"{what}: not a bodycam manifest (bad magic)")
-        _check_version(MANIFEST_MAGIC, c.unpack("H", "version"), what)
+        _check_version(c.unpack("H", "version"), what)
         body_len = c.unpack("I", "body_len")
         if body_len != len(data) - 14 - SIGNATURE_LEN:
             raise FormatError(f"{what}: body_len {body_len} does not match the file size {len(data)}")

@@ -13,7 +13,6 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM

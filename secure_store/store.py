@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from secure_store.chain import ChainHead, load_head
 from secure_store.durable import fsync_dir
-from secure_store.errors import FormatError, KeyMissing, ReleaseRefused, StorageFull, StoreError
+from secure_store.errors import KeyMissing, ReleaseRefused, StorageFull, StoreError
 from secure_store.layout import DeviceRoot
 from secure_store.sealer import MANIFEST_HEADROOM, MANIFEST_SUFFIX, SEGMENT_SUFFIX, SegmentSealer
 
@@ -220,4 +220,4 @@ def _item(path: Path, name: str, kind: str) -> EvidenceItem:
     return EvidenceItem(name, size, h.hexdigest(), kind)  # type: ignore[arg-type]
 
 
-__all__ = ["EvidenceStore", "EvidenceItem", "StorageStatus", "StorageFull", "FormatError"]
+__all__ = ["EvidenceStore", "EvidenceItem", "StorageStatus", "StorageFull"]
