@@ -129,6 +129,11 @@ class Device:
             dock_link=self.offload,
         )
         self.machine.listeners.append(self._on_transition)
+        if self.offload is not None:  # firmware over the dock link, bracketed by UPDATING
+            from firmware.flash import attach_firmware_commands
+
+            attach_firmware_commands(self.offload, self.root, recording=lambda: self.machine.recording is not None,
+                                     begin_update=self.machine.begin_update, end_update=self.machine.end_update)
         self.controls = Controls(config.pins, config.controls, self.machine.handle, pin_factory=pin_factory)
         self.camera = self._camera(camera_clock)
         self._stop = threading.Event()
@@ -159,9 +164,9 @@ class Device:
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> None:
         """Boot: choose the firmware slot, recover the store, start the camera and the machine."""
+        update.clear_recording(self.root)  # no recording survives a reboot
         slot = update.boot_slot(self.root, audit=self.audit)
         log.info("device %s booting firmware slot %s (%s)", self.device_id, slot.slot, slot.version)
-        update.clear_recording(self.root)  # no recording survives a reboot
         clock_set = (self.root.state / "clock.json").exists() and self.clock() > EARLIEST_PLAUSIBLE_UTC
         self.machine.boot(docked=self.controls.docked, clock_set=clock_set)
         self.camera.start()

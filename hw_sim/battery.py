@@ -37,7 +37,7 @@ class SimBattery:
         """The level the power monitor reports, a whole percent."""
         with self._lock:
             self._advance()
-            return int(self._percent)
+            return round(self._percent)
 
     def set(self, percent: float) -> None:
         """Jump to a level (the simulator's ``battery N`` command)."""
