@@ -21,12 +21,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from dock.link import Link, LinkError, open_port
-from dock.protocol import Kind, ProtocolError, decode_message, encode_message
+from dock.protocol import Kind, Message, ProtocolError, decode_message, encode_message
 from dock.session import Session, dock_handshake
 from secure_store.durable import fsync_dir, write_atomic
 from secure_store.errors import FormatError
@@ -47,6 +47,19 @@ class DeviceError(PullError):
     def __init__(self, message: str, code: str = "") -> None:
         super().__init__(message)
         self.code = code
+
+
+@dataclass
+class Range:
+    """One fetch: bytes go to ``write`` in order; ``done(range)`` when the device has answered."""
+
+    name: str
+    offset: int
+    length: int
+    write: Callable[[bytes], None]
+    done: Callable[["Range"], None] | None = None
+    received: int = 0
+    result: dict[str, Any] | DeviceError | None = None
 
 
 @dataclass(frozen=True)
@@ -94,10 +107,7 @@ class DockClient:
         request_id = next(self._ids)
         self.link.send(encode_message(Kind.REQUEST, request_id, {"cmd": command, **args}, blob))
         while True:
-            try:
-                message = decode_message(self.link.recv(timeout=self.timeout))
-            except ProtocolError as exc:
-                raise PullError(f"device sent a malformed message: {exc}") from None
+            message = self._receive()
             if message.request_id != request_id:
                 continue  # a late answer to an abandoned request
             if message.kind == Kind.CHUNK and on_chunk is not None:
@@ -110,6 +120,53 @@ class DockClient:
                                   str(message.meta.get("code", "")))
             elif message.kind == Kind.RESPONSE:
                 return message.meta
+
+    def _receive(self) -> Message:
+        try:
+            return decode_message(self.link.recv(timeout=self.timeout))
+        except ProtocolError as exc:
+            raise PullError(f"device sent a malformed message: {exc}") from None
+
+    def fetch_ranges(self, ranges: Iterable[Range], ahead: int = 4) -> None:
+        """Fetch ranges with up to ``ahead`` requests queued at the device, so the line never
+        idles between files; each range's ``done`` runs as soon as its answer is complete."""
+        todo = iter(ranges)
+        waiting: dict[int, Range] = {}
+
+        def request_next() -> None:
+            r = next(todo, None)
+            if r is not None:
+                request_id = next(self._ids)
+                waiting[request_id] = r
+                self.link.send(encode_message(Kind.REQUEST, request_id,
+                                              {"cmd": "fetch", "name": r.name, "offset": r.offset, "length": r.length}))
+
+        for _ in range(ahead):
+            request_next()
+        while waiting:
+            message = self._receive()
+            r = waiting.get(message.request_id)
+            if r is None:
+                continue
+            if message.kind == Kind.CHUNK:
+                if message.meta.get("offset") != r.offset + r.received:
+                    raise PullError(f"{r.name}: chunk at {message.meta.get('offset')}, expected {r.offset + r.received}")
+                r.write(message.blob)
+                r.received += len(message.blob)
+                continue
+            if message.kind == Kind.ERROR:
+                r.result = DeviceError(f"device refused fetch: {message.meta.get('error', 'no reason')}",
+                                       str(message.meta.get("code", "")))
+            elif message.kind == Kind.RESPONSE:
+                if message.meta.get("length") != r.received:
+                    raise PullError(f"{r.name}: received {r.received} bytes, device says {message.meta.get('length')}")
+                r.result = message.meta
+            else:
+                continue
+            del waiting[message.request_id]
+            request_next()
+            if r.done is not None:
+                r.done(r)
 
     def status(self) -> dict[str, Any]:
         return self.call("status")
@@ -126,19 +183,11 @@ class DockClient:
 
     def fetch(self, name: str, offset: int, length: int, write: Callable[[bytes], None]) -> int:
         """Fetch ``length`` bytes of ``name`` from ``offset``, in order, into ``write``."""
-        position = offset
-
-        def on_chunk(chunk_offset: int, data: bytes) -> None:
-            nonlocal position
-            if chunk_offset != position:
-                raise PullError(f"{name}: chunk at {chunk_offset}, expected {position}")
-            write(data)
-            position += len(data)
-
-        reply = self.call("fetch", on_chunk=on_chunk, name=name, offset=offset, length=length)
-        if position - offset != reply.get("length"):
-            raise PullError(f"{name}: received {position - offset} bytes, device says {reply.get('length')}")
-        return position - offset
+        r = Range(name, offset, length, write)
+        self.fetch_ranges([r])
+        if isinstance(r.result, DeviceError):
+            raise r.result
+        return r.received
 
     def confirm(self, segment: str, manifest_sha256: str) -> dict[str, Any]:
         return self.call("confirm", segment=segment, manifest_sha256=manifest_sha256)
@@ -160,6 +209,7 @@ class PullSummary:
     confirmed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     clock_offset_us: int | None = None
+    fetch_seconds: float = 0.0  # the transfer alone, without handshake, verification and confirms
     retransmits: int = 0       # frames this dock sent again
     damaged_frames: int = 0    # frames from the device that failed their CRC (the device resent them)
     seconds: float = 0.0
@@ -169,12 +219,12 @@ class PullSummary:
         return not self.problems
 
 
-def _sha256_file(path: Path) -> str:
+def _sha256_file(path: Path, digest: bool = False) -> Any:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
             h.update(block)
-    return h.hexdigest()
+    return h if digest else h.hexdigest()
 
 
 def _pin_device(device_dir: Path, session: Session) -> None:
@@ -194,46 +244,84 @@ def _pin_device(device_dir: Path, session: Session) -> None:
     write_atomic(identity, identity_json(session.device_id, session.peer_key))
 
 
-def _fetch_item(client: DockClient, item: RemoteItem, device_dir: Path, summary: PullSummary,
-                progress: Any) -> bool:
-    """Fetch one item durably (resuming a .part); True if the local copy matches the listing."""
-    final = device_dir / ("evidence/" + item.name if "/" not in item.name else item.name)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists() and _sha256_file(final) == item.sha256:
-        summary.skipped.append(item.name)
-        progress.update(item.size)
-        return True
-    if final.exists() and item.kind != "audit":
-        summary.problems.append(f"{item.name}: the dock's copy differs from the device's; left both untouched")
-        return False
-    part = final.with_name(f".{final.name}.part")
-    for attempt in range(2):
-        offset = part.stat().st_size if part.exists() else 0
+class _Download:
+    """One file on its way into the archive: appended to ``.NAME.part``, hashed as it comes,
+    fsync'd, checked against the listing and renamed into place."""
+
+    def __init__(self, item: RemoteItem, final: Path, summary: PullSummary, progress: Any) -> None:
+        self.item, self.final, self.summary, self.progress = item, final, summary, progress
+        self.part = final.with_name(f".{final.name}.part")
+        offset = self.part.stat().st_size if self.part.exists() else 0
         if offset > item.size:
-            part.unlink()
+            self.part.unlink()
             offset = 0
         summary.bytes_resumed += offset
         progress.update(offset)
-        with open(part, "ab") as f:
-            def write(data: bytes) -> None:
-                f.write(data)
-                progress.update(len(data))
-            try:
-                got = client.fetch(item.name, offset, item.size - offset, write)
-            finally:
-                f.flush()
-                os.fsync(f.fileno())
-        summary.bytes_fetched += got
-        if _sha256_file(part) == item.sha256:
-            os.replace(part, final)
-            fsync_dir(final.parent)
-            summary.fetched.append(item.name)
-            return True
-        log.warning("%s: hash mismatch after fetch (attempt %d); fetching it again", item.name, attempt + 1)
-        progress.update(-item.size)
-        part.unlink()
-    summary.problems.append(f"{item.name}: hash never matched the device's listing")
-    return False
+        self.digest = _sha256_file(self.part, digest=True) if offset else hashlib.sha256()
+        self.file: Any = None
+        self.ok = False
+        self.range = Range(item.name, offset, item.size - offset, self.write, self.finish)
+
+    def write(self, data: bytes) -> None:
+        if self.file is None:
+            self.file = open(self.part, "ab")
+        self.file.write(data)
+        self.digest.update(data)
+        self.progress.update(len(data))
+
+    def close(self) -> None:
+        """Keep what arrived (for a resume), durably."""
+        if self.file is not None:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            self.file = None
+
+    def finish(self, r: Range) -> None:
+        self.close()
+        self.summary.bytes_fetched += r.received
+        if isinstance(r.result, DeviceError):
+            self.summary.problems.append(f"{self.item.name}: {r.result}")
+        elif self.digest.hexdigest() == self.item.sha256:
+            if not self.part.exists():
+                self.part.touch()
+            os.replace(self.part, self.final)
+            fsync_dir(self.final.parent)
+            self.summary.fetched.append(self.item.name)
+            self.ok = True
+        else:
+            log.warning("%s: hash mismatch after fetch; the partial copy is discarded", self.item.name)
+            self.progress.update(-self.item.size)
+            self.part.unlink(missing_ok=True)
+
+
+def _fetch_items(client: DockClient, items: list[RemoteItem], device_dir: Path, summary: PullSummary,
+                 progress: Any) -> set[str]:
+    """Fetch every item not already held (resuming .part files); the names held afterwards."""
+    held, downloads = set(), []
+    for item in items:
+        final = device_dir / ("evidence/" + item.name if "/" not in item.name else item.name)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists() and _sha256_file(final) == item.sha256:
+            summary.skipped.append(item.name)
+            progress.update(item.size)
+            held.add(item.name)
+        elif final.exists() and item.kind != "audit":
+            summary.problems.append(f"{item.name}: the dock's copy differs from the device's; left both untouched")
+        else:
+            downloads.append(_Download(item, final, summary, progress))
+    for attempt in range(2):
+        try:
+            client.fetch_ranges(d.range for d in downloads)
+        finally:
+            for d in downloads:
+                d.close()
+        held.update(d.item.name for d in downloads if d.ok)
+        failed = [d for d in downloads if not d.ok and not isinstance(d.range.result, DeviceError)]
+        downloads = [_Download(d.item, d.final, summary, progress) for d in failed]   # once more, from 0
+    for d in downloads:
+        summary.problems.append(f"{d.item.name}: hash never matched the device's listing")
+    return held
 
 
 def _verify_and_confirm(client: DockClient, device_dir: Path, segments: list[str], summary: PullSummary) -> None:
@@ -291,17 +379,18 @@ def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *,
             items = [i for i in client.list_evidence() if _NAME_RE.fullmatch(i.name)]
             evidence = [i for i in items if i.kind in ("segment", "manifest")]
             total = sum(i.size for i in evidence)
+            fetch_started = time.monotonic()
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                       disable=not progress, desc=f"pull {session.device_id}", leave=False) as bar:
-                good = {i.name for i in evidence if _fetch_item(client, i, device_dir, summary, bar)}
+                good = _fetch_items(client, evidence, device_dir, summary, bar)
+            summary.fetch_seconds = time.monotonic() - fetch_started
             segments = [i.name for i in evidence if i.kind == "segment" and i.name in good
                         and i.name.replace(".seg", ".manifest") in good]
             if confirm:
                 _verify_and_confirm(client, device_dir, segments, summary)
             # the audit log last: it now holds this session's confirmations too
-            for item in client.list_evidence():
-                if item.kind == "audit" and _NAME_RE.fullmatch(item.name):
-                    _fetch_item(client, item, device_dir, summary, _NoProgress())
+            audit = [i for i in client.list_evidence() if i.kind == "audit" and _NAME_RE.fullmatch(i.name)]
+            _fetch_items(client, audit, device_dir, summary, _NoProgress())
         except LinkError as exc:
             raise PullError(f"link to {session.device_id} lost: {exc}; rerun to resume") from None
         finally:

@@ -41,6 +41,8 @@ _COST_BYTES = FRAME_OVERHEAD + 512
 _ADAPT_EVERY = 32            # transmissions between frame-size decisions
 MIN_RTO, MAX_RTO = 0.1, 2.0
 MIN_PROBE = 0.01
+ACK_DELAY = 0.004            # an in-order frame is acknowledged within this long ...
+ACK_EVERY = 16               # ... or as soon as this many frames have arrived
 
 
 class LinkError(Exception):
@@ -106,7 +108,10 @@ class Link:
         self.decoder = FrameDecoder(MAX_PAYLOAD)
         self.stats: collections.Counter[str] = collections.Counter()
         self.handshake_frames: queue.Queue[LinkFrame] = queue.Queue(maxsize=64)
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()
+        self._rx = threading.Condition(self._lock)      # messages delivered (recv waits)
+        self._tx = threading.Condition(self._lock)      # work for the writer
+        self._space = threading.Condition(self._lock)   # room to send, or all acknowledged
         self._send_key: bytes | None = None
         self._recv_key: bytes | None = None
         self._outbox: collections.deque[bytes] = collections.deque()   # plaintext handshake frames
@@ -118,12 +123,15 @@ class Link:
         self._recv_next = 0
         self._recv_buffer: dict[int, tuple[bytes, bool]] = {}
         self._delivered: collections.deque[bytes] = collections.deque()
-        self._ack_due = False
+        self._ack_due = False                      # acknowledge now (gap, duplicate, window)
+        self._ack_pending_since: float | None = None   # in-order frames not yet acknowledged
+        self._rx_since_ack = 0
         self._close_due = False
         self._last_heard = time.monotonic()
         self._last_sent = 0.0
         self._error: LinkError | None = None
         self._peer_closed = False
+        self._empty_reads = 0
         self._replies: dict[tuple[int, bytes], bytes] = {}
         self._stop = threading.Event()
         self._threads = [
@@ -137,9 +145,9 @@ class Link:
 
     def send_frame(self, ftype: FrameType, payload: bytes = b"", key: bytes | None = None) -> None:
         """Queue one unsequenced frame (handshake, reject, confirmation)."""
-        with self._cond:
+        with self._lock:
             self._outbox.append(encode_frame(ftype, 0, payload, key))
-            self._cond.notify_all()
+            self._tx.notify()
 
     def next_handshake_frame(self, timeout: float) -> LinkFrame | None:
         """The next handshake-type frame from the peer, or None after ``timeout``."""
@@ -154,20 +162,20 @@ class Link:
 
     def remember_reply(self, ftype: FrameType, payload: bytes, reply: bytes) -> None:
         """Answer a repeat of this handshake frame with ``reply`` (its first answer was lost)."""
-        with self._cond:
+        with self._lock:
             self._replies[(ftype, payload)] = reply
 
     def establish(self, send_key: bytes, recv_key: bytes, peer_window: int | None = None,
                   max_frame: int = DEFAULT_PAYLOAD) -> None:
         """Start the authenticated stream: from now on every frame is tagged and checked."""
-        with self._cond:
+        with self._lock:
             self._send_key, self._recv_key = send_key, recv_key
             self.max_frame = max(MIN_FRAME, min(max_frame, MAX_PAYLOAD))
             self.frame_size = min(self.frame_size, self.max_frame)
             if peer_window is not None:
                 self._peer_window_end = max(1, min(self.window, peer_window))
             self._last_heard = time.monotonic()
-            self._cond.notify_all()
+            self._wake_all()
 
     @property
     def error(self) -> LinkError | None:
@@ -185,40 +193,40 @@ class Link:
         if len(message) > MAX_MESSAGE:
             raise LinkError(f"message of {len(message)} bytes exceeds the {MAX_MESSAGE}-byte maximum")
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
+        with self._lock:
             while len(self._pending) >= self.window:
                 self._raise_if_failed()
                 if deadline is not None and time.monotonic() >= deadline:
                     raise LinkTimeout("send window stayed full")
-                self._cond.wait(0.1)
+                self._space.wait(0.1)
             self._raise_if_failed()
             self._pending.append(message)
-            self._cond.notify_all()
+            self._tx.notify()
 
     def recv(self, timeout: float | None = None) -> bytes:
         """The next message in order; LinkClosed once the peer has closed and all is read."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
+        with self._lock:
             while not self._delivered:
                 self._raise_if_failed()
                 if deadline is not None and time.monotonic() >= deadline:
                     raise LinkTimeout("no message from the peer in time")
-                self._cond.wait(0.1)
+                self._rx.wait(0.1)
             message = self._delivered.popleft()
             if len(self._delivered) == self.window // 2:
                 self._ack_due = True  # the window reopened: tell the sender
-                self._cond.notify_all()
+                self._tx.notify()
             return message
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything sent is acknowledged; False on timeout."""
         deadline = time.monotonic() + timeout
-        with self._cond:
+        with self._lock:
             while self._pending or self._unacked or self._current is not None:
                 self._raise_if_failed()
                 if time.monotonic() >= deadline:
                     return False
-                self._cond.wait(0.05)
+                self._space.wait(0.05)
         return True
 
     def close(self, flush_timeout: float = 2.0) -> None:
@@ -228,17 +236,17 @@ class Link:
         try:
             if self.established and self._error is None:
                 self.flush(flush_timeout)
-                with self._cond:
+                with self._lock:
                     self._close_due = True
-                    self._cond.notify_all()
+                    self._tx.notify()
                 deadline = time.monotonic() + 0.5
                 while self._close_due and time.monotonic() < deadline and self._error is None:
                     time.sleep(0.01)
         except LinkError:
             pass
         self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
+        with self._lock:
+            self._wake_all()
         for thread in self._threads:
             thread.join(timeout=2.0)
         try:
@@ -265,29 +273,59 @@ class Link:
             self._fail(LinkTimeout(f"peer silent for {self.idle_timeout:.0f} s"))
             raise self._error  # type: ignore[misc]
 
+    def _wake_all(self) -> None:
+        for condition in (self._rx, self._tx, self._space):
+            condition.notify_all()
+
     def _fail(self, error: LinkError) -> None:
-        with self._cond:
+        with self._lock:
             if self._error is None:
                 self._error = error
                 log.info("dock link failed: %s", error)
-            self._cond.notify_all()
+            self._wake_all()
 
     def _read_chunk(self) -> bytes:
-        fileno = getattr(self.port, "fileno", None)
-        if fileno is not None:
+        fd = self._fd()
+        if fd is None:
+            return self.port.read(max(1, self.port.in_waiting))
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if not ready:
+            return b""
+        data = os.read(fd, 65536)
+        if data:
+            self._empty_reads = 0
+            return data
+        # ready but empty: a hang-up, or (rarely) another reader of the same tty was faster
+        self._empty_reads += 1
+        if self._empty_reads >= 3:
+            raise LinkClosed("the port hung up (cable pulled?)")
+        time.sleep(0.01)
+        return b""
+
+    def _write(self, data: bytes) -> None:
+        """Write everything; straight to the descriptor when there is one (pyserial's write
+        copies the rest of the buffer after every partial write)."""
+        fd = self._fd()
+        if fd is None:
+            self.port.write(data)
+            return
+        view = memoryview(data)
+        while view:
             try:
-                fd = fileno()
-            except Exception:  # noqa: BLE001 - URL transports without a descriptor
-                fd = None
-            if fd is not None:
-                ready, _, _ = select.select([fd], [], [], 0.1)
-                if not ready:
-                    return b""
-                data = os.read(fd, 65536)
-                if not data:
-                    raise LinkClosed("the port hung up (cable pulled?)")
-                return data
-        return self.port.read(max(1, self.port.in_waiting))
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                select.select([], [fd], [], 0.1)
+                if self._stop.is_set():
+                    return
+
+    def _fd(self) -> int | None:
+        fileno = getattr(self.port, "fileno", None)
+        if fileno is None:
+            return None
+        try:
+            return fileno()
+        except Exception:  # noqa: BLE001 - URL transports without a descriptor
+            return None
 
     def _read_loop(self) -> None:
         while not self._stop.is_set():
@@ -302,41 +340,64 @@ class Link:
                 return
             if data:
                 self.stats["bytes_in"] += len(data)
-                for frame in self.decoder.feed(data):
-                    self._on_frame(frame)
+                frames = self.decoder.feed(data)
+                if frames:
+                    self._on_frames(frames)
 
-    def _on_frame(self, frame: LinkFrame) -> None:
-        if frame.type < FrameType.DATA:
-            reply = self._replies.get((frame.type, frame.payload))
-            if reply is not None:  # a repeat: our answer was lost on the way
-                with self._cond:
-                    self._outbox.append(reply)
-                    self._cond.notify_all()
-            elif self.established and frame.type == FrameType.HELLO:
-                self._fail(LinkClosed("the peer started a new session"))
-            elif not self.established:
-                try:
-                    self.handshake_frames.put_nowait(frame)
-                except queue.Full:
-                    self.stats["handshake_dropped"] += 1
-            return
+    def _on_frames(self, frames: list[LinkFrame]) -> None:
+        """Handle one read's worth of frames under one lock, waking only who has work."""
         key = self._recv_key
-        if key is None or not frame.tag_ok(key):
-            self.stats["bad_tags"] += 1
+        authentic = []
+        for frame in frames:
+            if frame.type < FrameType.DATA:
+                self._on_handshake_frame(frame)
+            elif key is not None and frame.tag_ok(key):
+                authentic.append(frame)
+            else:
+                self.stats["bad_tags"] += 1
+        if not authentic:
             return
-        with self._cond:
+        with self._lock:
             self._last_heard = time.monotonic()
-            if frame.type == FrameType.DATA:
-                self._on_data(frame.seq, frame.payload, bool(frame.flags & FLAG_MORE))
-            elif frame.type == FrameType.ACK and _ACK.size <= len(frame.payload) <= _ACK.size + _SACK_BITS // 8:
-                (window_end,) = _ACK.unpack_from(frame.payload)
-                self._on_ack(frame.seq, int.from_bytes(frame.payload[_ACK.size:], "little"), window_end)
-            elif frame.type == FrameType.CLOSE:
-                self._peer_closed = True
-            self._cond.notify_all()
+            delivered, ack_was_pending, acked = len(self._delivered), self._ack_pending_since, False
+            for frame in authentic:
+                if frame.type == FrameType.DATA:
+                    self._on_data(frame.seq, frame.payload, bool(frame.flags & FLAG_MORE))
+                elif frame.type == FrameType.ACK and _ACK.size <= len(frame.payload) <= _ACK.size + _SACK_BITS // 8:
+                    (window_end,) = _ACK.unpack_from(frame.payload)
+                    self._on_ack(frame.seq, int.from_bytes(frame.payload[_ACK.size:], "little"), window_end)
+                    acked = True
+                elif frame.type == FrameType.CLOSE:
+                    self._peer_closed = True
+            if len(self._delivered) != delivered or self._peer_closed:
+                self._rx.notify_all()
+            if acked:
+                self._space.notify_all()
+            if acked or self._ack_due or (ack_was_pending is None and self._ack_pending_since is not None):
+                self._tx.notify()
+
+    def _on_handshake_frame(self, frame: LinkFrame) -> None:
+        reply = self._replies.get((frame.type, frame.payload))
+        if reply is not None:  # a repeat: our answer was lost on the way
+            with self._lock:
+                self._outbox.append(reply)
+                self._tx.notify()
+        elif self.established and frame.type == FrameType.HELLO:
+            self._fail(LinkClosed("the peer started a new session"))
+        elif not self.established:
+            try:
+                self.handshake_frames.put_nowait(frame)
+            except queue.Full:
+                self.stats["handshake_dropped"] += 1
 
     def _on_data(self, seq: int, payload: bytes, more: bool) -> None:
-        self._ack_due = True
+        # ACKs are delayed a little and coalesced (fewer frames back up the line), but a gap
+        # or a duplicate is reported at once so the sender can resend without waiting
+        self._rx_since_ack += 1
+        if seq != self._recv_next or self._recv_buffer or self._rx_since_ack >= ACK_EVERY:
+            self._ack_due = True
+        elif self._ack_pending_since is None:
+            self._ack_pending_since = time.monotonic()
         window_end = self._recv_next + self.window - len(self._delivered)
         if seq < self._recv_next or seq >= window_end or seq in self._recv_buffer:
             self.stats["duplicates" if seq < self._recv_next or seq in self._recv_buffer else "beyond_window"] += 1
@@ -417,9 +478,10 @@ class Link:
         if not self.established:
             return out
         key = self._send_key
-        if self._ack_due or now - self._last_sent >= self.heartbeat:
+        delayed = self._ack_pending_since is not None and now - self._ack_pending_since >= ACK_DELAY
+        if self._ack_due or delayed or now - self._last_sent >= self.heartbeat:
             out.append(self._ack_frame())
-            self._ack_due = False
+            self._ack_due, self._ack_pending_since, self._rx_since_ack = False, None, 0
         size = sum(map(len, out))
         base = min(self._unacked, default=self._next_seq)
         blocked = (not (self._pending or self._current is not None) or self._next_seq >= base + self.window
@@ -470,19 +532,22 @@ class Link:
 
     def _write_loop(self) -> None:
         while not self._stop.is_set():
-            with self._cond:
+            with self._lock:
                 frames = self._collect(time.monotonic())
                 if not frames:
-                    self._cond.wait(0.02)
+                    wait = 0.02
+                    if self._ack_pending_since is not None:
+                        wait = max(0.0, min(wait, self._ack_pending_since + ACK_DELAY - time.monotonic()))
+                    self._tx.wait(wait)
                     frames = self._collect(time.monotonic())
                 if frames:
                     self._last_sent = time.monotonic()
-                    self._cond.notify_all()
+                    self._space.notify_all()
             if not frames:
                 continue
             try:
                 data = b"".join(frames)
-                self.port.write(data)
+                self._write(data)
                 self.stats["bytes_out"] += len(data)
             except (OSError, serial.SerialException, ValueError, TypeError) as exc:
                 if not self._stop.is_set():

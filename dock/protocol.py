@@ -83,8 +83,8 @@ def encode_frame(ftype: int, seq: int, payload: bytes = b"", key: bytes | None =
     flags = (FLAG_TAG if key else 0) | (FLAG_MORE if more else 0)
     head = _HEAD.pack(MAGIC, ftype, flags, seq & 0xFFFFFFFF, len(payload))
     tag = frame_tag(key, head, payload) if key else b""
-    body = payload + tag
-    return b"".join((head, _HCRC.pack(zlib.crc32(head)), body, _HCRC.pack(zlib.crc32(body))))
+    pcrc = zlib.crc32(tag, zlib.crc32(payload))
+    return b"".join((head, _HCRC.pack(zlib.crc32(head)), payload, tag, _HCRC.pack(pcrc)))
 
 
 class FrameDecoder:
@@ -97,6 +97,7 @@ class FrameDecoder:
     def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
         self.max_payload = max_payload
         self._buf = bytearray()
+        self._need = 0   # bytes the frame in progress still needs before it is worth a look
         self.garbage_bytes = 0
         self.bad_headers = 0
         self.bad_payloads = 0
@@ -104,40 +105,46 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[LinkFrame]:
         buf = self._buf
         buf += data
+        if len(buf) < self._need:
+            return []
         frames: list[LinkFrame] = []
-        pos = 0
+        pos, need = 0, 0
         end = len(buf)
-        while True:
-            start = buf.find(MAGIC, pos)
-            if start < 0:
-                keep = end - 1 if end > pos and buf[end - 1] == MAGIC[0] else end
-                self.garbage_bytes += keep - pos
-                pos = keep
-                break
-            self.garbage_bytes += start - pos
-            pos = start
-            if end - start < HEADER_SIZE:
-                break
-            _, ftype, flags, seq, length = _HEAD.unpack_from(buf, start)
-            (hcrc,) = _HCRC.unpack_from(buf, start + _HEAD.size)
-            head = bytes(buf[start:start + _HEAD.size])
-            if zlib.crc32(head) != hcrc or length > self.max_payload or flags & ~(FLAG_TAG | FLAG_MORE):
-                self.bad_headers += 1
-                pos = start + 1
-                continue
-            tag_len = TAG_SIZE if flags & FLAG_TAG else 0
-            body_end = start + HEADER_SIZE + length + tag_len
-            if end < body_end + TRAILER_SIZE:
-                break
-            body = bytes(buf[start + HEADER_SIZE:body_end])
-            (pcrc,) = _HCRC.unpack_from(buf, body_end)
-            if zlib.crc32(body) != pcrc:
-                self.bad_payloads += 1
-                pos = start + 1
-                continue
-            frames.append(LinkFrame(ftype, flags, seq, body[:length], body[length:], head))
-            pos = body_end + TRAILER_SIZE
+        with memoryview(buf) as view:
+            while True:
+                start = buf.find(MAGIC, pos)
+                if start < 0:
+                    keep = end - 1 if end > pos and buf[end - 1] == MAGIC[0] else end
+                    self.garbage_bytes += keep - pos
+                    pos = keep
+                    break
+                self.garbage_bytes += start - pos
+                pos = start
+                if end - start < HEADER_SIZE:
+                    need = HEADER_SIZE
+                    break
+                _, ftype, flags, seq, length = _HEAD.unpack_from(buf, start)
+                (hcrc,) = _HCRC.unpack_from(buf, start + _HEAD.size)
+                head = bytes(view[start:start + _HEAD.size])
+                if zlib.crc32(head) != hcrc or length > self.max_payload or flags & ~(FLAG_TAG | FLAG_MORE):
+                    self.bad_headers += 1
+                    pos = start + 1
+                    continue
+                body_start = start + HEADER_SIZE
+                body_end = body_start + length + (TAG_SIZE if flags & FLAG_TAG else 0)
+                if end < body_end + TRAILER_SIZE:
+                    need = body_end + TRAILER_SIZE - start
+                    break
+                (pcrc,) = _HCRC.unpack_from(buf, body_end)
+                if zlib.crc32(view[body_start:body_end]) != pcrc:
+                    self.bad_payloads += 1
+                    pos = start + 1
+                    continue
+                frames.append(LinkFrame(ftype, flags, seq, bytes(view[body_start:body_start + length]),
+                                        bytes(view[body_start + length:body_end]), head))
+                pos = body_end + TRAILER_SIZE
         del buf[:pos]
+        self._need = need
         return frames
 
 
