@@ -179,7 +179,7 @@ class Device:
             self._ticker.join(timeout=2)
         self.machine.shutdown(reason)
         try:
-            self.camera.stop()
+            getattr(self.camera, "close", self.camera.stop)()  # a Pi camera is also released
         finally:
             self.controls.close()
             self.signals.close()

@@ -135,3 +135,75 @@ def test_console_drives_buttons_battery_and_auto_trigger(provisioned):
     stops = [e for e in read_entries(root / "audit") if e.event == "record_stop"]
     assert stops[0].details["reason"] == "battery_low" and stops[0].details["sealed"]
     assert any(e.event == "record_refused" for e in read_entries(root / "audit"))
+
+
+class Picamera2Output:
+    """Stand-in for ``picamera2.outputs.Output`` (picamera2 0.3.x constructor and hooks)."""
+
+    def __init__(self, pts=None):
+        self.recording = False
+
+    def start(self):
+        self.recording = True
+
+    def stop(self):
+        self.recording = False
+
+    def outputframe(self, frame, keyframe=True, timestamp=None, packet=None, audio=False):
+        pass
+
+
+def test_raspberry_pi_composition_records_from_picamera2(provisioned, mocker):
+    """The non-sim branch: picamera2 (mocked, it needs libcamera) feeds real H.264 into the device."""
+    import sys
+
+    from hw_sim.camera import SimCamera
+    from hw_sim.decode import decode_frame_numbers
+    from hw_sim.pins import sim_pin_factory
+    from recorder.chunk import decode_chunk
+    from recorder.encoders import PyAVEncoder, run_camera
+    from recorder.picamera import PiCameraSource
+    from secure_store.verify import decrypt_chunks
+
+    package, encoders, outputs = (mocker.MagicMock(name=n) for n in ("picamera2", "encoders", "outputs"))
+    outputs.Output = Picamera2Output
+    package.encoders, package.outputs = encoders, outputs
+    mocker.patch.dict(sys.modules, {"picamera2": package, "picamera2.encoders": encoders, "picamera2.outputs": outputs})
+    root, made = provisioned
+    config = with_overrides(sim_config(), video={"pre_event_s": 2.0})
+    factory = sim_pin_factory()  # real pins cannot exist here; the branch under test is the camera's
+    device = Device(root, config, sim=False, pin_factory=factory)
+    assert isinstance(device.camera, PiCameraSource) and device.battery is None
+    encoders.H264Encoder.assert_called_once_with(bitrate=300_000, repeat=True, iperiod=FPS)
+    packets = []
+
+    class Collect:
+        def outputframe(self, frame, keyframe=True, timestamp=None, packet=None, audio=False):
+            packets.append((frame, keyframe, timestamp))
+
+    with PyAVEncoder(Collect(), 320, 240, FPS, 300_000) as encoder:
+        run_camera(SimCamera(320, 240, FPS).frames(80), encoder)
+    finger = Finger(factory, config.controls.bounce_s)
+    try:
+        device.start()
+        picam2 = package.Picamera2.return_value
+        (h264, adapter), _ = picam2.start_recording.call_args
+        assert h264 is encoders.H264Encoder.return_value
+        for packet in packets[:40]:  # 4 s through picamera2's encoder thread, as it would call us
+            adapter.outputframe(*packet)
+        finger.double(config.pins.record_button)
+        assert device.machine.state is State.RECORDING
+        for packet in packets[40:]:
+            adapter.outputframe(*packet)
+        finger.hold(config.pins.record_button, 0.5)
+        assert device.machine.state is State.BUFFERING
+    finally:
+        device.stop()
+    picam2.stop_recording.assert_called_once_with()
+    picam2.close.assert_called_once_with()
+    agency = keys.load_private_key(made["agency"], "agency")
+    numbers = []
+    for seg in sorted((root / "evidence").glob("*.seg")):
+        frames = [f for pt in decrypt_chunks(seg, agency) for f in decode_chunk(pt)]
+        numbers += decode_frame_numbers(f.data for f in frames)
+    assert numbers == list(range(numbers[0], 80)) and numbers[0] <= 40 - 2 * FPS
