@@ -180,6 +180,8 @@ class Device:
         self.machine.shutdown(reason)
         try:
             getattr(self.camera, "close", self.camera.stop)()  # a Pi camera is also released
+        except Exception as exc:  # noqa: BLE001 - already a FAULT (audit-logged); shutdown goes on
+            log.error("camera: %s", exc)
         finally:
             self.controls.close()
             self.signals.close()

@@ -207,3 +207,49 @@ def test_raspberry_pi_composition_records_from_picamera2(provisioned, mocker):
         frames = [f for pt in decrypt_chunks(seg, agency) for f in decode_chunk(pt)]
         numbers += decode_frame_numbers(f.data for f in frames)
     assert numbers == list(range(numbers[0], 80)) and numbers[0] <= 40 - 2 * FPS
+
+
+def test_camera_failure_seals_the_recording_and_faults(provisioned):
+    """A camera that starts delivering garbage mid-recording: the recording is sealed, the device shows FAULT."""
+    import threading
+
+    import numpy as np
+
+    from hw_sim.camera import SimCamera
+
+    root, made = provisioned
+    config = sim_config()
+    device = Device(root, config, sim=True, camera_clock="fast")
+    broken = threading.Event()
+    camera = SimCamera(320, 240, FPS, pixel_format="yuv420p")
+
+    def failing_frames():
+        for number, image, timestamp in camera.frames():
+            if broken.is_set():
+                yield number, np.zeros((8, 8), np.uint8), timestamp  # a sensor gone wrong
+                return
+            yield number, image, timestamp
+
+    device.camera.camera = failing_frames()
+    try:
+        device.start()
+        device.wait_for(lambda: device.sensor_seconds >= 3, 30, "video")
+        device.machine.handle("record")
+        device.wait_for(lambda: device.sensor_seconds >= 6, 30, "recording")
+        broken.set()
+        deadline = time.monotonic() + 5
+        while device.machine.state is not State.FAULT and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert device.machine.state is State.FAULT
+        red = device.pin_factory.pin(config.pins.led_red)
+        time.sleep(0.3)
+        assert sum(1 for s in red.states if s.state) >= 2  # fault: red blinks fast
+    finally:
+        device.stop()  # the capture error was reported as a FAULT; shutting down still works
+    entries = read_entries(root / "audit")
+    stop = next(e for e in entries if e.event == "record_stop")
+    assert stop.details["reason"] == "fault" and stop.details["sealed"]
+    assert any(e.event == "fault" and "camera" in e.details["reason"] for e in entries)
+    from secure_store.verify import verify_path
+
+    assert verify_path(root / "evidence", keys.load_public_key(root / "keys" / "device.pub", "device")).ok

@@ -254,3 +254,20 @@ def test_reminder_every_interval_while_recording(rig, mocker):
     rig.machine.tick()
     assert [c.args[0] for c in cue.call_args_list].count("reminder") == 2
     rig.machine.handle("stop")
+
+
+def test_clock_not_set_warns_until_the_dock_sets_it(tmp_path, mocker):
+    rig = Rig(tmp_path)
+    cue = mocker.spy(rig.signals, "cue")
+    try:
+        rig.machine.boot(clock_set=False)
+        assert "clock_not_set" in rig.signals.warnings and ("clock_not_set",) in [c.args for c in cue.call_args_list]
+        rig.machine.handle("clock_set", offset_us=1234)
+        assert "clock_not_set" not in rig.signals.warnings
+    finally:
+        rig.close()
+
+
+def test_unknown_event_is_a_programming_error(rig):
+    with pytest.raises(MachineError, match="unknown event"):
+        rig.machine.handle("teleport")
