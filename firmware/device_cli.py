@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
@@ -12,8 +11,6 @@ from pathlib import Path
 from firmware.config import ConfigError
 from firmware.demo import DemoError
 from firmware.machine import MachineError
-
-log = logging.getLogger(__name__)
 
 
 def _device(args: argparse.Namespace) -> int:
@@ -44,7 +41,7 @@ def _device(args: argparse.Namespace) -> int:
 
 
 def _console(device, stop: threading.Event) -> None:
-    from firmware.console import ConsoleError, Quit, SimConsole
+    from firmware.console import SimConsole
 
     console = SimConsole(device)
     print("type commands (help for the list, quit to stop)", file=sys.stderr)

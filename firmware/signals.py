@@ -14,13 +14,10 @@ recording and the audit log go on exactly as before. Any part may be absent (``N
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 from dataclasses import dataclass
 from typing import Iterable
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
