@@ -42,7 +42,7 @@ _ADAPT_EVERY = 32            # transmissions between frame-size decisions
 MIN_RTO, MAX_RTO = 0.1, 2.0
 MIN_PROBE = 0.01
 ACK_DELAY = 0.004            # an in-order frame is acknowledged within this long ...
-ACK_EVERY = 16               # ... or as soon as this many frames have arrived
+ACK_EVERY = 4               # ... or as soon as this many frames have arrived
 
 
 class LinkError(Exception):
