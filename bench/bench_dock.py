@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SEGMENTS, CHUNKS, FRAMES, FRAME_BYTES = 8, 4, 5, 100_000     # 8 segments of ~2 MB: 16 MB
-RUNS = 3
+RUNS = 5
 DEVICE_ID = "BENCH-DOCK"
 
 
@@ -169,13 +169,16 @@ def run() -> str:
         blob = work / "blob"
         blob.write_bytes(b"".join(f.read_bytes() for f in files))
         mb = size / 1e6
-        raw = statistics.median(_raw_once(blob, size) for _ in range(RUNS))
-        pulls = [_pull_once(device_root, dock_key, work, ()) for _ in range(RUNS)]
+        raws, pulls, zmodem = [], [], []
+        for _ in range(RUNS):   # interleaved, so a busy moment on the shared machine hits all three
+            raws.append(_raw_once(blob, size))
+            pulls.append(_pull_once(device_root, dock_key, work, ()))
+            zmodem.append(_zmodem_once(files, work))
+        raw = statistics.median(raws)
         fetch = statistics.median(p[0] for p in pulls)
         whole = statistics.median(p[1] for p in pulls)
         noisy = [_pull_once(device_root, dock_key, work, ("--ber", "1e-5", "--seed", str(i))) for i in range(RUNS)]
         noisy_fetch = statistics.median(p[0] for p in noisy)
-        zmodem = [_zmodem_once(files, work) for _ in range(RUNS)]
         zm = statistics.median(zmodem) if zmodem[0] is not None else None
         zm_noisy = _zmodem_once(files, work, ("--ber", "1e-5", "--seed", "1")) if zm is not None else None
 
