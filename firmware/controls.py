@@ -28,6 +28,7 @@ import time
 from typing import Callable
 
 from gpiozero import Button, DigitalInputDevice
+from gpiozero.exc import GPIODeviceClosed
 
 from firmware.config import ControlsConfig, PinConfig
 
@@ -69,7 +70,10 @@ class SettledInput:
             if generation != self._generation:
                 return  # a later edge came; its own timer decides
             since, self._first_edge = self._first_edge, None
-            level = bool(self.device.is_active)
+            try:
+                level = bool(self.device.is_active)
+            except GPIODeviceClosed:
+                return  # the device was shut down while this edge settled
             if level == self.active or since is None:
                 return
             self.active = level

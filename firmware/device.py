@@ -177,13 +177,13 @@ class Device:
         self._stop.set()
         if self._ticker.is_alive():
             self._ticker.join(timeout=2)
+        self.controls.close()  # first: no press may start a recording while we shut down
         self.machine.shutdown(reason)
         try:
             getattr(self.camera, "close", self.camera.stop)()  # a Pi camera is also released
         except Exception as exc:  # noqa: BLE001 - already a FAULT (audit-logged); shutdown goes on
             log.error("camera: %s", exc)
         finally:
-            self.controls.close()
             self.signals.close()
 
     def _tick_loop(self) -> None:
