@@ -253,3 +253,46 @@ def test_camera_failure_seals_the_recording_and_faults(provisioned):
     from secure_store.verify import verify_path
 
     assert verify_path(root / "evidence", keys.load_public_key(root / "keys" / "device.pub", "device")).ok
+
+
+def test_device_cli_reads_commands_from_stdin(provisioned, tmp_path):
+    import subprocess
+    import sys
+
+    root, _ = provisioned
+    config = tmp_path / "config.toml"
+    config.write_text('[video]\nresolution = "320x240"\nfps = 10\n[controls]\nstop_hold_s = 0.5\n')
+    run = subprocess.run(
+        [sys.executable, "-m", "firmware.cli", "device", "--sim", "--root", str(root), "--config", str(config)],
+        input="double record\nstatus\nhold record\nstatus\nfly away\nquit\n", capture_output=True, text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    statuses = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert [s["state"] for s in statuses] == ["recording", "buffering"]
+    assert "error: unknown command 'fly'" in run.stdout
+    events = [e.event for e in read_entries(root / "audit")]
+    assert events.count("record_start") == 1 and events.count("record_stop") == 1 and events[-1] == "shutdown"
+
+    config.write_text("[video]\npre_event_s = 200\n")
+    bad = subprocess.run([sys.executable, "-m", "firmware.cli", "device", "--sim", "--root", str(root),
+                          "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "bodycam: config: video.pre_event_s = 200 is not allowed (expected a number from 0 to 120)"
+
+
+def test_demo_runs_the_whole_journey(tmp_path):
+    from firmware.demo import MARKER_FILE, DemoError, run_demo
+
+    lines = []
+    summary = run_demo(tmp_path / "demo", resolution="320x240", fps=10, bitrate=300_000, say=lines.append)
+    assert summary.verified and not summary.problems
+    assert summary.pre_event_s >= 30 and summary.segments >= 2 and summary.markers == ["officer marker"]
+    assert summary.confirmed == summary.segments and len(summary.mp4s) == 1 and summary.mp4s[0].stat().st_size
+    assert (tmp_path / "demo" / "sim-keys" / MARKER_FILE).read_text().startswith("SIMULATION ONLY")
+    assert any("double-pressed record" in line for line in lines)
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("not a demo")
+    with pytest.raises(DemoError, match="not made by bodycam demo"):
+        run_demo(tmp_path / "precious")
+    assert (tmp_path / "precious" / "notes.txt").exists()
