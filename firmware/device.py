@@ -169,6 +169,8 @@ class Device:
         log.info("device %s booting firmware slot %s (%s)", self.device_id, slot.slot, slot.version)
         clock_set = (self.root.state / "clock.json").exists() and self.clock() > EARLIEST_PLAUSIBLE_UTC
         self.machine.boot(docked=self.controls.docked, clock_set=clock_set)
+        if self.offload is not None and self.config.pins.dock_detect is None:
+            self.offload.start()  # no dock-detect pin: serve the link whenever the port is there
         self.camera.start()
         self._ticker.start()
 
