@@ -85,6 +85,7 @@ class EvidenceStore:
             d.mkdir(parents=True, exist_ok=True)
         self.chain_head: ChainHead = load_head(self.root.state)
         self._used = self._scan_used()
+        self._digests: dict[tuple[str, int, int], str] = {}   # sealed files never change
 
     # --- recording ----------------------------------------------------------------------------
 
@@ -106,13 +107,21 @@ class EvidenceStore:
         for manifest in sorted(self.root.evidence.glob("seg-*" + MANIFEST_SUFFIX)):
             segment = manifest.with_suffix(SEGMENT_SUFFIX)
             if segment.exists():
-                items.append(_item(segment, segment.name, "segment"))
-            items.append(_item(manifest, manifest.name, "manifest"))
+                items.append(self._sealed_item(segment, "segment"))
+            items.append(self._sealed_item(manifest, "manifest"))
         if self.root.audit.is_dir():
             for path in sorted(self.root.audit.iterdir()):
                 if path.is_file() and not path.name.startswith("."):
-                    items.append(_item(path, f"audit/{path.name}", "audit"))
+                    items.append(_audit_item(path))
         return items
+
+    def _sealed_item(self, path: Path, kind: str) -> EvidenceItem:
+        """Hash a sealed file once: a dock lists often and a full card holds many GB."""
+        st = path.stat()
+        key = (path.name, st.st_size, st.st_mtime_ns)
+        if key not in self._digests:
+            self._digests[key] = _sha256_prefix(path, st.st_size)
+        return EvidenceItem(path.name, st.st_size, self._digests[key], kind)  # type: ignore[arg-type]
 
     def evidence_path(self, name: str) -> Path:
         """The path of an evidence item named as in ``list_evidence``; StoreError otherwise."""
@@ -210,14 +219,21 @@ class EvidenceStore:
         return total
 
 
-def _item(path: Path, name: str, kind: str) -> EvidenceItem:
+def _sha256_prefix(path: Path, size: int) -> str:
     h = hashlib.sha256()
-    size = 0
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
+        while size > 0 and (block := f.read(min(1 << 20, size))):
             h.update(block)
-            size += len(block)
-    return EvidenceItem(name, size, h.hexdigest(), kind)  # type: ignore[arg-type]
+            size -= len(block)
+    return h.hexdigest()
+
+
+def _audit_item(path: Path) -> EvidenceItem:
+    """An audit file up to its last complete line: the log may be appended to right now."""
+    with open(path, "rb") as f:
+        data = f.read()
+    size = data.rfind(b"\n") + 1
+    return EvidenceItem(f"audit/{path.name}", size, hashlib.sha256(data[:size]).hexdigest(), "audit")
 
 
 __all__ = ["EvidenceStore", "EvidenceItem", "StorageStatus", "StorageFull"]

@@ -203,6 +203,27 @@ def test_list_evidence_only_sealed_files(device, h) -> None:
             store.evidence_path(bad)
 
 
+def test_list_evidence_offers_audit_only_up_to_its_last_whole_line(device, h) -> None:
+    store = device()
+    h.record(store, segments=1)
+    (audit_item,) = [i for i in store.list_evidence() if i.kind == "audit"]
+    path = store.evidence_path(audit_item.name)
+    whole = path.read_bytes()
+    with open(path, "ab") as f:  # an append caught half-way, as a dock may see it
+        f.write(b'{"half an entry')
+    (listed,) = [i for i in store.list_evidence() if i.kind == "audit"]
+    assert (listed.size, listed.sha256) == (len(whole), hashlib.sha256(whole).hexdigest())
+
+
+def test_list_evidence_hashes_a_sealed_file_once(device, h, monkeypatch) -> None:
+    store = device()
+    h.record(store, segments=2)
+    first = store.list_evidence()
+    import secure_store.store as store_module
+    monkeypatch.setattr(store_module, "_sha256_prefix", lambda *a: pytest.fail("re-hashed a sealed file"))
+    assert store.list_evidence() == first
+
+
 def test_bad_input_is_refused_at_once_and_loses_nothing(device, keyset, h) -> None:
     from secure_store.errors import FormatError
     from buffer.frame import Frame
