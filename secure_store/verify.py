@@ -247,7 +247,7 @@ def verify_path(path: Path, device_key: TrustedKeys = None) -> VerifyReport:
         orphans: list[Path] = []
     elif path.is_dir():
         seg_files = sorted(p for p in path.rglob("*" + SEGMENT_SUFFIX) if not p.name.startswith("."))
-        orphans = sorted(m for m in path.rglob("*" + MANIFEST_SUFFIX)
+        orphans = sorted(m.with_suffix(SEGMENT_SUFFIX) for m in path.rglob("*" + MANIFEST_SUFFIX)
                          if not m.name.startswith(".") and not m.with_suffix(SEGMENT_SUFFIX).exists())
     else:
         raise VerifyError(f"{path}: no such file or directory")

@@ -103,6 +103,11 @@ def test_newest_segment_deleted(case) -> None:
     only(problems(case), SEG.format(4), None, "missing: the audit log records this segment as sealed and never released")
 
 
+def test_segment_file_deleted_but_manifest_kept(case) -> None:
+    (case / "evidence" / SEG.format(3)).unlink()
+    assert (SEG.format(3), None, "segment file missing for a signed manifest") in problems(case)
+
+
 def test_two_segments_swapped(case) -> None:
     ev = case / "evidence"
     for pattern in (SEG, MAN):
