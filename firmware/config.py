@@ -9,7 +9,7 @@ unknown key is refused too, so a typo never silently falls back to a default::
     resolution = "1280x720"
     fps = 30
     bitrate = 10000000        # bits per second
-    segment_s = 60
+    segment_s = 10
 
     [pins]                    # BCM GPIO numbers, or false when not fitted
     record_button = 17
@@ -44,7 +44,7 @@ class VideoConfig:
     resolution: str = "1280x720"
     fps: int = 30
     bitrate: int = 10_000_000
-    segment_s: float = 60.0
+    segment_s: float = 10.0
 
     @property
     def size(self) -> tuple[int, int]:
