@@ -166,14 +166,18 @@ class SimCamera:
         y = np.arange(h, dtype=np.float32)[:, None]
         phase = 2 * np.pi * x / w
         rows = 2 * np.pi * y / h
-        b = 128 + 90 * np.sin(phase + rows)
-        g = 128 + 90 * np.sin(2 * phase - rows + 1.0)
-        r = 128 + 90 * np.cos(phase + 2 * rows)
-        image = np.stack([b, g, r], axis=2)
-        noise = np.random.default_rng(20261124).integers(-12, 13, size=(h, w, 1), dtype=np.int16)
-        image[:, :w] += noise
-        image[:, w:] += noise  # keep the pattern exactly periodic
-        return np.clip(image, 0, 255).astype(np.uint8)
+        noise = np.random.default_rng(20261124).integers(-12, 13, size=(h, w), dtype=np.int16)
+        noise = np.concatenate([noise, noise], axis=1)  # keep the pattern exactly periodic
+        image = np.empty((h, 2 * w, 3), np.uint8)
+        # One float channel at a time: at 1080p a float32 BGR stack would be a ~150 MB spike.
+        for c, wave in enumerate((lambda: np.sin(phase + rows),
+                                  lambda: np.sin(2 * phase - rows + 1.0),
+                                  lambda: np.cos(phase + 2 * rows))):
+            channel = 128 + 90 * wave()
+            channel += noise
+            np.clip(channel, 0, 255, out=channel)
+            image[:, :, c] = channel
+        return image
 
     @staticmethod
     def _to_planes(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
