@@ -365,7 +365,8 @@ class Link:
         except ArqError as exc:
             self._fail(LinkError(str(exc)))
         if self._close_due and self.sender.idle:
-            out.append(encode_frame(FrameType.CLOSE, self.sender.next_seq, b"", key))
+            # CLOSE is not acknowledged: three copies, so one bad byte does not leave the peer waiting
+            out += [encode_frame(FrameType.CLOSE, self.sender.next_seq, b"", key)] * 3
             self._close_due = False
         return out
 
