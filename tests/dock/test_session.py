@@ -160,3 +160,18 @@ def test_device_whose_key_changed_is_refused(device, keyset, tmp_path):
             pull(cable.b_path, out, keyset.dock)
         served.join()
     assert len(device.evidence()) == 2
+
+
+def test_dock_that_goes_silent_is_timed_out_and_nothing_released(device, keyset):
+    device.record(segments=1)
+    before = device.evidence()
+    with LinkedPtys() as cable:
+        served = device.serve(cable.a_path, idle_timeout=1.0)
+        client = DockClient.connect(cable.b_path, keyset.dock)
+        client.list_evidence()
+        client.link._stop.set()          # the dock hangs: no CLOSE, no ACKs, the cable stays in
+        served.join(timeout=10)
+        client.close()
+    assert served.error is None and "silent" in served.result.ended
+    assert device.evidence() == before
+    assert [e.details.get("ended") for e in device.events() if e.event == "offload_end"] == [served.result.ended]
