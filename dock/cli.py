@@ -58,7 +58,7 @@ def _report(summary: PullSummary) -> None:
           f"{len(summary.skipped)} already here; {len(summary.verified)} segments verified, "
           f"{len(summary.confirmed)} confirmed and released on the device"
           + (f"; clock offset {summary.clock_offset_us / 1000:+.1f} ms" if summary.clock_offset_us is not None else "")
-          + (f"; line noise: {summary.damaged_frames} damaged frames resent by the device"
+          + (f"; line noise: {summary.damaged_frames} frames failed their CRC and came again"
              if summary.damaged_frames else ""))
     for problem in summary.problems:
         print(f"  problem: {problem}")

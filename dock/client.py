@@ -395,7 +395,7 @@ def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *,
             raise PullError(f"link to {session.device_id} lost: {exc}; rerun to resume") from None
         finally:
             summary.retransmits = client.link.stats["retransmits"]
-            summary.damaged_frames = client.link.decoder.bad_headers + client.link.decoder.bad_payloads
+            summary.damaged_frames = client.link.decoder.bad_payloads  # (bad headers include false magics)
             summary.seconds = time.monotonic() - started
     return summary
 
