@@ -87,7 +87,6 @@ class Link:
         self._last_sent = 0.0
         self._error: LinkError | None = None
         self._peer_closed = False
-        self._empty_reads = 0
         self._replies: dict[tuple[int, bytes], bytes] = {}
         self._stop = threading.Event()
         self._threads = [
@@ -239,24 +238,6 @@ class Link:
                 log.info("dock link failed: %s", error)
             self._wake_all()
 
-    def _read_chunk(self) -> bytes:
-        fd = self._fd()
-        if fd is None:
-            return self.port.read(max(1, self.port.in_waiting))
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if not ready:
-            return b""
-        data = os.read(fd, 65536)
-        if data:
-            self._empty_reads = 0
-            return data
-        # ready but empty: a hang-up, or (rarely) another reader of the same tty was faster
-        self._empty_reads += 1
-        if self._empty_reads >= 3:
-            raise LinkClosed("the port hung up (cable pulled?)")
-        time.sleep(0.01)
-        return b""
-
     def _write(self, data: bytes) -> None:
         """Write everything; straight to the descriptor when there is one (pyserial's write
         copies the rest of the buffer after every partial write)."""
@@ -283,21 +264,41 @@ class Link:
             return None
 
     def _read_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self._read_chunk()
-            except LinkError as exc:
-                self._fail(exc)
+        """Read, decode, dispatch. Kept lean: on a pty each wake-up brings only a few KiB."""
+        try:
+            fd = self._fd()
+            if fd is None:  # a URL transport without a descriptor
+                while not self._stop.is_set():
+                    self._received(self.port.read(max(1, self.port.in_waiting)))
                 return
-            except (OSError, serial.SerialException, ValueError, TypeError) as exc:
-                if not self._stop.is_set():
-                    self._fail(LinkClosed(f"the port failed: {exc}"))
-                return
-            if data:
-                self.stats["bytes_in"] += len(data)
-                frames = self.decoder.feed(data)
-                if frames:
-                    self._on_frames(frames)
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            empty = 0
+            while not self._stop.is_set():
+                if not poller.poll(100):
+                    continue
+                data = os.read(fd, 65536)
+                if data:
+                    empty = 0
+                    self._received(data)
+                    continue
+                # ready but empty: a hang-up, or (rarely) another reader of the same tty was faster
+                empty += 1
+                if empty >= 3:
+                    raise LinkClosed("the port hung up (cable pulled?)")
+                time.sleep(0.01)
+        except LinkError as exc:
+            self._fail(exc)
+        except (OSError, serial.SerialException, ValueError, TypeError) as exc:
+            if not self._stop.is_set():
+                self._fail(LinkClosed(f"the port failed: {exc}"))
+
+    def _received(self, data: bytes) -> None:
+        if data:
+            self.stats["bytes_in"] += len(data)
+            frames = self.decoder.feed(data)
+            if frames:
+                self._on_frames(frames)
 
     def _on_frames(self, frames: list[LinkFrame]) -> None:
         """Handle one read's worth of frames under one lock, waking only who has work."""
