@@ -17,8 +17,9 @@ storage level). They are handled one at a time under one lock, so the order in w
 the officer did things is the order in which they happen.
 
 Activation hands the pre-event buffer to a new ``Segmenter`` writing to a sealer at once
-(``open_output``): the held GOPs are sealed and fsync'd immediately, then live frames
-follow without a gap. Stopping closes the buffer's output and the segmenter, which seals
+(``open_output``) through a ``BackgroundOutput``: the held GOPs are queued at once and
+sealed and fsync'd on the sealer's own thread (activation waits for that, the encoder
+thread never does), then live frames follow without a gap. Stopping closes the buffer's output and the segmenter, which seals
 the last segment. Nothing here ever deletes evidence: a full store stops the recording
 (the sealer seals what it has) and refuses the next one.
 """
@@ -33,6 +34,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from recorder.background import BackgroundOutput
 from recorder.segmenter import Segmenter
 from secure_store.audit import Event
 from secure_store.errors import StorageFull, StoreError
@@ -62,34 +64,11 @@ class DockLink(Protocol):
     def stop(self) -> None: ...
 
 
-class _RecordingOutput:
-    """Sits between the buffer and the segmenter so a sink failure never kills the encoder thread.
-
-    The first failure (storage full, a broken disk) is reported to the machine on a
-    thread of its own — the encoder thread holds the buffer's lock, and stopping needs it.
-    """
-
-    def __init__(self, segmenter: Segmenter, on_failure: Callable[[BaseException], None]):
-        self.segmenter = segmenter
-        self.failure: BaseException | None = None
-        self._on_failure = on_failure
-
-    def outputframe(self, frame: bytes, keyframe: bool = True, timestamp: int | None = None,
-                    packet: object = None, audio: bool = False) -> None:
-        if self.failure is not None:
-            return
-        try:
-            self.segmenter.outputframe(frame, keyframe, timestamp)
-        except Exception as exc:  # noqa: BLE001 - reported, then the recording is stopped
-            self.failure = exc
-            threading.Thread(target=self._on_failure, args=(exc,), name="sink-failed", daemon=True).start()
-
-
 @dataclass
 class Recording:
     recording_id: str
     segmenter: Segmenter
-    output: _RecordingOutput
+    output: BackgroundOutput
     trigger: str
     pre_event_s: float
     started_monotonic: float
@@ -192,13 +171,15 @@ class DeviceMachine:
             return
         recording_id = self._new_recording_id()
         segmenter = Segmenter(sealer, recording_id, self._segment_s)
-        output = _RecordingOutput(segmenter, self._report_sink_failure)
+        # The sealer runs on a thread of its own: the encoder thread never waits for the disk.
+        output = BackgroundOutput(segmenter, on_failure=self._report_sink_failure, name=f"seal-{recording_id}")
         self.signals.show("recording")  # the officer sees red first: everything else can take a moment
         self.signals.cue("start")
         pre_event_s = round(self.buffer.held_seconds, 3)
         now = self._clock()
         self.recording = Recording(recording_id, segmenter, output, trigger, pre_event_s, now, now)
-        self.buffer.open_output(output)  # held GOPs sealed and fsync'd now; live frames follow
+        self.buffer.open_output(output)  # held GOPs queued at once; live frames follow
+        output.wait()  # ... and sealed and fsync'd before we go on (the LED is already red)
         self._enter(State.RECORDING, Event.RECORD_START, recording_id=recording_id, trigger=trigger,
                     pre_event_s=pre_event_s, docked=self.docked)
 
@@ -212,7 +193,8 @@ class DeviceMachine:
         self.buffer.close_output()
         sealed = True
         try:
-            rec.segmenter.close()
+            rec.output.close()  # every frame handed over is written ...
+            rec.segmenter.close()  # ... before the last segment is sealed
         except (StoreError, OSError) as exc:
             sealed = False
             log.error("closing recording %s: %s", rec.recording_id, exc)
@@ -229,7 +211,8 @@ class DeviceMachine:
         if self.recording is None:
             log.info("marker ignored: not recording")
             return
-        self.recording.segmenter.add_marker(label)
+        segmenter = self.recording.segmenter
+        self.recording.output.call(lambda: segmenter.add_marker(label))  # after the frames seen so far
         self.recording.markers.append(label)
         self.audit.append(Event.MARKER, recording_id=self.recording.recording_id, label=label)
         self.signals.cue("marker")
