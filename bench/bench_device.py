@@ -185,11 +185,11 @@ def run() -> str:
         "were on disk, fsync'd chunk by chunk — all but the GOP in flight, which follows at the next keyframe. "
         "LED latency includes the 30 ms settle that rejects contact bounce (MockFactory pins, so no GPIO "
         f"driver latency). RSS: the 30 s buffer held {rss['held_mb']:.0f} MB of H.264 at its peak; the firmware "
-        f"imported is {rss['imports_mb']:.0f} MB before any work; numpy, OpenCV and PyAV add ≈ 55 MB, the sim "
-        "camera's frames and libx264 at 1080p ≈ 50 MB (a Pi 4's hardware encoder needs neither). The sim "
-        f"camera's one-off start-up peak ({rss['startup_hwm_mb']:.0f} MB, rendering its background in float32) "
-        "is excluded, but glibc keeps part of that heap: between runs the figure varies from ≈ 180 to ≈ 210 MB "
-        "with where those pages land. Sim camera on a fast clock; "
+        f"imported is {rss['imports_mb']:.0f} MB before any work (numpy ≈ 15, OpenCV ≈ 30, PyAV ≈ 20 of it); "
+        "libx264 at 1080p ultrafast/zerolatency holds ≈ 63 MB whatever its thread count (measured alone; a Pi 4's "
+        "hardware encoder has no such cost, a Pi 5 does); the sim camera's frames and the capture/sealer threads "
+        f"the rest. The device's start-up peak ({rss['startup_hwm_mb']:.0f} MB, the sim camera rendering its "
+        "background) is excluded by resetting VmHWM after a malloc_trim. Sim camera on a fast clock; "
         "2 CPUs shared with other jobs, so times are a ceiling."
     )
     return "\n".join(table) + notes
