@@ -19,7 +19,9 @@ Frames arriving after ``close_output()`` are held again from the next keyframe.
 Threading follows ``CircularOutput2``: one lock around ``outputframe`` (the encoder thread's
 only call), taken by the control thread's ``open_output`` / ``close_output``. ``open_output`` hands over
 the held frames while holding it, so the encoder thread waits for the sink to take them
-(that wait is what makes the handoff gapless).
+(that wait is what makes the handoff gapless). The firmware therefore opens a
+``recorder.background.BackgroundOutput``, which takes them into a queue at once and seals
+them on its own thread: the encoder never waits for a disk.
 
 Documented handling of bad input (the frame is refused and the buffer is left untouched):
 
