@@ -96,6 +96,7 @@ class Device:
             agency_public_key=agency_public_key, audit=self.audit, clock=self.clock,
             quota_bytes=storage.quota_mb * MIB if storage.quota_mb else None,
             reserve_bytes=storage.reserve_mb * MIB,
+            sensor_clock=lambda: self.tap.newest_us,  # UTC of pre-event frames is their own, not the press's
         )
         video = config.video
         held_bytes = int(video.pre_event_s * video.bitrate / 8 * 1.5) + 8 * MIB

@@ -153,7 +153,7 @@ class SegmentSealer:
             meta = ChunkMeta(False, len(frames), frames[0].timestamp_us, frames[-1].timestamp_us)
             try:
                 if self._header is None:
-                    self._write_header(self._store.clock_us() - frames[-1].timestamp_us)
+                    self._write_header(self._store.utc_offset_us(frames[-1].timestamp_us))
                 self._append(meta, plaintext)
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):

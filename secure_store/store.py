@@ -65,6 +65,7 @@ class EvidenceStore:
         audit: Any,
         clock: Callable[[], float] = time.time,
         clock_source: str | Callable[[], str] | None = None,
+        sensor_clock: Callable[[], int | None] | None = None,
         quota_bytes: int | None = None,
         reserve_bytes: int = DEFAULT_RESERVE,
     ) -> None:
@@ -79,6 +80,7 @@ class EvidenceStore:
         self.audit = audit
         self._clock = clock
         self._clock_source = clock_source
+        self._sensor_clock = sensor_clock
         self.quota_bytes = quota_bytes
         self.reserve_bytes = reserve_bytes
         for d in (self.root.evidence, self.root.state):
@@ -203,6 +205,16 @@ class EvidenceStore:
 
     def clock_us(self) -> int:
         return int(round(self._clock() * 1_000_000))
+
+    def utc_offset_us(self, written_ts_us: int) -> int:
+        """UTC minus sensor time, now: what turns a frame timestamp into a wall-clock time.
+
+        ``sensor_clock`` reads the sensor clock now (the device passes its newest frame's
+        timestamp). Without it, the frames being written are taken to be new, which is
+        wrong by the pre-event's age for a segment sealed from the buffer: give it.
+        """
+        sensor_now = self._sensor_clock() if self._sensor_clock is not None else None
+        return self.clock_us() - (written_ts_us if sensor_now is None else max(sensor_now, written_ts_us))
 
     def clock_source(self) -> str:
         """What set the clock: ``clock_source`` if given, else the clock's ``source`` attribute, else "system"."""

@@ -58,6 +58,19 @@ def test_round_trip_frames_manifest_and_chain(device, keyset, h) -> None:
     assert [d["manifest_sha256"] for d in sealed] == [m1.digest.hex(), m2.digest.hex()]
 
 
+def test_pre_event_segment_gets_its_own_wall_clock_time_not_the_press_time(device, h) -> None:
+    """Frames sealed 30 s after they were seen keep the UTC at which they were seen."""
+    now_s = 1_764_000_000.0
+    sensor_now_us = 30_000_000 + 4 * h.FRAME_US  # the sensor clock at the press: 30 s after frame 0
+    store = device(sensor_clock=lambda: sensor_now_us, clock=lambda: now_s)
+    h.record(store, segments=1, chunks=1)  # frames 0..4: the oldest of the pre-event
+    (seg,) = store.root.evidence.glob("*.seg")
+    m = read_manifest(seg.with_suffix(".manifest"))
+    assert m.first_ts_us == 0
+    assert m.first_utc_us == int(now_s * 1_000_000) - sensor_now_us  # seen 30 s before the press
+    assert m.utc_offset_us == int(now_s * 1_000_000) - sensor_now_us
+
+
 def test_no_footage_in_clear_on_disk(device, h) -> None:
     store = device()
     sealer = store.open_sealer()
