@@ -68,9 +68,12 @@ class OffsetClock:
         self.state_file = Path(state_file)
         self.base = base
         self.offset_us = 0
+        self.source = "system"  # what last set this clock; manifests name it (EvidenceStore.clock_source)
         try:
-            self.offset_us = int(json.loads(self.state_file.read_bytes())["offset_us"])
-        except (OSError, ValueError, KeyError, TypeError):
+            record = json.loads(self.state_file.read_bytes())
+            self.offset_us = int(record["offset_us"])
+            self.source = str(record.get("source", "system"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
 
     def __call__(self) -> float:
@@ -82,7 +85,7 @@ class OffsetClock:
         record = {"offset_us": new, "source": source, "reference_utc": reference_utc}
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.state_file, json.dumps(record, sort_keys=True).encode() + b"\n")
-        self.offset_us = new
+        self.offset_us, self.source = new, source
         return old, new
 
 

@@ -133,6 +133,7 @@ def test_time_sync_is_audit_logged_and_kept(device, keyset):
     from secure_store.verify import read_manifest
     manifest = read_manifest(device.store.evidence_path("seg-0000000001.manifest"))
     assert abs(manifest.first_utc_us / 1e6 - (device.clock.base() + 3600)) < 60
+    assert manifest.clock_source == f"dock:{keys.fingerprint(keyset.dock.public_key())[:16]}"
 
 
 def test_added_command_and_unknown_command(device, keyset):
