@@ -89,6 +89,7 @@ class Link:
         self._peer_closed = False
         self._replies: dict[tuple[int, bytes], bytes] = {}
         self._stop = threading.Event()
+        self._wake_reader, self._wake_reader_w = os.pipe()   # close() wakes the reader's poll at once
         self._threads = [
             threading.Thread(target=self._read_loop, name="dock-link-reader", daemon=True),
             threading.Thread(target=self._write_loop, name="dock-link-writer", daemon=True),
@@ -199,10 +200,13 @@ class Link:
         except LinkError:
             pass
         self._stop.set()
+        os.write(self._wake_reader_w, b"x")
         with self._lock:
             self._wake_all()
         for thread in self._threads:
             thread.join(timeout=2.0)
+        for fd in (self._wake_reader, self._wake_reader_w):
+            os.close(fd)
         try:
             self.port.close()
         except Exception:  # noqa: BLE001 - a vanished port may fail to close; nothing to lose
@@ -273,9 +277,10 @@ class Link:
                 return
             poller = select.poll()
             poller.register(fd, select.POLLIN)
+            poller.register(self._wake_reader, select.POLLIN)
             empty = 0
             while not self._stop.is_set():
-                if not poller.poll(100):
+                if not poller.poll(100) or self._stop.is_set():
                     continue
                 data = os.read(fd, 65536)
                 if data:
