@@ -11,6 +11,8 @@ ciphertext). Each figure is the median of a few runs on a fresh copy of the devi
 - bodycam fetch: the transfer phase of ``dock.client.pull`` (framing, CRC, HMAC tags,
   windowed ACKs, durable writes with a running SHA-256); "pull" adds handshake, listing
   (the device hashes every file), verification of every segment, confirmation and release.
+  The clock starts once the device end is listening (a docked camera's daemon already is),
+  so the device process's Python start-up is not counted against the pull.
 """
 
 from __future__ import annotations
@@ -86,6 +88,15 @@ def _serve(root: str, port: str) -> None:
     clock = OffsetClock(r.state / "clock.json")
     store = EvidenceStore(r, device_id=DEVICE_ID, signing_key=device, reserve_bytes=0, clock=clock,
                           agency_public_key=keys.load_public_key(r.agency_pub, "agency"), audit=audit)
+    import firmware.offload
+    real_open_port = firmware.offload.open_port
+
+    def open_and_announce(url: str, *args: object, **kwargs: object) -> object:
+        opened = real_open_port(url, *args, **kwargs)
+        print("listening", flush=True)   # the dock starts (and its clock runs) only from here
+        return opened
+
+    firmware.offload.open_port = open_and_announce
     OffloadServer(port, store, audit, device, DEVICE_ID, load_enrolled_docks(r.docks), None, clock).serve_session(30)
 
 
@@ -97,7 +108,11 @@ def _pull_once(device_root: Path, dock_key, work: Path, cable_args: tuple[str, .
     shutil.copytree(device_root, copy)
     with _Cable(*cable_args) as cable:
         server = subprocess.Popen([sys.executable, "-m", "bench.bench_dock", "serve", str(copy), cable.device_end],
-                                  cwd=ROOT)
+                                  cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        # a docked camera's daemon is already listening: its start-up is not the pull's time
+        # (and a HELLO sent before its port is open is flushed, costing a 0.5 s resend)
+        if server.stdout.readline().strip() != "listening":
+            raise RuntimeError("device server did not start")
         started = time.perf_counter()
         summary = pull(cable.dock_end, work / "out", dock_key)
         total = time.perf_counter() - started
