@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Protocol
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from dock.link import Link, LinkError, LinkTimeout, open_port
-from dock.protocol import Kind, ProtocolError, decode_message, encode_message
+from dock.protocol import Kind, ProtocolError, chunk_header_size, decode_message, encode_message
 from dock.session import AuthError, Session, device_handshake
 from firmware import __version__
 from secure_store.audit import Event
@@ -303,7 +303,9 @@ class OffloadServer:
             raise CommandError("fetch needs integer offset >= 0 and length >= 0", "bad_range")
         size = self._listed[name].size
         end = min(offset + length, size)   # the listed size: a growing audit log still hashes as listed
-        step = FETCH_CHUNK  # the link cuts each chunk message into frames sized for the line
+        # one CHUNK message per full-size frame: a 64 KiB blob plus its header would take a
+        # second, tiny frame (its own tag, CRC, ACK and wake-up) for every 64 KiB
+        step = max(1024, min(FETCH_CHUNK, request.session.max_payload - chunk_header_size(end, request.request_id)))
         sent = 0
         with open(self.store.evidence_path(name), "rb") as f:
             f.seek(offset)
