@@ -19,7 +19,8 @@ MIN_FRAME = 128
 # Per-frame cost in byte-equivalents for choosing the frame size: wire overhead plus the
 # CPU a frame costs at both ends (roughly 500 bytes' worth at pty speeds).
 COST_BYTES = FRAME_OVERHEAD + 512
-ADAPT_EVERY = 32             # known outcomes between frame-size decisions
+ADAPT_EVERY = 32             # known outcomes between frame-size decisions ...
+GROW_EVERY = 8               # ... or this many while the line has never lost a frame
 MIN_RTO, MAX_RTO = 0.1, 2.0
 MIN_PROBE = 0.01
 ACK_DELAY = 0.004            # an in-order frame is acknowledged within this long ...
@@ -31,10 +32,11 @@ class ArqError(Exception):
 
 
 class _Unacked:
-    __slots__ = ("frame", "sent_at", "tx_order", "sends", "lost")
+    __slots__ = ("frame", "sent_at", "tx_order", "sends", "lost", "epoch")
 
-    def __init__(self, frame: bytes, now: float, tx_order: int) -> None:
+    def __init__(self, frame: bytes, now: float, tx_order: int, epoch: int) -> None:
         self.frame, self.sent_at, self.tx_order, self.sends, self.lost = frame, now, tx_order, 1, False
+        self.epoch = epoch   # which frame-size decision cut it
 
 
 class Sender:
@@ -54,6 +56,8 @@ class Sender:
         self._next_seq = 0
         self._tx_counter = 0
         self._sent_count = self._lost_count = 0
+        self._epoch = 0    # bumped at every frame-size decision
+        self._clean = True  # no frame lost yet this session: grow faster
 
     @property
     def idle(self) -> bool:
@@ -72,15 +76,18 @@ class Sender:
             entry = self._unacked.pop(seq)
             if newest is None or entry.tx_order > newest.tx_order:
                 newest = entry
-            self._sent_count += entry.sends      # known outcomes: sends - 1 of them were lost
-            self._lost_count += entry.sends - 1
+            if entry.sends > 1:
+                self._clean = False
+            if entry.epoch == self._epoch:       # judge the size by frames cut at that size only
+                self._sent_count += entry.sends  # known outcomes: sends - 1 of them were lost
+                self._lost_count += entry.sends - 1
         if newest is not None:
             if newest.sends == 1:  # Karn: a retransmitted frame's round trip is ambiguous
                 self._sample_rtt(now - newest.sent_at)
             for entry in self._unacked.values():  # the line is FIFO: anything sent before it is lost
                 if entry.tx_order < newest.tx_order:
                     entry.lost = True
-        if self._sent_count >= ADAPT_EVERY:
+        if self._sent_count >= (GROW_EVERY if self._clean else ADAPT_EVERY):
             self._adapt()
         self.peer_window_end = max(self.peer_window_end, window_end)
 
@@ -110,6 +117,7 @@ class Sender:
         self.frame_size = max(MIN_FRAME, min(self.max_frame, size))
         self.stats["frame_size"] = self.frame_size
         self._sent_count = self._lost_count = 0
+        self._epoch += 1
 
     def frames(self, now: float, key: bytes, budget: int) -> list[bytes]:
         """Resends first, then new frames, up to about ``budget`` bytes."""
@@ -144,7 +152,7 @@ class Sender:
             self._current = rest if len(rest) else None
             self._tx_counter += 1
             entry = _Unacked(encode_frame(FrameType.DATA, self._next_seq, bytes(piece), key, more=bool(len(rest))),
-                             now, self._tx_counter)
+                             now, self._tx_counter, self._epoch)
             self._unacked[self._next_seq] = entry
             self._next_seq += 1
             self.stats["frames_sent"] += 1
