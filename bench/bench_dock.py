@@ -220,7 +220,10 @@ def run() -> str:
     ]
     notes = (f"\n{mb:.1f} MB of sealed segments ({SEGMENTS} files), median of {RUNS} runs; cable, device and dock "
              f"in three processes on {os.cpu_count()} shared cores, so the pty relay is CPU-bound: these are "
-             "relative figures for this machine, not a USB link's speed."
+             "relative figures for this machine, not a USB link's speed. Same files, same cable, same process "
+             "layout for all three; ZMODEM's time includes its own session start and `rz` does not fsync, "
+             "bodycam fetch leaves out handshake and listing but fsyncs every file; pull is timed from the "
+             "device listening (its daemon's start-up is not the pull's)."
              + (f" Medians: bodycam fetch / raw = {raw / fetch:.0%}"
                 + (f"; bodycam fetch / ZMODEM = {zm / fetch:.2f}×" if zm else "")
                 + f". Best runs (a quiet moment): fetch / raw = {min(raws) / min(p[0] for p in pulls):.0%}."
