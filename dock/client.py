@@ -220,10 +220,8 @@ class PullSummary:
 
 
 def _sha256_file(path: Path, digest: bool = False) -> Any:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
+        h = hashlib.file_digest(f, "sha256")
     return h if digest else h.hexdigest()
 
 

@@ -177,10 +177,8 @@ def flash(port: str, dock_key: ed25519.Ed25519PrivateKey, image_path: str | Path
     image_path = Path(image_path)
     try:
         size = image_path.stat().st_size
-        digest = hashlib.sha256()
         with open(image_path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+            digest = hashlib.file_digest(f, "sha256")
     except OSError as exc:
         raise FlashError(f"cannot read image {image_path}: {exc.strerror}") from None
     try:

@@ -294,10 +294,8 @@ def collect_source(source_dir: str | Path) -> list[tuple[Path, FileEntry]]:
                 raise ImageError(f"source has a special file {rel!r}")
             check_path(rel)
             mode = 0o755 if st.st_mode & 0o111 else 0o644
-            digest = hashlib.sha256()
             with open(full, "rb") as f:
-                for block in iter(lambda: f.read(_READ), b""):
-                    digest.update(block)
+                digest = hashlib.file_digest(f, "sha256")
             found.append((full, FileEntry(rel, st.st_size, digest.hexdigest(), mode)))
     found.sort(key=lambda item: item[1].path)
     return found

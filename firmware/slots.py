@@ -171,10 +171,8 @@ def verify_slot(root: DeviceRoot, slot: str, state: dict) -> None:
             st = os.lstat(full)
             if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o777 != entry.mode:
                 raise UpdateError(f"slot {slot}: {path} is not a regular file of mode {entry.mode:o}")
-            digest = hashlib.sha256()
             with open(full, "rb") as f:
-                for block in iter(lambda: f.read(1 << 16), b""):
-                    digest.update(block)
+                digest = hashlib.file_digest(f, "sha256")
         except OSError as exc:
             raise UpdateError(f"slot {slot}: cannot read {path}: {exc.strerror}") from None
         if digest.hexdigest() != entry.sha256:
