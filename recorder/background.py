@@ -70,9 +70,13 @@ class BackgroundOutput:
         with self._cond:
             if self._closing:
                 raise RuntimeError("BackgroundOutput is closed")
-            while self._queued_bytes and self._queued_bytes + len(frame) > self._max_bytes and self.failure is None:
+            def full() -> bool:
+                return bool(self._queued_bytes) and self._queued_bytes + len(frame) > self._max_bytes \
+                    and self.failure is None
+
+            if full():
                 log.warning("sink %d bytes behind: the encoder waits for the disk", self._queued_bytes)
-                self._cond.wait()
+                self._cond.wait_for(lambda: not full())
             self._put(Frame(frame, keyframe, timestamp), len(frame))
 
     def call(self, fn: Callable[[], object]) -> None:
