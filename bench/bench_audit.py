@@ -13,7 +13,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from secure_store.audit import SIGNATURE_CONTEXT, AuditLog, Event, canonical_json, read_entries, verify_audit
+from secure_store.audit import SIGNATURE_CONTEXT, AuditLog, Event, canonical_json, read_entries
+from secure_store.audit_verify import verify_audit
 
 ROOT = Path(__file__).resolve().parent.parent
 APPENDS = 400

@@ -15,7 +15,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from dock.export import Mp4Remuxer, export_evidence
+from export.exporter import export_evidence
+from export.mp4 import Mp4Remuxer
 from hw_sim.camera import SimCamera
 from recorder.chunk import decode_chunk
 from recorder.encoders import PyAVEncoder

@@ -19,9 +19,9 @@ def _timed(fn):
 
 
 def run() -> str:
-    from firmware import image as fwimage
+    from firmware.update import image as fwimage
     from firmware import update
-    from firmware.flash import attach_firmware_commands, flash
+    from firmware.update.flash import attach_firmware_commands, flash
     from firmware.offload import OffloadServer, load_enrolled_docks
     from firmware.provision import open_audit, provision
     from hw_sim.link import LinkedPtys

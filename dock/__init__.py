@@ -1,1 +1,1 @@
-"""The dock-station side: pull, verify and export evidence."""
+"""The dock station: pulls sealed footage from docked cameras over the link, verifies, confirms."""

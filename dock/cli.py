@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from dock.client import PullError, PullSummary
-from dock.link import LinkError
+from link.transport import LinkError
 from secure_store.keys import KeyFileError
 
 

@@ -25,9 +25,9 @@ from typing import Any, Callable, Iterable
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from dock.link import Link, LinkError, open_port
-from dock.protocol import Kind, Message, ProtocolError, decode_message, encode_message
-from dock.session import Session, dock_handshake
+from link.transport import Link, LinkError, open_port
+from link.protocol import Kind, Message, ProtocolError, decode_message, encode_message
+from link.session import Session, dock_handshake
 from secure_store.durable import fsync_dir, write_atomic
 from secure_store.errors import FormatError
 

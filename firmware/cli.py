@@ -19,10 +19,10 @@ from firmware import __version__
 # Sub-command modules; import cost matters, so each keeps heavy imports inside handlers.
 COMMAND_MODULES = (
     "secure_store.cli",   # keys, verify
-    "dock.export_cli",    # export
+    "export.cli",    # export
     "dock.cli",           # dock pull / watch
     "firmware.device_cli",  # device, demo
-    "firmware.update_cli",  # provision, firmware build / inspect / install / flash
+    "firmware.update.cli",  # provision, firmware build / inspect / install / flash
 )
 
 

@@ -107,7 +107,7 @@ def run_demo(
 ) -> DemoSummary:
     """Run the demo into ``out``; ``say`` receives one line per step (the CLI prints them)."""
     from dock.client import pull
-    from dock.export import export_evidence
+    from export.exporter import export_evidence
     from firmware.device import Device
     from firmware.provision import provision
     from hw_sim.link import LinkedPtys

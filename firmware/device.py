@@ -131,7 +131,7 @@ class Device:
         )
         self.machine.listeners.append(self._on_transition)
         if self.offload is not None:  # firmware over the dock link, bracketed by UPDATING
-            from firmware.flash import attach_firmware_commands
+            from firmware.update.flash import attach_firmware_commands
 
             attach_firmware_commands(self.offload, self.root, recording=lambda: self.machine.recording is not None,
                                      begin_update=self.machine.begin_update, end_update=self.machine.end_update)

@@ -109,11 +109,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _errors() -> tuple[type[BaseException], ...]:
     from dock.client import PullError
-    from dock.export import ExportError
+    from export.errors import ExportError
     from firmware.console import ConsoleError
     from firmware.device import DeviceError
     from firmware.provision import ProvisionError
-    from firmware.slots import UpdateError
+    from firmware.update.slots import UpdateError
     from secure_store.errors import StoreError
     from secure_store.keys import KeyFileError
 

@@ -26,9 +26,9 @@ from typing import Any, Callable, Iterable, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from dock.link import Link, LinkError, LinkTimeout, open_port
-from dock.protocol import Kind, ProtocolError, chunk_header_size, decode_message, encode_message
-from dock.session import AuthError, Session, device_handshake
+from link.transport import Link, LinkError, LinkTimeout, open_port
+from link.protocol import Kind, ProtocolError, chunk_header_size, decode_message, encode_message
+from link.session import AuthError, Session, device_handshake
 from firmware import __version__
 from secure_store.audit import Event
 from secure_store.durable import write_atomic

@@ -10,8 +10,8 @@ import serial
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from dock.client import DeviceError, DockClient, PullError
-from dock.link import LinkError
-from dock.protocol import FrameDecoder, FrameType, Kind, ProtocolError, decode_message, encode_frame, encode_message
+from link.transport import LinkError
+from link.protocol import FrameDecoder, FrameType, Kind, ProtocolError, decode_message, encode_frame, encode_message
 from hw_sim.link import LinkedPtys
 from secure_store.keys import raw_public
 

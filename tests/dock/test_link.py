@@ -10,10 +10,10 @@ import time
 import pytest
 import serial
 
-from dock.link import Link, LinkClosed, LinkError, open_port
-from dock.protocol import (FLAG_TAG, HEADER_SIZE, MAX_PAYLOAD, FrameDecoder, FrameType, ProtocolError,
+from link.transport import Link, LinkClosed, LinkError, open_port
+from link.protocol import (FLAG_TAG, HEADER_SIZE, MAX_PAYLOAD, FrameDecoder, FrameType, ProtocolError,
                            encode_frame)
-from dock.session import AuthError, device_handshake
+from link.session import AuthError, device_handshake
 from hw_sim.link import Faults, LinkedPtys
 from secure_store.keys import raw_public
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from dock.client import DeviceError, DockClient, PullError, pull
-from dock.session import AuthError
+from link.session import AuthError
 from hw_sim.link import LinkedPtys
 from secure_store import keys
 

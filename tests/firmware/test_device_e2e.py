@@ -8,7 +8,7 @@ import av
 import pytest
 
 from dock.client import pull
-from dock.export import export_evidence
+from export.exporter import export_evidence
 from firmware.config import Config, with_overrides
 from firmware.console import ConsoleError, Quit, SimConsole
 from firmware.device import Device

@@ -8,12 +8,12 @@ import threading
 
 import pytest
 
-from firmware import image as fwimage
+from firmware.update import image as fwimage
 from firmware.cli import main
-from firmware.flash import FlashError, attach_firmware_commands, flash
+from firmware.update.flash import FlashError, attach_firmware_commands, flash
 from firmware.offload import OffloadServer, load_enrolled_docks
 from firmware.provision import open_audit, provision
-from firmware.slots import load_state, slot_dir
+from firmware.update.slots import load_state, slot_dir
 from firmware import update
 from hw_sim.link import Faults, LinkedPtys
 from secure_store import keys

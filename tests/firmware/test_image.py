@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware import image as fwimage
+from firmware.update import image as fwimage
 from firmware.cli import main
-from firmware.image import ImageError
+from firmware.update.image import ImageError
 from secure_store import keys
 
 

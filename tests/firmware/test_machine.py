@@ -17,7 +17,8 @@ from hw_sim.decode import decode_frame_numbers
 from recorder.chunk import decode_chunk
 from recorder.encoders import PyAVEncoder
 from secure_store import keys
-from secure_store.audit import AuditLog, read_entries, verify_audit
+from secure_store.audit import AuditLog, read_entries
+from secure_store.audit_verify import verify_audit
 from secure_store.format import iter_records, read_header
 from secure_store.layout import DeviceRoot
 from secure_store.store import EvidenceStore

@@ -13,7 +13,8 @@ from firmware.cli import main
 from firmware.offload import OffsetClock
 from firmware.provision import ProvisionError, enroll_dock, load_identity, provision
 from secure_store import keys
-from secure_store.audit import Event, read_entries, verify_audit
+from secure_store.audit import Event, read_entries
+from secure_store.audit_verify import verify_audit
 from secure_store.layout import DeviceRoot
 
 

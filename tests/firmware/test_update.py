@@ -16,15 +16,16 @@ from pathlib import Path
 import pytest
 
 import firmware
-from firmware import image as fwimage
+from firmware.update import image as fwimage
 from firmware import update
 from firmware.cli import main
-from firmware.image import ImageError
+from firmware.update.image import ImageError
 from firmware.provision import provision
-from firmware.slots import load_state, slot_dir
+from firmware.update.slots import load_state, slot_dir
 from firmware.update import UpdateError, UpdateRefused
 from secure_store import keys
-from secure_store.audit import Event, read_entries, verify_audit
+from secure_store.audit import Event, read_entries
+from secure_store.audit_verify import verify_audit
 from secure_store.layout import DeviceRoot
 
 REPO = Path(__file__).resolve().parents[2]

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Iterator
 
 from firmware import __version__ as FACTORY_VERSION
-from firmware.image import ImageError, parse_version, read_manifest
+from firmware.update.image import ImageError, parse_version, read_manifest
 from secure_store import keys
 from secure_store.audit import Event
 from secure_store.durable import write_atomic
@@ -44,7 +44,7 @@ SLOTS = ("a", "b")
 STATE_FORMAT = 1
 DEFAULT_MAX_BOOT_TRIES = 3
 STATUSES = ("empty", "installing", "trial", "good", "bad")
-UPLOAD_NAME = "upload.img.part"  # an image arriving over the dock link (firmware.flash)
+UPLOAD_NAME = "upload.img.part"  # an image arriving over the dock link (firmware.update.flash)
 
 
 class UpdateError(Exception):

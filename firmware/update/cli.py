@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from firmware.image import ImageError
+from firmware.update.image import ImageError
 from firmware.provision import ProvisionError
-from firmware.slots import UpdateError
+from firmware.update.slots import UpdateError
 from secure_store.errors import StoreError
 from secure_store.keys import KeyFileError
 
@@ -39,7 +39,7 @@ def _provision(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from firmware.image import build_image
+    from firmware.update.image import build_image
     from secure_store import keys
 
     vendor = keys.load_private_key(args.key, "vendor")
@@ -51,7 +51,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from firmware.image import verify_image
+    from firmware.update.image import verify_image
     from secure_store import keys
 
     manifest = verify_image(args.image, keys.load_public_key(args.vendor_pub, "vendor"))
@@ -75,7 +75,7 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _flash(args: argparse.Namespace) -> int:
-    from firmware.flash import flash
+    from firmware.update.flash import flash
     from secure_store import keys
 
     dock_key = keys.load_private_key(args.dock_key, "dock")

@@ -7,7 +7,7 @@ its receive window; the sender retransmits a frame when a later one is acknowled
 
 One reader thread only reads and decodes (it never blocks on anything but the port, so
 neither end can deadlock the other); one writer thread owns every write. The handshake
-(dock.session) sends its frames through the same threads before ``establish()``.
+(link.session) sends its frames through the same threads before ``establish()``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 import serial
 
-from dock.arq import ACK, ACK_DELAY, MAX_MESSAGE, MIN_FRAME, SACK_BITS, ArqError, Receiver, Sender
-from dock.protocol import DEFAULT_PAYLOAD, FLAG_MORE, MAX_PAYLOAD, FrameDecoder, FrameType, LinkFrame, encode_frame
+from link.arq import ACK, ACK_DELAY, MAX_MESSAGE, MIN_FRAME, SACK_BITS, ArqError, Receiver, Sender
+from link.protocol import DEFAULT_PAYLOAD, FLAG_MORE, MAX_PAYLOAD, FrameDecoder, FrameType, LinkFrame, encode_frame
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from dock.link import Link, LinkError, LinkTimeout
-from dock.protocol import DEFAULT_PAYLOAD, MAX_PAYLOAD, SUPPORTED_VERSIONS, FrameType, encode_frame
+from link.transport import Link, LinkError, LinkTimeout
+from link.protocol import DEFAULT_PAYLOAD, MAX_PAYLOAD, SUPPORTED_VERSIONS, FrameType, encode_frame
 from secure_store.keys import fingerprint, raw_public
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ import os
 
 from hypothesis import given, settings, strategies as st
 
-from dock.arq import ACK, Receiver, Sender
-from dock.protocol import FLAG_MORE, FrameDecoder, FrameType
+from link.arq import ACK, Receiver, Sender
+from link.protocol import FLAG_MORE, FrameDecoder, FrameType
 
 KEY = b"k" * 32
 

@@ -12,19 +12,16 @@ clock offset. Outputs are written durably and never overwrite anything.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
-from buffer.frame import Frame
 from recorder.chunk import ChunkFormatError, decode_chunk
 from secure_store import keys
 from secure_store.audit import Event, read_entries
@@ -33,28 +30,15 @@ from secure_store.errors import AuditError, StoreError
 from secure_store.format import read_header, sha256
 from secure_store.verify import VerifiedSegment, VerifyReport, decrypt_chunks, verify_path
 
+from export.errors import ExportError, ExportRefused
+from export.mp4 import Mp4Remuxer, iso_utc, sha256_file
+
 log = logging.getLogger(__name__)
 
 REPORT_FORMAT = "bodycam-export-report"
 REPORT_VERSION = 1
-TIME_BASE = Fraction(1, 1_000_000)  # frame timestamps are µs; the MP4 keeps them exactly
 GAP_FACTOR = 1.5  # a frame interval this much longer than the nominal one is a gap
 CLOCK_EVENTS = (Event.CLOCK_SET, Event.CLOCK_SYNC)
-
-
-class ExportError(Exception):
-    """Export failed or was refused; the message is one line."""
-
-    exit_code = 1
-
-
-class ExportRefused(ExportError):
-    """The evidence does not verify, so nothing was exported. ``problems`` names each failure."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__(f"verification failed ({len(problems)} problem{'s' * (len(problems) != 1)}); "
-                         "nothing exported")
-        self.problems = problems
 
 
 @dataclass(frozen=True)
@@ -138,7 +122,7 @@ def _export_recording(segments: list[VerifiedSegment], agency_key: x25519.X25519
     stem = _output_stem(segments[0])
     mp4_path, report_path = out_dir / (stem + ".mp4"), out_dir / (stem + ".json")
     nominal_us = _nominal_interval_us(segments)
-    metadata = {"creation_time": _iso(first.first_utc_us),
+    metadata = {"creation_time": iso_utc(first.first_utc_us),
                 "comment": f"bodycam evidence export: device {first.device_id}, recording {first.recording_id}; "
                            f"see {report_path.name}"}
     muxer = Mp4Remuxer(out_dir / f".{stem}.mp4.partial", rate=Fraction(round(1_000_000 / nominal_us * 1000), 1000),
@@ -167,17 +151,17 @@ def _export_recording(segments: list[VerifiedSegment], agency_key: x25519.X25519
         raise
     report = {
         "format": REPORT_FORMAT, "version": REPORT_VERSION,
-        "exported_utc": _iso(dt.datetime.now(dt.timezone.utc).timestamp() * 1e6),
+        "exported_utc": iso_utc(dt.datetime.now(dt.timezone.utc).timestamp() * 1e6),
         "device_id": first.device_id, "device_key_sha256": segments[0].device_key_fp,
         "recording_id": first.recording_id,
         "verification": {"ok": True, "problems": [], "segments_checked": len(verification.segments),
                          "audit_logs_checked": verification.audit_logs},
         "inputs": [item for s in segments for item in _input_hashes(Path(s.path))],
         "mp4": {"file": mp4_path.name, **mp4, "codec": "h264", "reencoded": False},
-        "start_utc": _iso(first.first_utc_us), "end_utc": _iso(last.last_utc_us),
+        "start_utc": iso_utc(first.first_utc_us), "end_utc": iso_utc(last.last_utc_us),
         "frame_count": mp4["frames"],
         "segments": [_segment_entry(s) for s in segments],
-        "markers": [{"timestamp_us": mk.timestamp_us, "utc": _iso(mk.timestamp_us + s.manifest.utc_offset_us),
+        "markers": [{"timestamp_us": mk.timestamp_us, "utc": iso_utc(mk.timestamp_us + s.manifest.utc_offset_us),
                      "offset_s": (mk.timestamp_us - first.first_ts_us) / 1e6, "label": mk.label}
                     for s in segments for mk in s.manifest.markers],
         "gaps": gaps,
@@ -206,7 +190,7 @@ def _audit_context(verification: VerifyReport, segments: list[VerifiedSegment]) 
     recording or its segments, and the clock changes in force during it."""
     first, last = segments[0].manifest, segments[-1].manifest
     names = {first.recording_id} | {Path(s.path).stem for s in segments}
-    start, end = _iso(first.first_utc_us), _iso(last.last_utc_us)
+    start, end = iso_utc(first.first_utc_us), iso_utc(last.last_utc_us)
     logs, entries = [], []
     for directory in verification.audit_logs:
         try:
@@ -227,14 +211,14 @@ def _audit_context(verification: VerifyReport, segments: list[VerifiedSegment]) 
 def _gap(segment: VerifiedSegment, before_ts: int, gap_us: int) -> dict:
     m = segment.manifest
     return {"segment": Path(segment.path).name, "after_timestamp_us": before_ts,
-            "after_utc": _iso(before_ts + m.utc_offset_us), "gap_us": gap_us}
+            "after_utc": iso_utc(before_ts + m.utc_offset_us), "gap_us": gap_us}
 
 
 def _segment_entry(s: VerifiedSegment) -> dict:
     m = s.manifest
     return {"file": Path(s.path).name, "segment_seq": m.segment_seq, "index": m.index, "frames": m.frame_count,
             "chunks": len(m.chunk_digests), "first_timestamp_us": m.first_ts_us, "last_timestamp_us": m.last_ts_us,
-            "first_utc": _iso(m.first_utc_us), "last_utc": _iso(m.last_utc_us), "utc_offset_us": m.utc_offset_us,
+            "first_utc": iso_utc(m.first_utc_us), "last_utc": iso_utc(m.last_utc_us), "utc_offset_us": m.utc_offset_us,
             "clock_source": m.clock_source, "recovered": m.recovered, "storage_full": m.storage_full,
             "manifest_sha256": m.digest.hex()}
 
@@ -242,133 +226,3 @@ def _segment_entry(s: VerifiedSegment) -> dict:
 def _input_hashes(segment: Path) -> list[dict]:
     return [{"file": p.name, "size": p.stat().st_size, "sha256": sha256_file(p)}
             for p in (segment, segment.with_suffix(".manifest"))]
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _iso(utc_us: float) -> str:
-    return dt.datetime.fromtimestamp(utc_us / 1e6, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-class Mp4Remuxer:
-    """Copy H.264 Annex B access units into an MP4 (PyAV, no re-encode), streaming.
-
-    The first frame must be a keyframe carrying SPS/PPS; the muxer takes the MP4's codec
-    configuration from it. Each packet keeps its frame's timestamp (µs, relative to the
-    first frame) and lasts until the next frame; the last lasts one nominal interval.
-    """
-
-    def __init__(self, partial_path: Path, rate: Fraction, metadata: dict[str, str] | None = None) -> None:
-        self.partial_path = Path(partial_path)
-        self.rate = rate
-        self.metadata = dict(metadata or {})
-        self.frames = 0
-        self.previous_ts = 0
-        self._container: Any = None
-        self._stream: Any = None
-        self._pending: Frame | None = None
-        self._t0 = 0
-
-    def add(self, frame: Frame) -> int:
-        """Queue one frame; returns the time since the previous frame in µs (0 for the first)."""
-        if self._pending is None and self._container is None:
-            self._open(frame)
-            self._pending, self._t0, self.previous_ts = frame, frame.timestamp_us, frame.timestamp_us
-            return 0
-        prev = self._pending
-        assert prev is not None
-        delta = frame.timestamp_us - prev.timestamp_us
-        if delta <= 0:
-            raise ExportError(f"frame timestamps do not increase ({prev.timestamp_us} then {frame.timestamp_us} µs)")
-        self._mux(prev, delta)
-        self._pending, self.previous_ts = frame, prev.timestamp_us
-        return delta
-
-    def finish(self, final_path: Path, first_utc_us: int) -> dict:
-        """Flush, close, fsync and move into place (never over an existing file); returns facts."""
-        import av
-
-        if self._pending is None:
-            raise ExportError("no frames to export")
-        self._mux(self._pending, round(1_000_000 / self.rate))
-        self._container.close()
-        self._container = None
-        _fsync_file(self.partial_path)
-        try:
-            os.link(self.partial_path, final_path)
-        except FileExistsError:
-            raise ExportError(f"{final_path} already exists; refusing to overwrite an export") from None
-        self.partial_path.unlink()
-        fsync_dir(final_path.parent)
-        with av.open(str(final_path)) as check:  # read back: the file is an MP4 with every frame in it
-            stream = check.streams.video[0]
-            packets = sum(1 for p in check.demux(stream) if p.size)
-            width, height = stream.codec_context.width, stream.codec_context.height
-            duration = float(stream.duration * stream.time_base) if stream.duration else 0.0
-        if packets != self.frames:
-            raise ExportError(f"{final_path.name}: holds {packets} packets, {self.frames} were written")
-        return {"sha256": sha256_file(final_path), "size": final_path.stat().st_size, "frames": self.frames,
-                "width": width, "height": height, "duration_s": round(duration, 6),
-                "time_base": "1/1000000", "first_frame_utc": _iso(first_utc_us)}
-
-    def abort(self) -> None:
-        """Drop the partial file after a failure."""
-        if self._container is not None:
-            try:
-                self._container.close()
-            except Exception:  # noqa: BLE001 - already failing; the partial file goes anyway
-                pass
-            self._container = None
-        self.partial_path.unlink(missing_ok=True)
-
-    def _open(self, frame: Frame) -> None:
-        import av
-
-        if not frame.keyframe:
-            raise ExportError("recording does not start with a keyframe")
-        width, height = _frame_size(frame.data)
-        self.partial_path.unlink(missing_ok=True)  # left by an earlier crash: never evidence
-        self._container = av.open(str(self.partial_path), "w", format="mp4")
-        self._container.metadata.update(self.metadata)
-        self._stream = self._container.add_mux_stream("h264", rate=self.rate, width=width, height=height)
-        self._stream.time_base = TIME_BASE
-
-    def _mux(self, frame: Frame, duration_us: int) -> None:
-        import av
-
-        packet = av.Packet(frame.data)
-        packet.stream = self._stream
-        packet.time_base = TIME_BASE
-        packet.pts = packet.dts = frame.timestamp_us - self._t0
-        packet.duration = duration_us
-        packet.is_keyframe = frame.keyframe
-        self._container.mux(packet)
-        self.frames += 1
-
-
-def _frame_size(keyframe: bytes) -> tuple[int, int]:
-    """Width and height from decoding the first keyframe (decoding, not re-encoding)."""
-    import av
-
-    ctx = av.CodecContext.create("h264", "r")
-    try:
-        packets = ctx.parse(keyframe) + ctx.parse(None)
-        for packet in packets:
-            for image in ctx.decode(packet):
-                return image.width, image.height
-        for image in ctx.decode(None):
-            return image.width, image.height
-    except av.FFmpegError as exc:
-        raise ExportError(f"first keyframe does not decode as H.264: {exc}") from None
-    raise ExportError("first keyframe does not decode as H.264")
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

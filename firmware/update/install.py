@@ -3,7 +3,7 @@
 The device daemon calls, from this module:
 
 - ``boot_slot(root, audit=...)`` once at every boot, before running firmware: counts a trial
-  slot's boots and rolls back by itself (see firmware/slots.py);
+  slot's boots and rolls back by itself (see firmware/update/slots.py);
 - ``mark_healthy(root, audit=...)`` once the running firmware passed its health check;
 - ``set_recording(root, recording_id)`` / ``clear_recording(root)`` around every recording,
   and ``clear_recording(root)`` at boot: the installer refuses while ``state/recording`` exists.
@@ -24,8 +24,8 @@ from typing import BinaryIO, Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from firmware.image import ImageError, Manifest, iter_files, parse_version, read_manifest
-from firmware.slots import (
+from firmware.update.image import ImageError, Manifest, iter_files, parse_version, read_manifest
+from firmware.update.slots import (
     DEFAULT_MAX_BOOT_TRIES,
     BootResult,
     UpdateError,

@@ -1,6 +1,6 @@
 """Selective-repeat ARQ for the dock link: the sender's and the receiver's state, no I/O.
 
-``dock.link.Link`` owns the threads and the port and calls these under its lock; kept
+``link.transport.Link`` owns the threads and the port and calls these under its lock; kept
 apart so the retransmission rules (docs/PROTOCOL.md §3) read on their own.
 """
 
@@ -10,7 +10,7 @@ import collections
 import math
 import struct
 
-from dock.protocol import FRAME_OVERHEAD, FrameType, encode_frame
+from link.protocol import FRAME_OVERHEAD, FrameType, encode_frame
 
 ACK = struct.Struct(">I")    # receive window edge; then the selective bits for seq+1 .. seq+256
 SACK_BITS = 256

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dock.export import ExportError
+from export.errors import ExportError
 from secure_store.errors import StoreError
 from secure_store.keys import KeyFileError
 
@@ -14,7 +14,7 @@ ERRORS = (ExportError, KeyFileError, StoreError)
 
 
 def _export(args: argparse.Namespace) -> int:
-    from dock.export import ExportRefused, export_evidence
+    from export.exporter import ExportRefused, export_evidence
     from secure_store import keys
 
     if not args.path.exists():

@@ -19,7 +19,9 @@ from hypothesis import given, settings, strategies as st
 from buffer.frame import Frame
 from buffer.prebuffer import PreEventBuffer
 
-from dock.export import ExportError, ExportRefused, Mp4Remuxer, export_evidence
+from export.errors import ExportError, ExportRefused
+from export.exporter import export_evidence
+from export.mp4 import Mp4Remuxer
 from firmware.cli import main
 from hw_sim.camera import SimCamera, read_frame_number
 from recorder.encoders import PyAVEncoder

@@ -26,11 +26,11 @@ from typing import Any, Callable
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from firmware import image as fwimage
-from firmware.image import ImageError
+from firmware.update import image as fwimage
+from firmware.update.image import ImageError
 from firmware.offload import CommandError
-from firmware.slots import UPLOAD_NAME, UpdateError
-from firmware.update import install_image, is_recording
+from firmware.update.slots import UPLOAD_NAME, UpdateError
+from firmware.update.install import install_image, is_recording
 from secure_store.layout import DeviceRoot
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def flash(port: str, dock_key: ed25519.Ed25519PrivateKey, image_path: str | Path
     from tqdm import tqdm
 
     from dock.client import DeviceError, DockClient
-    from dock.link import MAX_MESSAGE, LinkError
+    from link.transport import MAX_MESSAGE, LinkError
 
     image_path = Path(image_path)
     try:

@@ -1,0 +1,147 @@
+"""Mp4Remuxer: H.264 access units into an MP4 with PyAV, copied, never re-encoded."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from buffer.frame import Frame
+from secure_store.durable import fsync_dir
+
+from export.errors import ExportError
+
+TIME_BASE = Fraction(1, 1_000_000)  # frame timestamps are µs; the MP4 keeps them exactly
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def iso_utc(utc_us: float) -> str:
+    return dt.datetime.fromtimestamp(utc_us / 1e6, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Mp4Remuxer:
+    """Copy H.264 Annex B access units into an MP4 (PyAV, no re-encode), streaming.
+
+    The first frame must be a keyframe carrying SPS/PPS; the muxer takes the MP4's codec
+    configuration from it. Each packet keeps its frame's timestamp (µs, relative to the
+    first frame) and lasts until the next frame; the last lasts one nominal interval.
+    """
+
+    def __init__(self, partial_path: Path, rate: Fraction, metadata: dict[str, str] | None = None) -> None:
+        self.partial_path = Path(partial_path)
+        self.rate = rate
+        self.metadata = dict(metadata or {})
+        self.frames = 0
+        self.previous_ts = 0
+        self._container: Any = None
+        self._stream: Any = None
+        self._pending: Frame | None = None
+        self._t0 = 0
+
+    def add(self, frame: Frame) -> int:
+        """Queue one frame; returns the time since the previous frame in µs (0 for the first)."""
+        if self._pending is None and self._container is None:
+            self._open(frame)
+            self._pending, self._t0, self.previous_ts = frame, frame.timestamp_us, frame.timestamp_us
+            return 0
+        prev = self._pending
+        assert prev is not None
+        delta = frame.timestamp_us - prev.timestamp_us
+        if delta <= 0:
+            raise ExportError(f"frame timestamps do not increase ({prev.timestamp_us} then {frame.timestamp_us} µs)")
+        self._mux(prev, delta)
+        self._pending, self.previous_ts = frame, prev.timestamp_us
+        return delta
+
+    def finish(self, final_path: Path, first_utc_us: int) -> dict:
+        """Flush, close, fsync and move into place (never over an existing file); returns facts."""
+        import av
+
+        if self._pending is None:
+            raise ExportError("no frames to export")
+        self._mux(self._pending, round(1_000_000 / self.rate))
+        self._container.close()
+        self._container = None
+        _fsync_file(self.partial_path)
+        try:
+            os.link(self.partial_path, final_path)
+        except FileExistsError:
+            raise ExportError(f"{final_path} already exists; refusing to overwrite an export") from None
+        self.partial_path.unlink()
+        fsync_dir(final_path.parent)
+        with av.open(str(final_path)) as check:  # read back: the file is an MP4 with every frame in it
+            stream = check.streams.video[0]
+            packets = sum(1 for p in check.demux(stream) if p.size)
+            width, height = stream.codec_context.width, stream.codec_context.height
+            duration = float(stream.duration * stream.time_base) if stream.duration else 0.0
+        if packets != self.frames:
+            raise ExportError(f"{final_path.name}: holds {packets} packets, {self.frames} were written")
+        return {"sha256": sha256_file(final_path), "size": final_path.stat().st_size, "frames": self.frames,
+                "width": width, "height": height, "duration_s": round(duration, 6),
+                "time_base": "1/1000000", "first_frame_utc": iso_utc(first_utc_us)}
+
+    def abort(self) -> None:
+        """Drop the partial file after a failure."""
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # noqa: BLE001 - already failing; the partial file goes anyway
+                pass
+            self._container = None
+        self.partial_path.unlink(missing_ok=True)
+
+    def _open(self, frame: Frame) -> None:
+        import av
+
+        if not frame.keyframe:
+            raise ExportError("recording does not start with a keyframe")
+        width, height = _frame_size(frame.data)
+        self.partial_path.unlink(missing_ok=True)  # left by an earlier crash: never evidence
+        self._container = av.open(str(self.partial_path), "w", format="mp4")
+        self._container.metadata.update(self.metadata)
+        self._stream = self._container.add_mux_stream("h264", rate=self.rate, width=width, height=height)
+        self._stream.time_base = TIME_BASE
+
+    def _mux(self, frame: Frame, duration_us: int) -> None:
+        import av
+
+        packet = av.Packet(frame.data)
+        packet.stream = self._stream
+        packet.time_base = TIME_BASE
+        packet.pts = packet.dts = frame.timestamp_us - self._t0
+        packet.duration = duration_us
+        packet.is_keyframe = frame.keyframe
+        self._container.mux(packet)
+        self.frames += 1
+
+
+def _frame_size(keyframe: bytes) -> tuple[int, int]:
+    """Width and height from decoding the first keyframe (decoding, not re-encoding)."""
+    import av
+
+    ctx = av.CodecContext.create("h264", "r")
+    try:
+        packets = ctx.parse(keyframe) + ctx.parse(None)
+        for packet in packets:
+            for image in ctx.decode(packet):
+                return image.width, image.height
+        for image in ctx.decode(None):
+            return image.width, image.height
+    except av.FFmpegError as exc:
+        raise ExportError(f"first keyframe does not decode as H.264: {exc}") from None
+    raise ExportError("first keyframe does not decode as H.264")
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
