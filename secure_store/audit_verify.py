@@ -19,8 +19,9 @@ from typing import Iterable
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from secure_store import keys as keyfiles
-from secure_store.audit import ZERO_DIGEST, AuditEntry, AuditError, AuditHead, Event, _files, _parse_line, \
-    _read_file, _sig_ok
+from secure_store.audit_format import ZERO_DIGEST, AuditEntry, AuditHead, Event, audit_files, parse_line, \
+    read_audit_file, signature_ok
+from secure_store.errors import AuditError
 
 Parsed = tuple[AuditEntry, bytes, bytes]
 
@@ -36,7 +37,7 @@ def verify_audit(directory: Path, device_public_key: Ed25519PublicKey | Iterable
     trusted = [device_public_key] if isinstance(device_public_key, Ed25519PublicKey) else list(device_public_key)
     if not trusted or not all(isinstance(k, Ed25519PublicKey) for k in trusted):
         raise AuditError("verify_audit needs the device's Ed25519 public key(s)")
-    files = _files(directory)
+    files = audit_files(directory)
     if not files:
         return [f"{directory}: no audit log files"]
     problems, parsed = _parse_files(files)
@@ -49,7 +50,7 @@ def _parse_files(files: list[tuple[int, Path]]) -> tuple[list[str], list[Parsed]
     parsed: list[Parsed] = []
     for i, (first_seq, path) in enumerate(files):
         try:
-            lines, tail = _read_file(path)
+            lines, tail = read_audit_file(path)
         except AuditError as exc:
             problems.append(str(exc))
             continue
@@ -60,7 +61,7 @@ def _parse_files(files: list[tuple[int, Path]]) -> tuple[list[str], list[Parsed]
         start = len(parsed)
         for n, line in enumerate(lines, start=2):
             try:
-                parsed.append(_parse_line(line, path.name, n))
+                parsed.append(parse_line(line, path.name, n))
             except AuditError as exc:
                 problems.append(str(exc))
         if len(parsed) == start:
@@ -83,14 +84,14 @@ def _check_signatures(parsed: list[Parsed], trusted: list[Ed25519PublicKey], dev
                       problems: list[str]) -> list[tuple[AuditEntry, bool]]:
     """Each entry's signature by the key in force at its place, and its device ID."""
     by_fp = {keyfiles.fingerprint(k): k for k in trusted}
-    current = next((k for k in trusted if parsed and _sig_ok(k, *parsed[0][1:])), None)
+    current = next((k for k in trusted if parsed and signature_ok(k, *parsed[0][1:])), None)
     expected = device_id
     unverifiable: list[int] = []  # entries while no given key is in force
     bad: list[str] = []
     strangers: list[AuditEntry] = []
     checked: list[tuple[AuditEntry, bool]] = []
     for entry, body, sig in parsed:
-        ok = current is not None and _sig_ok(current, body, sig)
+        ok = current is not None and signature_ok(current, body, sig)
         if current is None:
             unverifiable.append(entry.seq)
         elif not ok:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature
 
@@ -22,15 +21,12 @@ from secure_store.chain import ChainHead, save_head
 from secure_store.durable import fsync_dir
 from secure_store.errors import FormatError, TornRecordError
 from secure_store.format import Manifest, iter_records, read_header, sha256
-from secure_store.sealer import MANIFEST_SUFFIX, SEGMENT_SUFFIX, SegmentTally, seal_manifest, segment_stem
-
-if TYPE_CHECKING:
-    from secure_store.store import EvidenceStore
+from secure_store.sealer import MANIFEST_SUFFIX, SEGMENT_SUFFIX, SealingStore, SegmentTally, seal_manifest, segment_stem
 
 log = logging.getLogger(__name__)
 
 
-def recover_torn(store: "EvidenceStore") -> list[str]:
+def recover_torn(store: SealingStore) -> list[str]:
     """Run every recovery step; returns names of segments sealed with the recovered flag."""
     evidence = store.root.evidence
     _promote_temp_manifests(store)
@@ -45,7 +41,7 @@ def recover_torn(store: "EvidenceStore") -> list[str]:
     return recovered
 
 
-def _load_manifest(store: "EvidenceStore", path) -> Manifest | None:
+def _load_manifest(store: SealingStore, path) -> Manifest | None:
     """A manifest at ``path`` if it parses and carries this device's signature."""
     try:
         data = path.read_bytes()
@@ -56,7 +52,7 @@ def _load_manifest(store: "EvidenceStore", path) -> Manifest | None:
         return None
 
 
-def _promote_temp_manifests(store: "EvidenceStore") -> None:
+def _promote_temp_manifests(store: SealingStore) -> None:
     for tmp in sorted(store.root.evidence.glob(".seg-*" + MANIFEST_SUFFIX + ".tmp-*")):
         final = tmp.parent / tmp.name[1:tmp.name.index(".tmp-")]
         manifest = _load_manifest(store, tmp)
@@ -68,7 +64,7 @@ def _promote_temp_manifests(store: "EvidenceStore") -> None:
             tmp.unlink()
 
 
-def _roll_head_forward(store: "EvidenceStore") -> None:
+def _roll_head_forward(store: SealingStore) -> None:
     """Advance the persisted chain head over manifests sealed just before the power cut."""
     head = store.chain_head
     while True:
@@ -83,7 +79,7 @@ def _roll_head_forward(store: "EvidenceStore") -> None:
         save_head(store.root.state, head)
 
 
-def _recover_segment(store: "EvidenceStore", segment) -> str | None:
+def _recover_segment(store: SealingStore, segment) -> str | None:
     stem = segment.stem
     with open(segment, "rb") as f:
         try:
@@ -126,7 +122,7 @@ def _recover_segment(store: "EvidenceStore", segment) -> str | None:
     return stem
 
 
-def _set_aside(store: "EvidenceStore", segment, reason: str) -> None:
+def _set_aside(store: SealingStore, segment, reason: str) -> None:
     """Keep a segment recovery cannot seal under a name no listing treats as evidence."""
     target = segment.with_name(segment.name + ".unsealed")
     os.rename(segment, target)

@@ -13,8 +13,9 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Protocol, Sequence
 
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from buffer.frame import Frame
@@ -26,15 +27,35 @@ from secure_store.errors import FormatError, SealerStateError, StorageFull
 from secure_store.format import (
     ChunkMeta, Manifest, Marker, SegmentHeader, check_marker, check_recording_id, seal_record, sha256, wrap_data_key,
 )
-
-if TYPE_CHECKING:
-    from secure_store.store import EvidenceStore
+from secure_store.layout import DeviceRoot
 
 log = logging.getLogger(__name__)
 
 SEGMENT_SUFFIX = ".seg"
 MANIFEST_SUFFIX = ".manifest"
 MANIFEST_HEADROOM = 64 * 1024  # room kept free so a segment can always be sealed
+
+
+class SealingStore(Protocol):
+    """What the sealer and recovery need of the store (``EvidenceStore`` is the one implementation).
+
+    A protocol, so that the store may import the sealer and never the other way round.
+    """
+
+    root: DeviceRoot
+    device_id: str
+    signing_key: ed25519.Ed25519PrivateKey
+    agency_public_key: x25519.X25519PublicKey
+    audit: Any
+    chain_head: ChainHead
+
+    def has_room(self, nbytes: int) -> bool: ...
+    def check_room(self, nbytes: int, *, during: str) -> None: ...
+    def report_full(self, *, during: str, segment: str | None = None) -> None: ...
+    def note_written(self, nbytes: int) -> None: ...
+    def clock_us(self) -> int: ...
+    def utc_offset_us(self, written_ts_us: int) -> int: ...
+    def clock_source(self) -> str: ...
 
 
 def new_data_key() -> bytes:
@@ -64,7 +85,7 @@ class SegmentTally:
             self.last_ts_us = meta.last_ts_us
 
 
-def seal_manifest(store: "EvidenceStore", header: SegmentHeader, header_digest: bytes, tally: SegmentTally,
+def seal_manifest(store: "SealingStore", header: SegmentHeader, header_digest: bytes, tally: SegmentTally,
                   markers: Sequence[Marker], *, recovered: bool, storage_full: bool) -> Manifest:
     """Sign the manifest, write it durably next to its segment, advance the chain head."""
     head = store.chain_head
@@ -104,7 +125,7 @@ class SegmentSealer:
     segment cleanly when the store has no room for the chunk.
     """
 
-    def __init__(self, store: "EvidenceStore") -> None:
+    def __init__(self, store: "SealingStore") -> None:
         self._store = store
         self._lock = threading.Lock()
         self._open = False

@@ -25,6 +25,7 @@ from secure_store.chain import ChainHead, load_head
 from secure_store.durable import fsync_dir
 from secure_store.errors import KeyMissing, ReleaseRefused, StorageFull, StoreError
 from secure_store.layout import DeviceRoot
+from secure_store.recovery import recover_torn
 from secure_store.sealer import MANIFEST_HEADROOM, MANIFEST_SUFFIX, SEGMENT_SUFFIX, SegmentSealer
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class StorageStatus:
 
 
 class EvidenceStore:
-    """Sealed evidence under ``root.evidence``; see docs/ARCHITECTURE.md (secure_store/)."""
+    """Sealed evidence under ``root.evidence``; see docs/API.md (secure_store/)."""
 
     def __init__(
         self,
@@ -98,7 +99,6 @@ class EvidenceStore:
 
     def recover(self) -> list[str]:
         """Close segments torn by a power cut; returns the names of the segments it sealed."""
-        from secure_store.recovery import recover_torn
         return recover_torn(self)
 
     # --- the dock's view ----------------------------------------------------------------------

@@ -267,7 +267,7 @@ def _verify_audit_logs(root: Path, device_key, report: VerifyReport) -> None:
     if not audit_dirs:
         return
     try:
-        from secure_store.audit import verify_audit
+        from secure_store.audit_verify import verify_audit
     except ImportError:
         report.problems.append(Problem(str(audit_dirs[0]), None, "audit log found but audit verifier unavailable"))
         return

@@ -18,8 +18,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings, strategies as st
 
-from secure_store import audit
-from secure_store.audit import AuditHead, AuditLog, Event, read_entries, verify_audit
+from secure_store import audit, audit_format
+from secure_store.audit import AuditHead, AuditLog, Event, read_entries
+from secure_store.audit_verify import verify_audit
 from secure_store.errors import AuditError, StoreError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -382,7 +383,7 @@ def test_bad_appends_write_nothing(tmp_path: Path, key) -> None:
 
 def test_oversized_file_is_refused(tmp_path: Path, key, monkeypatch) -> None:
     make_log(tmp_path, key, 3)
-    monkeypatch.setattr(audit, "MAX_READ_BYTES", 500)
+    monkeypatch.setattr(audit_format, "MAX_READ_BYTES", 500)
     name = only_file(tmp_path).name
     assert verify_audit(tmp_path, key.public_key()) == [f"{name}: larger than 500 bytes; not an audit log file"]
 
