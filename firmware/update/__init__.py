@@ -10,6 +10,7 @@ What the device daemon calls is re-exported here, so ``from firmware import upda
 ``update.boot_slot(root)`` reads as it should.
 """
 
+from firmware.update import install
 from firmware.update.install import (
     BootResult,
     InstallResult,
@@ -24,7 +25,4 @@ from firmware.update.install import (
     status,
 )
 
-__all__ = [
-    "BootResult", "InstallResult", "UpdateError", "UpdateRefused", "boot_slot", "clear_recording",
-    "install_image", "is_recording", "mark_healthy", "set_recording", "status",
-]
+__all__ = install.__all__
