@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from secure_store import strict_json
 from secure_store.errors import AuditError
 
 VERSION = 1
@@ -38,6 +39,10 @@ _FILE_RE = re.compile(r"audit-(\d{12})\.log")
 EVENT_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _HEX_RE = re.compile(rb"[0-9a-f]+")
 _BODY_KEYS = {"v", "seq", "device", "utc", "mono_us", "event", "details", "prev"}
+FLOAT_FIELDS = frozenset({"details"})  # early firmware wrote clock values as JSON fractions there
+_HEX64_RE = re.compile(r"[0-9a-f]{64}")
+_UTC_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
+_STEM_RE = re.compile(r"seg-[0-9]{10}")
 
 
 class Event:
@@ -76,6 +81,15 @@ class Event:
     STORAGE_FULL = "storage_full"
     BATTERY_LOW = "battery_low"
     FAULT = "fault"
+    RECORD_REFUSED = "record_refused"
+    FIRMWARE_UPLOAD = "firmware_upload"
+    FIRMWARE_BOOT = "firmware_boot"
+    FIRMWARE_STATE_REBUILT = "firmware_state_rebuilt"
+
+
+# The complete list of version-1 event names (FORMAT.md, "Events"). A name outside it that
+# matches EVENT_RE is accepted with a warning: later firmware may log more kinds of decision.
+KNOWN_EVENTS = frozenset(v for k, v in vars(Event).items() if k.isupper())
 
 
 class AuditHead(NamedTuple):
@@ -103,7 +117,7 @@ class AuditEntry:
 
 def canonical_json(obj: Any) -> bytes:
     """Sorted keys, no whitespace, ASCII only (non-ASCII as \\uXXXX), no NaN."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    return strict_json.dumps(obj)
 
 
 def utc_text(ts: float) -> str:
@@ -128,26 +142,77 @@ def split_line(line: bytes, where: str) -> tuple[bytes, bytes]:
 
 
 def parse_line(line: bytes, file: str, lineno: int) -> tuple[AuditEntry, bytes, bytes]:
-    """Parse one line (without its LF) into an entry, its signed body and its signature."""
+    """Parse one line (without its LF) into an entry, its signed body and its signature.
+
+    The one strict reader of entry bodies (FORMAT.md, "Entry line" and "Canonical JSON"):
+    the verifier, the exporter and the writer's recovery all read entries through it.
+    """
     where = f"{file} line {lineno}"
     body, sig = split_line(line, where)
     try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError):
-        raise AuditError(f"{where}: entry body is not JSON") from None
+        obj = strict_json.loads(body, floats_in=FLOAT_FIELDS)
+    except strict_json.StrictJSONError as exc:
+        raise AuditError(f"{where}: entry body is not canonical JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise AuditError(f"{where}: entry body is not a JSON object")
-    if "v" in obj and obj["v"] != VERSION:
+    if "v" in obj and (type(obj["v"]) is not int or obj["v"] != VERSION):
         raise AuditError(f"{where}: unknown audit entry version {obj['v']!r}")
     if set(obj) != _BODY_KEYS:
         raise AuditError(f"{where}: entry fields {sorted(obj)} are not {sorted(_BODY_KEYS)}")
-    ints = all(type(obj[k]) is int and obj[k] >= 0 for k in ("seq", "mono_us"))
-    strs = all(isinstance(obj[k], str) for k in ("device", "utc", "event", "prev"))
-    if not (ints and strs and isinstance(obj["details"], dict) and re.fullmatch(r"[0-9a-f]{64}", obj["prev"])):
-        raise AuditError(f"{where}: entry field of the wrong type")
+    for k in ("seq", "mono_us"):
+        if type(obj[k]) is not int or obj[k] < 0:
+            raise AuditError(f"{where}: {k} is not an integer >= 0")
+    for k in ("device", "utc", "event", "prev"):
+        if not isinstance(obj[k], str):
+            raise AuditError(f"{where}: {k} is not a string")
+    if not isinstance(obj["details"], dict):
+        raise AuditError(f"{where}: details is not an object")
+    if not _HEX64_RE.fullmatch(obj["prev"]):
+        raise AuditError(f"{where}: prev is not 64 lowercase hex digits")
+    if not EVENT_RE.fullmatch(obj["event"]):
+        raise AuditError(f"{where}: event name {obj['event']!r} is not [a-z][a-z0-9_]{{0,63}}")
+    if not valid_utc(obj["utc"]):
+        raise AuditError(f"{where}: utc {obj['utc']!r} is not a UTC time YYYY-MM-DDTHH:MM:SS.ffffffZ")
+    raw_id = obj["device"].encode("utf-8")
+    if not 1 <= len(raw_id) <= 64 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in obj["device"]):
+        raise AuditError(f"{where}: device is not 1-64 bytes without control characters")
+    problem = details_problem(obj["event"], obj["details"])
+    if problem:
+        raise AuditError(f"{where}: {obj['event']} entry {problem}")
     entry = AuditEntry(obj["seq"], obj["event"], obj["details"], obj["device"], obj["utc"], obj["mono_us"],
                        obj["prev"], hashlib.sha256(line).hexdigest(), file, lineno)
     return entry, body, sig
+
+
+def valid_utc(text: str) -> bool:
+    """``YYYY-MM-DDTHH:MM:SS.ffffffZ``, a real date and time (no leap second)."""
+    if not _UTC_RE.fullmatch(text):
+        return False
+    try:
+        dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError:
+        return False
+    return True
+
+
+def details_problem(event: str, details: dict) -> str | None:
+    """What is wrong with the details the verifier relies on (FORMAT.md, "Events"), or None."""
+    if event == Event.SEGMENT_SEALED or event == Event.DELETE:
+        seg = details.get("segment")
+        if not (isinstance(seg, str) and _STEM_RE.fullmatch(seg)):
+            return "lacks segment (seg- and 10 digits)"
+        if not (isinstance(details.get("manifest_sha256"), str) and _HEX64_RE.fullmatch(details["manifest_sha256"])):
+            return "lacks manifest_sha256 (64 lowercase hex digits)"
+        if event == Event.SEGMENT_SEALED:
+            seq = details.get("seq")
+            if type(seq) is not int or seq < 1 or f"seg-{seq:010d}" != seg:
+                return "has a seq that is not the segment's number"
+    elif event == Event.PROVISION and details.get("action") == "reprovision_begin":
+        if not (isinstance(details.get("device_key"), str) and _HEX64_RE.fullmatch(details["device_key"])):
+            return "hands over to a device_key that is not 64 lowercase hex digits"
+        if not isinstance(details.get("device_id"), str) or not details["device_id"]:
+            return "hands over to no device_id"
+    return None
 
 
 def audit_files(directory: Path) -> list[tuple[int, Path]]:

@@ -17,6 +17,7 @@ import os
 from cryptography.exceptions import InvalidSignature
 
 from secure_store import keys
+from secure_store.audit_format import Event, audit_files, parse_line, read_audit_file
 from secure_store.chain import ChainHead, save_head
 from secure_store.durable import fsync_dir
 from secure_store.errors import FormatError, TornRecordError
@@ -31,6 +32,7 @@ def recover_torn(store: SealingStore) -> list[str]:
     evidence = store.root.evidence
     _promote_temp_manifests(store)
     _roll_head_forward(store)
+    _log_unlogged_seal(store)
     recovered: list[str] = []
     for segment in sorted(evidence.glob("seg-*" + SEGMENT_SUFFIX)):
         if segment.with_suffix(MANIFEST_SUFFIX).exists():
@@ -77,6 +79,36 @@ def _roll_head_forward(store: SealingStore) -> None:
         log.warning("recovery: chain head advanced from %d to %d", store.chain_head.seq, head.seq)
         store.chain_head = head
         save_head(store.root.state, head)
+
+
+def _newest_sealed_in_log(store: SealingStore) -> int:
+    """The seq of the newest ``segment_sealed`` entry (0: none), reading the newest file first."""
+    for _, path in reversed(audit_files(store.audit.directory)):
+        lines, _ = read_audit_file(path)
+        for n, line in reversed(list(enumerate(lines, start=2))):
+            entry = parse_line(line, path.name, n)[0]
+            if entry.event == Event.SEGMENT_SEALED:
+                return entry.details["seq"]
+    return 0
+
+
+def _log_unlogged_seal(store: SealingStore) -> None:
+    """A power cut between a manifest's rename and its ``segment_sealed`` entry: write the entry now.
+
+    Verifiers require every present segment to have its entry (FORMAT.md, A3), so the gap is
+    closed at boot, marked ``late``, with the digest of the manifest that is on disk.
+    """
+    head = store.chain_head
+    path = store.root.evidence / (segment_stem(head.seq) + MANIFEST_SUFFIX)
+    if head.seq < 1 or not path.exists() or _newest_sealed_in_log(store) >= head.seq:
+        return
+    manifest = _load_manifest(store, path)
+    if manifest is None or manifest.digest != head.digest:
+        return
+    store.audit.append("segment_sealed", segment=path.stem, seq=head.seq, recording_id=manifest.recording_id,
+                       index=manifest.index, chunks=len(manifest.chunk_digests), frames=manifest.frame_count,
+                       recovered=manifest.recovered, manifest_sha256=head.digest.hex(), late=True)
+    log.warning("recovery: logged the sealing of %s, cut off by a power loss", path.stem)
 
 
 def _recover_segment(store: SealingStore, segment) -> str | None:

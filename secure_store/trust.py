@@ -9,7 +9,7 @@ or one of its parents (a device root copied whole, or a dock's export).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -116,3 +116,99 @@ def _retired_keys(d: Path, allowed: set[str] | None) -> tuple[ed25519.Ed25519Pub
         if allowed is None or keys.fingerprint(key) in allowed:
             found.append(key)
     return tuple(found)
+
+
+# --- which keys a verifier trusts for one device directory, and why ---------------------------
+
+CERTS_DIR = "certs"
+
+
+@dataclass
+class DeviceTrust:
+    """The device keys trusted for one device directory, and what that trust rests on.
+
+    ``anchored`` is True only when every key came from a certificate that chained to the
+    agency root the verifier was given; ``source`` says in words where the keys came from.
+    ``ids`` maps a key fingerprint (hex) to the device ID its certificate names (None: any).
+    """
+
+    keys: list[ed25519.Ed25519PublicKey]
+    ids: dict[str, str | None]
+    device_id: str | None
+    anchored: bool
+    source: str
+    root_fingerprint: str | None = None
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"anchored": self.anchored, "source": self.source, "root_sha256": self.root_fingerprint,
+                "device_id": self.device_id, "device_keys": sorted(self.ids)}
+
+
+def cert_chains(device_dir: Path) -> list[tuple[str, list]]:
+    """Every ``certs/*.pem`` chain (leaf first) of a device directory, with its file name."""
+    from secure_store import pki
+
+    d = Path(device_dir) / CERTS_DIR
+    out = []
+    for path in sorted(d.glob("*.pem")) if d.is_dir() else []:
+        if path.name.endswith(".crl.pem"):
+            continue
+        out.append((f"{CERTS_DIR}/{path.name}", pki.read_certs(path)))
+    return out
+
+
+def certified_keys(device_dir: Path, role: str, root, crls: list) -> tuple[dict[str, object], list[str]]:
+    """Leaf certificates of ``role`` in ``certs/`` that chain to ``root``: {key fp: CertifiedKey}, problems."""
+    from secure_store import pki
+
+    found, problems = {}, []
+    try:
+        chains = cert_chains(device_dir)
+    except pki.PkiError as exc:
+        return {}, [str(exc)]
+    pool = [c for _, chain in chains for c in chain]
+    for name, chain in chains:
+        if pki.role_of(chain[0]) != role:
+            continue
+        try:
+            certified = pki.check_chain([chain[0], *chain[1:], *pool], root, role, crls)
+        except pki.PkiError as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        found[certified.key_fingerprint] = certified
+    return found, problems
+
+
+def resolve_trust(device_dir: Path, given: list[ed25519.Ed25519PublicKey] | None = None,
+                  root=None, crls: list | None = None) -> DeviceTrust:
+    """Decide which device keys to trust for ``device_dir`` (FORMAT.md, "Trust").
+
+    With an agency root: only keys whose device certificate in ``certs/`` chains to it (and
+    is not revoked); identity.json is not read. Else keys given by the verifier. Else the
+    key beside the evidence (identity.json, device.pub), reported as not anchored.
+    """
+    from secure_store import pki
+
+    if root is not None:
+        certified, problems = certified_keys(device_dir, "device", root, crls or [])
+        ids = {fp: c.name for fp, c in certified.items()}
+        trust = DeviceTrust([c.key for c in certified.values()], ids, None, True,
+                            f"device certificates chained to agency root {pki.cert_fingerprint(root)[:16]}",
+                            pki.cert_fingerprint(root), problems=problems)
+        if not certified:
+            trust.problems.append("no device certificate in certs/ chains to the agency root")
+        names = set(ids.values())
+        trust.device_id = names.pop() if len(names) == 1 else None
+        return trust
+    if given:
+        return DeviceTrust(list(given), {keys.fingerprint(k): None for k in given}, None, False,
+                           "device key(s) given to the verifier; not anchored to an agency root")
+    found = find_device_key(device_dir)
+    if found is None:
+        return DeviceTrust([], {}, None, False, "no device key",
+                           problems=["no device public key given or found beside the evidence"])
+    return DeviceTrust(list(found.all), {keys.fingerprint(k): None for k in found.all}, found.device_id, False,
+                       f"device key taken from {found.source.name} beside the evidence; not anchored to an "
+                       "agency root (give --trust agency-root.pem)")

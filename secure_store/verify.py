@@ -22,7 +22,13 @@ from secure_store import keys
 from secure_store.errors import FormatError, TornRecordError, VerifyError
 from secure_store.format import Manifest, iter_records, open_record, read_header, sha256, unwrap_data_key
 from secure_store.sealer import MANIFEST_SUFFIX, SEGMENT_SUFFIX, segment_stem
-from secure_store.trust import DeviceKey, find_device_key
+from secure_store.audit_format import AuditHead, audit_files, read_entries
+from secure_store.audit_verify import verify_audit
+from secure_store.custody import check_anchors, check_evidence_against_audit, check_receipts, event_warnings, \
+    receipt_anchors
+from secure_store.errors import AuditError
+from secure_store.receipts import read_receipts
+from secure_store.trust import DeviceKey, DeviceTrust, certified_keys, find_device_key, resolve_trust
 
 log = logging.getLogger(__name__)
 TrustedKeys = Union[ed25519.Ed25519PublicKey, DeviceKey, Iterable[ed25519.Ed25519PublicKey], None]
@@ -64,14 +70,26 @@ class VerifyReport:
     segments: list[VerifiedSegment] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     audit_logs: list[str] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)   # said, but not failures (FORMAT.md W1-W4)
+    trust: dict[str, dict] = field(default_factory=dict)      # device directory -> what its keys rest on
 
     @property
     def ok(self) -> bool:
         return not self.problems and bool(self.segments or self.audit_logs)
 
+    @property
+    def anchored(self) -> bool:
+        """True when every device's keys chained to the agency root given to the verifier."""
+        return bool(self.trust) and all(t["anchored"] for t in self.trust.values())
+
+    def add_trust(self, device_dir: str, trust: DeviceTrust) -> None:
+        self.trust[device_dir] = trust.to_json()
+
     def to_json(self) -> dict:
-        return {"ok": self.ok, "segments": [s.summary() for s in self.segments],
-                "problems": [asdict(p) for p in self.problems], "audit_logs": self.audit_logs}
+        return {"ok": self.ok, "anchored": self.anchored, "trust": self.trust,
+                "segments": [s.summary() for s in self.segments],
+                "problems": [asdict(p) for p in self.problems], "warnings": [asdict(w) for w in self.warnings],
+                "audit_logs": self.audit_logs}
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -94,6 +112,8 @@ def trusted_keys(device_key: TrustedKeys) -> list[ed25519.Ed25519PublicKey]:
         return [device_key]
     if isinstance(device_key, DeviceKey):
         return list(device_key.all)
+    if isinstance(device_key, DeviceTrust):
+        return list(device_key.keys)
     return list(device_key)
 
 
@@ -101,6 +121,8 @@ def check_manifest(manifest: Manifest, name: str, device_key: TrustedKeys,
                    device_id: str | None = None) -> list[Problem]:
     """Origin and signature of one manifest, against the device's trusted key(s)."""
     by_fp = {sha256(keys.raw_public(k)): k for k in trusted_keys(device_key)}
+    if isinstance(device_key, DeviceTrust):  # a certificate names the device its key belongs to
+        device_id = device_key.ids.get(manifest.device_key_fp.hex()) or device_id or device_key.device_id
     if device_id is not None and manifest.device_id != device_id:
         return [Problem(name, None, f"from another device: manifest says device {manifest.device_id!r}, "
                                     f"expected {device_id!r}")]
@@ -116,28 +138,79 @@ def check_manifest(manifest: Manifest, name: str, device_key: TrustedKeys,
     return []
 
 
+def manifest_problems(manifest: Manifest, name: str) -> list[Problem]:
+    """The manifest's signed fields against each other (FORMAT.md, reader rules M1-M4)."""
+    m, out = manifest, []
+    if m.first_utc_us != m.first_ts_us + m.utc_offset_us or m.last_utc_us != m.last_ts_us + m.utc_offset_us:
+        out.append(Problem(name, None, "signed times disagree: first/last UTC is not timestamp + UTC offset"))
+    if m.first_ts_us > m.last_ts_us:
+        out.append(Problem(name, None, "signed times disagree: first timestamp after the last"))
+    if m.frame_count == 0 and (m.first_ts_us or m.last_ts_us):
+        out.append(Problem(name, None, "signed times disagree: no frames but a non-zero first or last timestamp"))
+    if not m.chunk_digests and not m.recovered:
+        out.append(Problem(name, None, "sealed segment lists no chunk (not even its final chunk)"))
+    return out
+
+
+_REPEATED = ("segment_seq", "recording_id", "index", "device_id", "device_key_fp", "utc_offset_us", "clock_source")
+
+
+def _header_problems(name: str, header, manifest: Manifest) -> list[Problem]:
+    """Header fields the manifest repeats must be equal (M5), even when both are validly signed."""
+    fields = [k for k in _REPEATED if getattr(header, k) != getattr(manifest, k)]
+    return [Problem(name, None, f"header and manifest disagree on {', '.join(fields)}")] if fields else []
+
+
+def _shape_problems(name: str, metas: list, manifest: Manifest) -> list[Problem]:
+    """The chunk records' clear metadata against the manifest: counts, times, the final chunk (C3-C7)."""
+    out: list[Problem] = []
+    gops = [(i, m) for i, m, _ in metas if not m.final]
+    for i, meta, ct_len in metas:
+        if meta.final:
+            if meta.frame_count or ct_len != 16:
+                out.append(Problem(name, i, "final chunk is not empty (frames or plaintext in it)"))
+            if not meta.first_ts_us == meta.last_ts_us == manifest.last_ts_us:
+                out.append(Problem(name, i, "final chunk's timestamps are not the segment's last timestamp"))
+        elif meta.frame_count == 0:
+            out.append(Problem(name, i, "a GOP chunk with no frames"))
+        elif meta.first_ts_us > meta.last_ts_us or (meta.frame_count == 1 and meta.first_ts_us != meta.last_ts_us):
+            out.append(Problem(name, i, "chunk's first and last timestamps disagree with its frame count"))
+    for (_, a), (j, b) in zip(gops, gops[1:]):
+        if b.first_ts_us < a.last_ts_us:
+            out.append(Problem(name, j, "chunk starts before the chunk before it ends (timestamps go back)"))
+    frames = sum(m.frame_count for _, m in gops)
+    if frames != manifest.frame_count:
+        out.append(Problem(name, None, f"manifest says {manifest.frame_count} frames, its chunks hold {frames}"))
+    elif gops and (gops[0][1].first_ts_us != manifest.first_ts_us or gops[-1][1].last_ts_us != manifest.last_ts_us):
+        out.append(Problem(name, None, "manifest's first/last timestamp differs from its chunks'"))
+    return out
+
+
 def check_segment_file(path: Path, manifest: Manifest) -> list[Problem]:
-    """Header digest, every chunk digest, order, final chunk and truncation against a verified manifest."""
-    name, problems = path.name, []
+    """Header, every chunk digest, order, chunk shapes, final chunk and truncation against a verified manifest."""
+    name, problems = path.name, manifest_problems(manifest, path.name)
     if path.stem != segment_stem(manifest.segment_seq):
         problems.append(Problem(name, None, f"misplaced: file name says {path.stem} but its manifest is "
                                             f"sequence {manifest.segment_seq} (segments renamed or swapped)"))
     expected = manifest.chunk_digests
+    metas: list = []
     try:
         with open(path, "rb") as f:
             header, raw = read_header(f, name)
             if sha256(raw) != manifest.header_digest:
-                fields = [k for k, a, b in (("segment_seq", header.segment_seq, manifest.segment_seq),
-                                            ("recording_id", header.recording_id, manifest.recording_id),
-                                            ("index", header.index, manifest.index),
-                                            ("device_id", header.device_id, manifest.device_id)) if a != b]
+                fields = [k for k in _REPEATED if getattr(header, k) != getattr(manifest, k)]
                 problems.append(Problem(name, None, "header altered: its SHA-256 differs from the signed manifest"
                                         + (f" ({', '.join(fields)} changed)" if fields else "")))
+            else:
+                problems.extend(_header_problems(name, header, manifest))
             count = 0
             try:
                 for record in iter_records(f, len(raw), name):
                     count += 1
-                    problems.extend(_check_record(name, record, expected, manifest.recovered))
+                    found = _check_record(name, record, expected, manifest.recovered)
+                    problems.extend(found)
+                    if not found and record.index < len(expected):
+                        metas.append((record.index, record.meta, len(record.ciphertext)))
             except TornRecordError as exc:
                 return problems + [Problem(name, exc.chunk, f"truncated: torn chunk record at byte {exc.good_end}; "
                                                             f"{count} of {len(expected)} chunks complete")]
@@ -149,6 +222,8 @@ def check_segment_file(path: Path, manifest: Manifest) -> list[Problem]:
         problems.append(Problem(name, count, f"truncated: {count} of {len(expected)} chunks present"))
     elif count > len(expected):
         problems.append(Problem(name, len(expected), f"{count - len(expected)} chunk(s) not in the signed manifest"))
+    if not problems:
+        problems.extend(_shape_problems(name, metas, manifest))
     return problems
 
 
@@ -235,88 +310,118 @@ def check_chain(segments: list[VerifiedSegment]) -> list[Problem]:
     return problems
 
 
-def verify_path(path: Path, device_key: TrustedKeys = None) -> VerifyReport:
-    """Verify a segment file, a directory of segments, or a whole tree."""
+def device_dirs(path: Path) -> list[tuple[Path, Path]]:
+    """(device directory, its evidence directory) for every device under ``path`` (FORMAT.md, "Dock store").
+
+    A device directory holds ``evidence/`` and/or ``audit/`` (a device root, or one device
+    in a dock store); ``path`` may be one, a device's ``evidence/``, or a store of many.
+    A directory of bare segment files is its own device directory.
+    """
+    if path.name == "evidence" and not (path / "evidence").is_dir():
+        return [(path.parent, path)]
+    if (path / "evidence").is_dir() or (path / "audit").is_dir():
+        return [(path, path / "evidence")]
+    found = [d for child in sorted(path.iterdir()) if child.is_dir() and not child.name.startswith(".")
+             for d in device_dirs(child)] if path.is_dir() else []
+    if not found and (any(path.glob("*" + SEGMENT_SUFFIX)) or any(path.glob("*" + MANIFEST_SUFFIX))):
+        found.insert(0, (path, path))
+    return found
+
+
+def verify_path(path: Path, device_key: TrustedKeys = None, *, trust_root=None, crls: Iterable = (),
+                anchors: Iterable[AuditHead] = ()) -> VerifyReport:
+    """Verify a segment file, a device directory, or a dock store of many (FORMAT.md, "Reader rules").
+
+    ``device_key``: keys the caller trusts (else those beside the evidence); ``trust_root``:
+    the agency root certificate, which replaces both with certificates that chain to it;
+    ``anchors``: audit heads recorded elsewhere that each device's log must still reach.
+    """
     path = Path(path)
     report = VerifyReport()
+    given = trusted_keys(device_key) or None
+    crls = list(crls)
     if path.is_file():
-        seg_files = [path.with_suffix(SEGMENT_SUFFIX)] if path.suffix in (SEGMENT_SUFFIX, MANIFEST_SUFFIX) else []
-        if not seg_files:
+        if path.suffix not in (SEGMENT_SUFFIX, MANIFEST_SUFFIX):
             report.problems.append(Problem(path.name, None, "not a segment or manifest file"))
             return report
-        orphans: list[Path] = []
-    elif path.is_dir():
-        seg_files = sorted(p for p in path.rglob("*" + SEGMENT_SUFFIX) if not p.name.startswith("."))
-        orphans = sorted(m.with_suffix(SEGMENT_SUFFIX) for m in path.rglob("*" + MANIFEST_SUFFIX)
-                         if not m.name.startswith(".") and not m.with_suffix(SEGMENT_SUFFIX).exists())
-    else:
+        device_dir = path.parent.parent if path.parent.name == "evidence" else path.parent
+        trust = resolve_trust(device_dir, given, trust_root, crls)
+        report.add_trust(str(device_dir), trust)
+        seg, problems = verify_segment(path.with_suffix(SEGMENT_SUFFIX), trust)
+        report.segments += [seg] if seg else []
+        report.problems += problems
+        report.warnings.append(Problem(path.name, None, "only this segment was checked: its place in the chain, "
+                                                        "the audit log and receipts need its device directory"))
+        return report
+    if not path.is_dir():
         raise VerifyError(f"{path}: no such file or directory")
-    for seg_path in seg_files + orphans:
-        seg, problems = verify_segment(seg_path, device_key)
-        if seg:
-            report.segments.append(seg)
-        report.problems.extend(problems)
-    report.problems.extend(check_chain(report.segments))
-    if path.is_dir():
-        _verify_audit_logs(path, device_key, report)
+    anchors = [(AuditHead(*a), f"anchor {a[0]}:{a[1][:16]}") for a in anchors]
+    for device_dir, evidence in device_dirs(path):
+        _verify_device_dir(device_dir, evidence, given, trust_root, crls, anchors, report)
     return report
 
 
-def _verify_audit_logs(root: Path, device_key, report: VerifyReport) -> None:
-    audit_dirs = [d for d in [root, *root.rglob("audit")] if d.is_dir() and d.name == "audit"]
-    if not audit_dirs:
-        return
+def _verify_device_dir(device_dir: Path, evidence: Path, given, trust_root, crls: list, anchors: list,
+                       report: VerifyReport) -> None:
+    """Every reader rule over one device directory; problems and warnings go to ``report``."""
+    trust = resolve_trust(device_dir, given, trust_root, crls)
+    report.add_trust(str(device_dir), trust)
+    where = lambda name: str(device_dir / name)  # noqa: E731
+    report.problems += [Problem(str(device_dir), None, p) for p in trust.problems]
+    if not trust.anchored:
+        report.warnings.append(Problem(str(device_dir), None, trust.source))
+    names = sorted({p.stem for p in evidence.glob("seg-*") if p.suffix in (SEGMENT_SUFFIX, MANIFEST_SUFFIX)
+                    and not p.name.startswith(".")}) if evidence.is_dir() else []
+    segments = []
+    for stem in names:
+        seg, problems = verify_segment(evidence / (stem + SEGMENT_SUFFIX), trust)
+        segments += [seg] if seg else []
+        report.problems += problems
+    report.segments += segments
+    report.problems += check_chain(segments)
+    entries, audit_failed = _read_audit(device_dir / "audit", trust, report)
+    present = {s.manifest.segment_seq: s.manifest.digest.hex() for s in segments}
+    receipts, receipt_problems = read_receipts(device_dir)
+    report.problems += [Problem(where(file), None, reason) for file, reason in receipt_problems]
+    if receipts:
+        _trust_receipts(device_dir, receipts, trust_root, crls, report)
+    findings = check_evidence_against_audit(present, entries, audit_failed)
+    findings += check_receipts(receipts, present, {s.manifest.device_id for s in segments} | (
+        {trust.device_id} if trust.device_id else set()), set(trust.ids))
+    if not audit_failed:
+        findings += check_anchors(entries, receipt_anchors(receipts) + anchors)
+    report.problems += [Problem(where(f.file), None, f.reason) for f in findings]
+    report.warnings += [Problem(where(f.file), None, f.reason) for f in event_warnings(entries)]
+
+
+def _read_audit(audit_dir: Path, trust: DeviceTrust, report: VerifyReport) -> tuple[list | None, bool]:
+    """Verify the device's audit log; (its entries or None if it has none, whether it failed)."""
+
+    if not audit_files(audit_dir):
+        return None, False
+    report.audit_logs.append(str(audit_dir))
+    if not trust.keys:
+        report.problems.append(Problem(str(audit_dir), None, "no trusted device key for this audit log"))
+        return [], True
+    problems = verify_audit(audit_dir, trust.keys)
+    report.problems += [Problem(str(audit_dir), None, f"audit log: {p}") for p in problems]
     try:
-        from secure_store.audit_verify import verify_audit
-    except ImportError:
-        report.problems.append(Problem(str(audit_dirs[0]), None, "audit log found but audit verifier unavailable"))
+        return read_entries(audit_dir), bool(problems)
+    except AuditError:
+        return [], True
+
+
+def _trust_receipts(device_dir: Path, receipts: list, trust_root, crls: list, report: VerifyReport) -> None:
+    """With a trust root, a receipt counts only if its dock key is certified (R2); else say it is not anchored."""
+    if trust_root is None:
+        report.warnings.append(Problem(str(device_dir / "receipts"), None, "dock keys of the receipts are not "
+                                       "anchored to an agency root (give --trust agency-root.pem)"))
         return
-    for d in audit_dirs:
-        key = trusted_keys(device_key)
-        if not key:
-            try:
-                found = find_device_key(d)
-            except FormatError:
-                found = None
-            key = list(found.all) if found else []
-        if not key:
-            report.problems.append(Problem(str(d), None, "no device public key for this audit log"))
-            continue
-        report.audit_logs.append(str(d))
-        problems = verify_audit(d, key)
-        for problem in problems:
-            report.problems.append(Problem(str(d), None, f"audit log: {problem}"))
-        if not problems:
-            report.problems.extend(_check_against_audit(d, key, report.segments))
-
-
-def _check_against_audit(audit_dir: Path, key: list[ed25519.Ed25519PublicKey],
-                         segments: list[VerifiedSegment]) -> list[Problem]:
-    """Every segment the (verified) audit log says was sealed and never released must be here.
-
-    This is what catches the deletion of a device's newest segments, which the chain alone cannot.
-    """
-    from secure_store.audit import read_entries
-
-    fps = {sha256(keys.raw_public(k)).hex() for k in key}
-    present = {s.manifest.segment_seq: s.manifest.digest.hex() for s in segments if s.device_key_fp in fps}
-    sealed: dict[int, str] = {}
-    released: set[str] = set()
-    for entry in read_entries(audit_dir):
-        if entry.event == "segment_sealed" and isinstance(entry.details.get("seq"), int):
-            sealed[entry.details["seq"]] = str(entry.details.get("manifest_sha256"))
-        elif entry.event == "delete":
-            released.add(str(entry.details.get("segment")))
-    problems = []
-    for seq, digest in sorted(sealed.items()):
-        name = segment_stem(seq)
-        if seq not in present and name not in released:
-            problems.append(Problem(name + SEGMENT_SUFFIX, None, "missing: the audit log records this segment as "
-                                                                 "sealed and never released"))
-        elif seq in present and present[seq] != digest:
-            problems.append(Problem(name + MANIFEST_SUFFIX, None, "manifest differs from the one the audit log "
-                                                                  "recorded when it was sealed"))
-    return problems
+    docks, problems = certified_keys(device_dir, "dock", trust_root, crls)
+    for r in receipts:
+        if keys.fingerprint(r.dock_key) not in docks:
+            report.problems.append(Problem(str(device_dir / r.file), None, "signed by a dock key that no dock "
+                                                                          "certificate chained to the agency root"))
 
 
 def decrypt_chunks(segment: Path, agency_private_key: x25519.X25519PrivateKey,

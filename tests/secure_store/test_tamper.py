@@ -120,13 +120,13 @@ def test_two_segments_swapped(case) -> None:
         (SEG.format(2), "misplaced"), (SEG.format(3), "misplaced")]
 
 
-def test_segment_duplicated(case) -> None:
-    copy = case / "evidence" / "again"
+def test_copy_in_a_subdirectory_is_not_evidence(case) -> None:
+    copy = case / "evidence" / "again"  # FORMAT.md: only seg-N files directly in evidence/ are evidence
     copy.mkdir()
     for pattern in (SEG, MAN):
         shutil.copy(case / "evidence" / pattern.format(2), copy)
-    found = problems(case)
-    assert len(found) == 1 and found[0][2].startswith("duplicate: sequence 2 also in"), found
+    report = verify_path(case)
+    assert report.ok and [s.manifest.segment_seq for s in report.segments] == [1, 2, 3, 4]
 
 
 def test_segment_from_another_device_spliced_in(case, keyset, h, tmp_path) -> None:

@@ -1,0 +1,185 @@
+"""Dock receipts: what a dock signs at every pull, so evidence removed from its store afterwards shows.
+
+A receipt names the device (ID, key and certificate fingerprints), the audit head the dock
+received, the manifests it verified and confirmed, and the dock's UTC, signed by the dock key.
+Receipts of one device directory are numbered from 1 and hash-chained. The verifier treats
+each as an anchor: every manifest it names must still be there, unchanged, and the audit log
+must still reach its head. docs/FORMAT.md ("Receipts") specifies the bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from secure_store import keys, strict_json
+from secure_store.durable import write_atomic
+from secure_store.errors import FormatError
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+DIRECTORY = "receipts"
+SIGNATURE_CONTEXT = b"bodycam-receipt-v1\x00"
+ZERO = "0" * 64
+MAX_RECEIPT_BYTES = 4 * 1024 * 1024
+_FILE_RE = re.compile(r"receipt-(\d{12})\.json")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_UTC_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+_KEYS = {"v", "n", "prev", "device_id", "device_key", "device_cert", "audit_head", "manifests", "utc", "dock_key"}
+_PREFIX, _SIG_PREFIX, _SUFFIX = b'{"body":', b',"sig":"', b'"}'
+_TAIL = len(_SIG_PREFIX) + 128 + len(_SUFFIX)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """One parsed receipt whose signature verified against the dock key it names."""
+
+    number: int
+    prev: str
+    device_id: str
+    device_key: str           # hex SHA-256 of the device's raw public key
+    device_cert: str          # hex SHA-256 of the device certificate's DER, "" if it had none
+    audit_head: tuple[int, str] | None
+    manifests: tuple[tuple[int, str], ...]   # (segment seq, manifest SHA-256 hex), ascending
+    utc: str
+    dock_key: ed25519.Ed25519PublicKey
+    digest: str               # SHA-256 of the receipt line: the next receipt's prev
+    file: str
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def receipt_files(device_dir: Path) -> list[tuple[int, Path]]:
+    d = Path(device_dir) / DIRECTORY
+    if not d.is_dir():
+        return []
+    return sorted((int(m.group(1)), d / n.name) for n in d.iterdir() if (m := _FILE_RE.fullmatch(n.name)))
+
+
+def write_receipt(device_dir: Path, dock_key: ed25519.Ed25519PrivateKey, device_id: str, device_key_fp: str,
+                  device_cert_fp: str, audit_head: tuple[int, str] | None,
+                  manifests: Iterable[tuple[int, str]], utc: str | None = None) -> Path:
+    """Sign and durably write the next receipt of ``device_dir``; returns its path."""
+    files = receipt_files(device_dir)
+    number = files[-1][0] + 1 if files else 1
+    prev = hashlib.sha256(files[-1][1].read_bytes().rstrip(b"\n")).hexdigest() if files else ZERO
+    body = {"v": VERSION, "n": number, "prev": prev, "device_id": device_id, "device_key": device_key_fp,
+            "device_cert": device_cert_fp,
+            "audit_head": None if audit_head is None else {"seq": audit_head[0], "digest": audit_head[1]},
+            "manifests": [{"seq": s, "sha256": d} for s, d in sorted(manifests)],
+            "utc": utc or _utc_now(), "dock_key": keys.raw_public(dock_key.public_key()).hex()}
+    data = strict_json.dumps(body)
+    line = _PREFIX + data + _SIG_PREFIX + dock_key.sign(SIGNATURE_CONTEXT + data).hex().encode() + _SUFFIX
+    if len(line) > MAX_RECEIPT_BYTES:
+        raise FormatError(f"receipt {number} would be larger than {MAX_RECEIPT_BYTES} bytes")
+    path = Path(device_dir) / DIRECTORY / f"receipt-{number:012d}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, line + b"\n", 0o644, overwrite=False)
+    log.info("receipt %d for %s: %d manifest(s), audit head %s", number, device_id, len(body["manifests"]),
+             audit_head[0] if audit_head else "none")
+    return path
+
+
+def parse_receipt(data: bytes, number: int, name: str) -> Receipt:
+    """Parse and check one receipt file (FormatError naming the file and the reason)."""
+    if len(data) > MAX_RECEIPT_BYTES:
+        raise FormatError(f"{name}: larger than {MAX_RECEIPT_BYTES} bytes")
+    if not data.endswith(b"\n") or data.count(b"\n") != 1:
+        raise FormatError(f"{name}: not one line ending in LF")
+    line = data[:-1]
+    sig_hex = line[-_TAIL + len(_SIG_PREFIX):-len(_SUFFIX)]
+    if not (line.startswith(_PREFIX) and line.endswith(_SUFFIX) and len(line) > len(_PREFIX) + _TAIL
+            and line[-_TAIL:-_TAIL + len(_SIG_PREFIX)] == _SIG_PREFIX and re.fullmatch(rb"[0-9a-f]{128}", sig_hex)):
+        raise FormatError(f"{name}: bad envelope")
+    body = line[len(_PREFIX):-_TAIL]
+    try:
+        obj = strict_json.loads(body)
+    except strict_json.StrictJSONError as exc:
+        raise FormatError(f"{name}: body is not canonical JSON ({exc})") from None
+    if not isinstance(obj, dict) or set(obj) != _KEYS:
+        raise FormatError(f"{name}: fields are not {sorted(_KEYS)}")
+    if obj["v"] != VERSION or type(obj["v"]) is not int:
+        raise FormatError(f"{name}: unknown receipt version {obj['v']!r}")
+    if type(obj["n"]) is not int or obj["n"] != number:
+        raise FormatError(f"{name}: says it is receipt {obj['n']!r}")
+    for k in ("prev", "device_key", "dock_key"):
+        if not isinstance(obj[k], str) or not _HEX64.fullmatch(obj[k]):
+            raise FormatError(f"{name}: {k} is not 64 lowercase hex digits")
+    if not isinstance(obj["device_cert"], str) or not (obj["device_cert"] == "" or _HEX64.fullmatch(obj["device_cert"])):
+        raise FormatError(f"{name}: device_cert is not empty or 64 lowercase hex digits")
+    if not isinstance(obj["device_id"], str) or not obj["device_id"]:
+        raise FormatError(f"{name}: device_id is not a non-empty string")
+    if not isinstance(obj["utc"], str) or not _UTC_RE.fullmatch(obj["utc"]) or not _valid_utc(obj["utc"]):
+        raise FormatError(f"{name}: utc is not YYYY-MM-DDTHH:MM:SS.ffffffZ")
+    head = obj["audit_head"]
+    if head is not None:
+        if not (isinstance(head, dict) and set(head) == {"seq", "digest"} and type(head["seq"]) is int
+                and head["seq"] >= 0 and isinstance(head["digest"], str) and _HEX64.fullmatch(head["digest"])):
+            raise FormatError(f"{name}: audit_head is not {{seq, digest}}")
+        head = (head["seq"], head["digest"])
+    manifests = obj["manifests"]
+    if not isinstance(manifests, list) or not all(
+            isinstance(m, dict) and set(m) == {"seq", "sha256"} and type(m["seq"]) is int and m["seq"] >= 1
+            and isinstance(m["sha256"], str) and _HEX64.fullmatch(m["sha256"]) for m in manifests):
+        raise FormatError(f"{name}: manifests is not a list of {{seq, sha256}}")
+    seqs = [m["seq"] for m in manifests]
+    if seqs != sorted(set(seqs)):
+        raise FormatError(f"{name}: manifests not in ascending, distinct seq order")
+    dock_key = ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(obj["dock_key"]))
+    try:
+        dock_key.verify(bytes.fromhex(sig_hex.decode()), SIGNATURE_CONTEXT + body)
+    except InvalidSignature:
+        raise FormatError(f"{name}: signature does not verify with the dock key it names") from None
+    return Receipt(number, obj["prev"], obj["device_id"], obj["device_key"], obj["device_cert"], head,
+                   tuple((m["seq"], m["sha256"]) for m in manifests), obj["utc"], dock_key,
+                   hashlib.sha256(line).hexdigest(), name)
+
+
+def _valid_utc(text: str) -> bool:
+    try:
+        dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+        return True
+    except ValueError:
+        return False
+
+
+def read_receipts(device_dir: Path) -> tuple[list[Receipt], list[tuple[str, str]]]:
+    """Every receipt of ``device_dir`` that parses and verifies, and one line per problem.
+
+    Problems: a receipt that does not parse or verify, numbers missing (removed receipts),
+    and a ``prev`` that does not chain to the receipt before.
+    """
+    found, problems = [], []
+    files = receipt_files(device_dir)
+    expected = 1
+    for number, path in files:
+        if number != expected:
+            span = f"{expected}" if number == expected + 1 else f"{expected}-{number - 1}"
+            problems.append((DIRECTORY, f"receipt(s) {span} missing (removed)"))
+        expected = number + 1
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_RECEIPT_BYTES + 2)
+            found.append(parse_receipt(data, number, f"{DIRECTORY}/{path.name}"))
+        except OSError as exc:
+            problems.append((f"{DIRECTORY}/{path.name}", f"cannot read ({exc.strerror})"))
+        except FormatError as exc:
+            problems.append((f"{DIRECTORY}/{path.name}", str(exc).split(": ", 1)[-1]))
+    by_number = {r.number: r for r in found}
+    for r in found:
+        before = by_number.get(r.number - 1)
+        want = ZERO if r.number == 1 else (before.digest if before else None)
+        if want is not None and r.prev != want:
+            problems.append((r.file, f"does not chain to receipt {r.number - 1}"))
+    return found, problems
