@@ -31,8 +31,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("--device-pub", type=Path, metavar="FILE", action="append",
                         help="device public key; repeat for keys retired by re-provisioning "
                              "(default: identity.json or device.pub beside the evidence)")
+    verify.add_argument("--trust", type=Path, metavar="ROOT_PEM",
+                        help="the agency root certificate: trust only device and dock keys certified by it")
+    verify.add_argument("--crl", type=Path, action="append", default=[], metavar="FILE",
+                        help="a certificate revocation list (PEM) of the agency; repeat for several")
+    verify.add_argument("--anchor", action="append", default=[], metavar="SEQ:DIGEST",
+                        help="an audit head recorded elsewhere that the log must still reach; repeatable")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(func=cmd_verify)
+    from secure_store import ca_cli
+    ca_cli.register(subparsers)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -60,17 +68,51 @@ def cmd_verify(args: argparse.Namespace) -> int:
             device_key = [keys.load_public_key(p, "device") for p in args.device_pub]
         except keys.KeyFileError as exc:
             raise UsageError(str(exc)) from None
-    report = verify_path(args.path, device_key)
+    root, crls, anchors = _trust_args(args)
+    report = verify_path(args.path, device_key, trust_root=root, crls=crls, anchors=anchors)
     if args.json:
         print(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:
         for problem in report.problems:
             print(f"FAIL {problem}")
+        for warning in report.warnings:
+            print(f"WARN {warning}")
+        for directory, trust in report.trust.items():
+            print(f"TRUST {directory}: {trust['source']}")
         recordings = {s.manifest.recording_id for s in report.segments}
         status = "OK" if report.ok else "FAILED"
         if not report.segments and not report.audit_logs and not report.problems:
             print(f"FAILED: no evidence found under {args.path}")
         else:
+            anchored = ("keys anchored to the agency root" if report.anchored else
+                        "keys NOT anchored to an agency root (taken from beside the evidence or given)")
             print(f"{status}: {len(report.segments)} segment(s) in {len(recordings)} recording(s), "
-                  f"{len(report.audit_logs)} audit log(s), {len(report.problems)} problem(s)")
+                  f"{len(report.audit_logs)} audit log(s), {len(report.problems)} problem(s); {anchored}")
     return 0 if report.ok else 1
+
+
+def _trust_args(args: argparse.Namespace) -> tuple:
+    """The --trust root, --crl lists and --anchor heads, each checked (UsageError: exit 2)."""
+    import re
+
+    from secure_store import pki
+    from secure_store.audit_format import AuditHead
+
+    root = None
+    if args.trust is not None:
+        try:
+            root = pki.read_certs(args.trust)[0]
+            pki.check_root(root, str(args.trust))
+        except pki.PkiError as exc:
+            raise UsageError(f"--trust wants the agency root certificate: {exc}") from None
+    try:
+        crls = pki.read_crls(args.crl)
+    except pki.PkiError as exc:
+        raise UsageError(f"--crl: {exc}") from None
+    anchors = []
+    for text in args.anchor:
+        m = re.fullmatch(r"(0|[1-9][0-9]{0,18}):([0-9a-f]{64})", text)
+        if not m:
+            raise UsageError(f"--anchor {text!r} must be SEQ:DIGEST (entry number, 64 lowercase hex digits)")
+        anchors.append(AuditHead(int(m.group(1)), m.group(2)))
+    return root, crls, anchors

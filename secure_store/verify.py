@@ -298,15 +298,15 @@ def check_chain(segments: list[VerifiedSegment]) -> list[Problem]:
             elif b.prev_digest != a.digest:
                 problems.append(Problem(name, None, f"chain broken: previous-manifest digest does not match "
                                                     f"{Path(prev.path).name}"))
-        recordings: dict[str, list[VerifiedSegment]] = {}
-        for s in group:
-            recordings.setdefault(s.manifest.recording_id, []).append(s)
-        for rec, segs in recordings.items():
-            for prev, cur in zip(segs, segs[1:]):
-                if cur.manifest.index not in (prev.manifest.index, prev.manifest.index + 1):
-                    problems.append(Problem(Path(cur.path).name, None,
-                                            f"recording {rec}: segment index jumps from {prev.manifest.index} "
-                                            f"to {cur.manifest.index}"))
+        for prev, cur in zip(group, group[1:]):
+            a, b = prev.manifest, cur.manifest
+            if b.segment_seq != a.segment_seq + 1:
+                continue
+            want = a.index + 1 if b.recording_id == a.recording_id else 0
+            if b.index != want:
+                problems.append(Problem(Path(cur.path).name, None,
+                                        f"recording {b.recording_id}: segment index {b.index} where {want} follows "
+                                        f"{Path(prev.path).name}"))
     return problems
 
 
@@ -319,8 +319,10 @@ def device_dirs(path: Path) -> list[tuple[Path, Path]]:
     """
     if path.name == "evidence" and not (path / "evidence").is_dir():
         return [(path.parent, path)]
-    if (path / "evidence").is_dir() or (path / "audit").is_dir():
+    if (path / "evidence").is_dir():
         return [(path, path / "evidence")]
+    if (path / "audit").is_dir():
+        return [(path, path)]  # a flat copy: segments beside audit/
     found = [d for child in sorted(path.iterdir()) if child.is_dir() and not child.name.startswith(".")
              for d in device_dirs(child)] if path.is_dir() else []
     if not found and (any(path.glob("*" + SEGMENT_SUFFIX)) or any(path.glob("*" + MANIFEST_SUFFIX))):
