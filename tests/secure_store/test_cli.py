@@ -57,7 +57,8 @@ def evidence(tmp_path, keyset, h) -> Path:
 
 def test_verify_ok_and_json(evidence, capsys) -> None:
     code, out, _ = run(capsys, "verify", str(evidence))
-    assert code == 0 and out.startswith("OK: 3 segment(s) in 1 recording(s), 1 audit log(s)")
+    assert code == 0 and out.splitlines()[-1].startswith("OK: 3 segment(s) in 1 recording(s), 1 audit log(s)")
+    assert "not anchored" in out.splitlines()[-1].lower() and "identity.json beside the evidence" in out
     code, out, _ = run(capsys, "verify", str(evidence / "evidence" / "seg-0000000002.seg"), "--json")
     report = json.loads(out)
     assert code == 0 and report["ok"] and [s["seq"] for s in report["segments"]] == [2]
