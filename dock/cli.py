@@ -10,6 +10,7 @@ from typing import Any
 
 from dock.client import PullError, PullSummary
 from link.transport import LinkError
+from secure_store.errors import StoreError
 from secure_store.keys import KeyFileError
 
 
@@ -25,6 +26,12 @@ def register(subparsers: Any) -> None:
         p.add_argument("--no-confirm", action="store_true", help="pull and verify, but let the device keep its copy")
         p.add_argument("--no-time-sync", action="store_true", help="do not set the device's clock offset")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("--trust", metavar="ROOT_PEM", help="agency root: admit only devices it certifies")
+        p.add_argument("--cert", metavar="PEM", help="this dock's certificate chain, shown to devices")
+        p.add_argument("--crl", action="append", default=[], metavar="PEM", help="revocation list to check "
+                       "devices against and hand on to them; repeatable")
+        p.add_argument("--accept-new-key", action="store_true", help="accept a device's new, uncertified key "
+                       "once (after a re-provisioning); its old key is kept as retired")
 
     pull = actions.add_parser("pull", help="pull everything new from the device on PORT once")
     common(pull)
@@ -46,8 +53,10 @@ def _load_key(path: str) -> Any:
 
 def _run_pull(args: argparse.Namespace, key: Any) -> PullSummary:
     from dock.client import pull
+    from dock.trust import DockTrust
+    trust = DockTrust.load(args.trust, args.crl, args.cert, args.accept_new_key)
     return pull(args.port, args.out, key, progress=not args.no_progress,
-                confirm=not args.no_confirm, sync_time=not args.no_time_sync)
+                confirm=not args.no_confirm, sync_time=not args.no_time_sync, trust=trust)
 
 
 def _report(summary: PullSummary) -> None:
@@ -102,4 +111,4 @@ def _watch(args: argparse.Namespace) -> int:
     return 0 if not failures else 1
 
 
-ERRORS = (PullError, LinkError, KeyFileError)
+ERRORS = (PullError, LinkError, KeyFileError, StoreError)

@@ -30,6 +30,9 @@ from link.protocol import Kind, Message, ProtocolError, decode_message, encode_m
 from link.session import Session, dock_handshake
 from secure_store.durable import fsync_dir, write_atomic
 from secure_store.errors import FormatError
+from secure_store.receipts import write_pull_receipt
+from dock.trust import DockTrust
+from secure_store.admission import AdmissionError
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +82,11 @@ class DockClient:
 
     @classmethod
     def connect(cls, port: str, dock_key: ed25519.Ed25519PrivateKey, *, handshake_timeout: float = 10.0,
-                window: int = 128) -> "DockClient":
+                window: int = 128, cert_chain: str = "") -> "DockClient":
         """Open ``port`` and authenticate both ways (AuthError if the device refuses this dock)."""
         link = Link(open_port(port), window=window)
         try:
-            session = dock_handshake(link, dock_key, timeout=handshake_timeout)
+            session = dock_handshake(link, dock_key, timeout=handshake_timeout, cert_chain=cert_chain)
         except BaseException:
             link.close()
             raise
@@ -209,6 +212,7 @@ class PullSummary:
     confirmed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     clock_offset_us: int | None = None
+    receipt: str = ""          # the receipt this pull wrote (docs/FORMAT.md, "Receipts")
     fetch_seconds: float = 0.0  # the transfer alone, without handshake, verification and confirms
     retransmits: int = 0       # frames this dock sent again
     damaged_frames: int = 0    # frames from the device that failed their CRC (the device resent them)
@@ -223,23 +227,6 @@ def _sha256_file(path: Path, digest: bool = False) -> Any:
     with open(path, "rb") as f:
         h = hashlib.file_digest(f, "sha256")
     return h if digest else h.hexdigest()
-
-
-def _pin_device(device_dir: Path, session: Session) -> None:
-    """Write identity.json on first contact; refuse a device whose key changed since."""
-    from secure_store.trust import identity_json, parse_identity
-    identity = device_dir / "identity.json"
-    if identity.exists():
-        try:
-            device_id, key = parse_identity(identity.read_bytes(), str(identity))
-        except FormatError as exc:
-            raise PullError(str(exc)) from None
-        if key.public_bytes_raw() != session.peer_key.public_bytes_raw():
-            raise PullError(f"device {session.device_id} presented a different key than at its first pull "
-                            f"({identity}); refusing to pull")
-        return
-    device_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(identity, identity_json(session.device_id, session.peer_key))
 
 
 class _Download:
@@ -356,21 +343,32 @@ def _verify_and_confirm(client: DockClient, device_dir: Path, segments: list[str
 
 
 def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *, progress: bool = False,
-         confirm: bool = True, sync_time: bool = True, handshake_timeout: float = 10.0) -> PullSummary:
-    """Pull everything new from the device on ``port`` into ``out_dir``; see the module docstring."""
+         confirm: bool = True, sync_time: bool = True, handshake_timeout: float = 10.0,
+         trust: DockTrust | None = None) -> PullSummary:
+    """Pull everything new from the device on ``port`` into ``out_dir``; see the module docstring.
+
+    ``trust``: the agency root, CRLs and this dock's certificate (devices must be certified by
+    that root; the dock presents its chain and hands the CRLs on); None pins first-seen keys.
+    """
+    trust = trust or DockTrust()
     from tqdm import tqdm
     started = time.monotonic()
     summary = PullSummary()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with DockClient.connect(port, dock_key, handshake_timeout=handshake_timeout) as client:
+    with DockClient.connect(port, dock_key, handshake_timeout=handshake_timeout,
+                            cert_chain=trust.cert_chain) as client:
         session = client.session
         if not _DEVICE_ID_RE.fullmatch(session.device_id):
             raise PullError(f"device sent an unusable device ID {session.device_id!r}")
         summary.device_id, summary.device_key_fingerprint = session.device_id, session.peer_fingerprint
         device_dir = out / session.device_id
-        _pin_device(device_dir, session)
         try:
+            device_cert = trust.admit(device_dir, session, dock_key)
+        except AdmissionError as exc:
+            raise PullError(str(exc)) from None
+        try:
+            _deliver_crls(client, trust.crl_pems())
             if sync_time:
                 summary.clock_offset_us = client.sync_time().get("offset_us")
             summary.status = client.status()
@@ -389,6 +387,8 @@ def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *,
             # the audit log last: it now holds this session's confirmations too
             audit = [i for i in client.list_evidence() if i.kind == "audit" and _NAME_RE.fullmatch(i.name)]
             _fetch_items(client, audit, device_dir, summary, _NoProgress())
+            summary.receipt = str(write_pull_receipt(device_dir, dock_key, session.device_id, session.peer_key,
+                                                     device_cert, summary.confirmed))
         except LinkError as exc:
             raise PullError(f"link to {session.device_id} lost: {exc}; rerun to resume") from None
         finally:
@@ -396,6 +396,16 @@ def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *,
             summary.damaged_frames = client.link.decoder.bad_payloads  # (bad headers include false magics)
             summary.seconds = time.monotonic() - started
     return summary
+
+
+def _deliver_crls(client: DockClient, crls: list[str]) -> None:
+    """Revocation lists reach devices through docks (a device without the ``crl`` command is skipped)."""
+    for crl in crls:
+        try:
+            client.call("crl", crl=crl)
+        except DeviceError as exc:
+            log.info("device did not take the revocation list: %s", exc)
+            return
 
 
 class _NoProgress:

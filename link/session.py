@@ -22,7 +22,7 @@ import os
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -53,6 +53,7 @@ class Session:
     max_payload: int
     device_id: str = ""
     firmware_version: str = ""
+    peer_cert_pem: str = ""   # the certificate chain the peer presented (PEM), "" if none
 
 
 def _transcript(hello: bytes, reply_body: bytes) -> bytes:
@@ -101,10 +102,16 @@ def dock_handshake(
     timeout: float = 10.0,
     retry: float = 0.5,
     max_payload: int = DEFAULT_PAYLOAD,
+    cert_chain: str = "",
 ) -> Session:
-    """Authenticate both ways as the dock; on success the link is established."""
+    """Authenticate both ways as the dock; on success the link is established.
+
+    ``cert_chain``: the dock's certificate chain (PEM), so devices of its agency admit it
+    without enrolment; the device's own chain comes back in ``Session.peer_cert_pem``.
+    """
     ephemeral = x25519.X25519PrivateKey.generate()
     hello = json.dumps({
+        **({"dock_cert": cert_chain} if cert_chain else {}),
         "protocol": "bodycam-dock",
         "versions": list(SUPPORTED_VERSIONS),
         "nonce": os.urandom(32).hex(),
@@ -144,6 +151,7 @@ def dock_handshake(
         max_payload=agreed,
         device_id=str(info.get("device_id", "")),
         firmware_version=str(info.get("firmware", "")),
+        peer_cert_pem=info["device_cert"] if isinstance(info.get("device_cert"), str) else "",
     )
     log.info("authenticated device %s (key %s…)", session.device_id, session.peer_fingerprint[:16])
     return session
@@ -181,8 +189,14 @@ def device_handshake(
     wait: float | None = None,
     timeout: float = 10.0,
     max_payload: int = DEFAULT_PAYLOAD,
+    cert_chain: str = "",
+    dock_trust: Callable[[bytes, str], ed25519.Ed25519PublicKey | None] | None = None,
 ) -> Session:
-    """Wait up to ``wait`` seconds for a dock (None: forever), then authenticate it."""
+    """Wait up to ``wait`` seconds for a dock (None: forever), then authenticate it.
+
+    A dock is admitted if enrolled, or if ``dock_trust(raw key, its certificate chain PEM)``
+    returns its key (certified by this device's agency); ``cert_chain`` is the device's own.
+    """
     enrolled = {raw_public(key): key for key in enrolled_docks}
     start = time.monotonic()
     hello_frame = None
@@ -204,6 +218,8 @@ def device_handshake(
             raise AuthError(f"dock offers protocol versions {versions!r}; device speaks {SUPPORTED_VERSIONS}")
         dock_public = _hex(info, "dock_key", 32, "dock hello")
         dock_key = enrolled.get(dock_public)
+        if dock_key is None and dock_trust is not None and isinstance(info.get("dock_cert"), str):
+            dock_key = dock_trust(dock_public, info["dock_cert"])
         if dock_key is None:
             link.send_frame(FrameType.REJECT, b"dock not enrolled on this device")
             raise AuthError(f"dock {hashlib.sha256(dock_public).hexdigest()[:16]}… is not enrolled")
@@ -216,6 +232,7 @@ def device_handshake(
             "device_id": device_id,
             "device_key": raw_public(device_key.public_key()).hex(),
             "firmware": firmware_version,
+            **({"device_cert": cert_chain} if cert_chain else {}),
             "nonce": os.urandom(32).hex(),
             "ephemeral": raw_public(ephemeral.public_key()).hex(),
             "max_payload": payload,
@@ -249,6 +266,7 @@ def device_handshake(
         link.remember_reply(FrameType.AUTH, auth, ok)
         link.send_frame(FrameType.AUTH_OK, b"ok", to_dock)
         session = Session(version=max(common), peer_key=dock_key, peer_fingerprint=fingerprint(dock_key),
-                          max_payload=payload, device_id=device_id, firmware_version=firmware_version)
+                          max_payload=payload, device_id=device_id, firmware_version=firmware_version,
+                          peer_cert_pem=info["dock_cert"] if isinstance(info.get("dock_cert"), str) else "")
         log.info("dock %s… authenticated", session.peer_fingerprint[:16])
         return session

@@ -183,3 +183,30 @@ def read_receipts(device_dir: Path) -> tuple[list[Receipt], list[tuple[str, str]
         if want is not None and r.prev != want:
             problems.append((r.file, f"does not chain to receipt {r.number - 1}"))
     return found, problems
+
+
+def audit_head_of(audit_dir: Path) -> tuple[int, str] | None:
+    """(seq, digest) of the newest entry of the audit log copy in ``audit_dir``; None if it has none."""
+    from secure_store.audit_format import read_entries
+    from secure_store.errors import AuditError
+
+    try:
+        entries = read_entries(audit_dir)
+    except AuditError as exc:
+        log.warning("audit log in %s unreadable, receipt records no head: %s", audit_dir, exc)
+        return None
+    return (entries[-1].seq, entries[-1].digest) if entries else None
+
+
+def write_pull_receipt(device_dir: Path, dock_key: ed25519.Ed25519PrivateKey, device_id: str,
+                       device_key: ed25519.Ed25519PublicKey, device_cert_fp: str,
+                       confirmed: Iterable[str]) -> Path:
+    """The receipt a dock writes at the end of a pull: what it now holds, confirmed segments by digest."""
+    evidence = Path(device_dir) / "evidence"
+    manifests = []
+    for name in confirmed:
+        stem = Path(name).stem
+        data = (evidence / (stem + ".manifest")).read_bytes()
+        manifests.append((int(stem.removeprefix("seg-")), hashlib.sha256(data).hexdigest()))
+    return write_receipt(device_dir, dock_key, device_id, keys.fingerprint(device_key), device_cert_fp,
+                         audit_head_of(Path(device_dir) / "audit"), manifests)

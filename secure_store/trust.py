@@ -212,3 +212,14 @@ def resolve_trust(device_dir: Path, given: list[ed25519.Ed25519PublicKey] | None
     return DeviceTrust(list(found.all), {keys.fingerprint(k): None for k in found.all}, found.device_id, False,
                        f"device key taken from {found.source.name} beside the evidence; not anchored to an "
                        "agency root (give --trust agency-root.pem)")
+
+
+def device_cert_fingerprint(device_dir: Path, session) -> str:
+    """Hex SHA-256 of the certificate a dock holds for the session's device key; "" if none."""
+    from secure_store import pki
+
+    fp = keys.fingerprint(session.peer_key)
+    for _, chain in cert_chains(device_dir):
+        if pki.role_of(chain[0]) == "device" and keys.fingerprint(chain[0].public_key()) == fp:
+            return pki.cert_fingerprint(chain[0])
+    return ""
