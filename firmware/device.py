@@ -22,6 +22,7 @@ from firmware.config import Config
 from firmware.controls import Controls
 from firmware.machine import DeviceMachine, State
 from firmware.offload import OffloadServer, OffsetClock, load_enrolled_docks
+from secure_store.admission import DeviceTrustAnchor
 from firmware.provision import ProvisionError, load_identity
 from firmware.signals import Signals
 from secure_store import keys
@@ -121,6 +122,7 @@ class Device:
                 enrolled_docks=lambda: load_enrolled_docks(self.root.docks),
                 status_provider=self._dock_status, clock=self.clock,
                 on_clock_set=lambda offset: self.machine.handle("clock_set", offset_us=offset),
+                trust=DeviceTrustAnchor(self.root.root, self.device_key.public_key()),
             )
         self.machine = DeviceMachine(
             buffer=self.buffer, store=self.store, audit=self.audit, signals=self.signals,

@@ -148,6 +148,7 @@ class OffloadServer:
         idle_timeout: float = 15.0,
         handshake_timeout: float = 10.0,
         window: int = 128,
+        trust: Any = None,
     ) -> None:
         self.port, self.store, self.audit = port, store, audit
         self.device_key, self.device_id = device_key, device_id
@@ -162,6 +163,9 @@ class OffloadServer:
             "status": self._status, "list": self._list, "fetch": self._fetch,
             "confirm": self._confirm, "time": self._time,
         }
+        self.trust = trust  # secure_store.admission.DeviceTrustAnchor: admits docks of our agency, takes CRLs
+        if trust is not None:
+            self.commands["crl"] = self._crl
         self._link: Link | None = None
         self._listed: dict[str, Any] = {}
         self._stop = threading.Event()
@@ -215,7 +219,9 @@ class OffloadServer:
             try:
                 session = device_handshake(link, self.device_key, self.device_id, docks,
                                            firmware_version=self.firmware_version, wait=wait,
-                                           timeout=self.handshake_timeout)
+                                           timeout=self.handshake_timeout,
+                                           cert_chain=self.trust.chain_pem if self.trust else "",
+                                           dock_trust=self.trust.admit_dock if self.trust else None)
             except AuthError as exc:
                 self.audit.append(Event.DOCK_AUTH_FAILED, reason=str(exc))
                 raise
@@ -330,6 +336,19 @@ class OffloadServer:
         except ReleaseRefused as exc:
             raise CommandError(str(exc), "release_refused") from None
         return {"segment": segment, "released": True}
+
+    def _crl(self, request: Request) -> dict[str, Any]:
+        """A revocation list of our agency, handed on by the dock (docs/PROTOCOL.md)."""
+        from secure_store.admission import AdmissionError
+        crl = request.args.get("crl")
+        if not isinstance(crl, str) or len(crl) > 1 << 20:
+            raise CommandError("crl needs a PEM revocation list", "bad_crl")
+        try:
+            name = self.trust.install_crl(crl.encode())
+        except AdmissionError as exc:
+            raise CommandError(str(exc), "bad_crl") from None
+        self.audit.append(Event.CRL_INSTALLED, file=name, dock=request.session.peer_fingerprint)
+        return {"installed": name}
 
     def _time(self, request: Request) -> dict[str, Any]:
         reference = request.args.get("utc")

@@ -85,6 +85,7 @@ class Event:
     FIRMWARE_UPLOAD = "firmware_upload"
     FIRMWARE_BOOT = "firmware_boot"
     FIRMWARE_STATE_REBUILT = "firmware_state_rebuilt"
+    CRL_INSTALLED = "crl_installed"
 
 
 # The complete list of version-1 event names (FORMAT.md, "Events"). A name outside it that
