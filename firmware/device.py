@@ -22,6 +22,7 @@ from firmware.config import Config
 from firmware.controls import Controls
 from firmware.machine import DeviceMachine, State
 from firmware.offload import OffloadServer, OffsetClock, load_enrolled_docks
+from firmware import rootlock
 from secure_store.admission import DeviceTrustAnchor
 from firmware.provision import ProvisionError, load_identity
 from firmware.signals import Signals
@@ -167,6 +168,10 @@ class Device:
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> None:
         """Boot: choose the firmware slot, recover the store, start the camera and the machine."""
+        try:
+            self._root_lock = rootlock.acquire(self.root.root)  # provisioning refuses while we run
+        except rootlock.RootInUse as exc:
+            raise DeviceError(str(exc)) from None
         update.clear_recording(self.root)  # no recording survives a reboot
         slot = update.boot_slot(self.root, audit=self.audit)
         log.info("device %s booting firmware slot %s (%s)", self.device_id, slot.slot, slot.version)
@@ -190,6 +195,8 @@ class Device:
             log.error("camera: %s", exc)
         finally:
             self.signals.close()
+            if getattr(self, "_root_lock", None) is not None:
+                self._root_lock.release()
 
     def _tick_loop(self) -> None:
         while not self._stop.wait(TICK_S):

@@ -25,6 +25,9 @@ from secure_store.audit import AuditLog, Event, read_entries
 from secure_store.errors import AuditError
 from secure_store.durable import fsync_dir, write_atomic
 from secure_store.layout import DeviceRoot
+from secure_store import pki
+from secure_store.admission import AGENCY_ROOT, store_chain
+from firmware import rootlock
 
 log = logging.getLogger(__name__)
 
@@ -201,9 +204,30 @@ def provision(
     *,
     reference_utc: float | None = None,
     clock: Callable[[], float] = time.time,
+    ca: str | Path | None = None,
 ) -> Identity:
-    """Provision (or with ``force`` re-provision) the device under ``root``; see module doc."""
+    """Provision (or with ``force`` re-provision) the device under ``root``; see module doc.
+
+    ``ca``: the agency CA directory (``bodycam ca init``) whose provisioning certificate
+    certifies the new key; the chain goes to ``certs/``, the agency root to ``keys/``.
+    Refused (ProvisionError) while the device daemon holds the root.
+    """
     root = _root(root)
+    if not root.root.is_dir():  # no daemon can hold a root that does not exist yet
+        return _provision(root, device_id, agency_pub, vendor_pub, dock_pubs, force, reference_utc, clock, ca)
+    with _locked(root):
+        return _provision(root, device_id, agency_pub, vendor_pub, dock_pubs, force, reference_utc, clock, ca)
+
+
+def _locked(root: DeviceRoot) -> rootlock.RootLock:
+    try:
+        return rootlock.acquire(root.root)
+    except rootlock.RootInUse as exc:
+        raise ProvisionError(str(exc)) from None
+
+
+def _provision(root: DeviceRoot, device_id: str, agency_pub, vendor_pub, dock_pubs, force: bool,
+               reference_utc: float | None, clock: Callable[[], float], ca: str | Path | None) -> Identity:
     if not isinstance(device_id, str) or not _DEVICE_ID_RE.fullmatch(device_id):
         raise ProvisionError(f"device ID {device_id!r} must be 1-64 of A-Z a-z 0-9 . _ - (not starting with . _ -)")
     agency, vendor, docks = _load_trusted(Path(agency_pub), Path(vendor_pub), [Path(p) for p in dock_pubs])
@@ -215,11 +239,15 @@ def provision(
     root.keys.mkdir(mode=0o700, exist_ok=True)
     for d in (root.evidence, root.audit, root.firmware, root.state):
         d.mkdir(mode=0o755, exist_ok=True)
+    (root.state / rootlock.LOCK_NAME).touch()  # the file the daemon and later provisioning lock
 
     new_key = _pending_key(root) if previously else keys.generate("device")
     new_fp = keys.fingerprint(new_key.public_key())
+    chain = _certify(ca, device_id, new_key.public_key()) if ca is not None else None
     details = {"device_id": device_id, "device_key": new_fp, "agency_key": keys.fingerprint(agency),
                "vendor_key": keys.fingerprint(vendor), "docks": [keys.fingerprint(d) for _, d in docks]}
+    if chain:
+        details["device_cert"] = pki.cert_fingerprint(chain[0])
     retired: dict[str, str | None] = {}
     if previously:
         _hand_over(root, details)
@@ -246,6 +274,9 @@ def provision(
         "retired_device_keys": _retired_list(root, retired.get("device")),
     }
     write_atomic(root.identity, json.dumps(document, indent=1, sort_keys=True).encode() + b"\n", 0o644)
+    if chain:
+        store_chain(root.root, "device", new_key.public_key(), pki.chain_pem(chain))
+        write_atomic(root.keys / AGENCY_ROOT, pki.pem(chain[-1]), 0o644)
     fsync_dir(root.root)
 
     audit = AuditLog(root.audit, new_key, device_id)
@@ -254,6 +285,17 @@ def provision(
     set_clock(root, audit, "provision", reference_utc, clock)
     log.info("device %s provisioned, key %s", device_id, _short(new_fp))
     return identity
+
+
+def _certify(ca: str | Path, device_id: str, key: keys.PublicKey) -> list:
+    """The device certificate chain from the agency CA, checked against its own root."""
+    try:
+        authority = pki.CertificateAuthority(ca)
+        chain = authority.issue("device", device_id, key)
+        pki.check_chain(chain, chain[-1], "device")
+    except (pki.PkiError, OSError) as exc:
+        raise ProvisionError(f"--ca {ca}: cannot certify the device key: {exc}") from None
+    return chain
 
 
 def _retired_list(root: DeviceRoot, just_retired: str | None) -> list[str]:
@@ -274,6 +316,11 @@ def enroll_dock(root: str | Path | DeviceRoot, dock_pub: str | Path) -> tuple[st
     """Enroll one more dock station's public key; (fingerprint, newly enrolled?). Audit-logged."""
     root = _root(root)
     dock = _load_public(Path(dock_pub), "dock", "--enroll-dock")
+    with _locked(root):
+        return _enroll(root, dock, dock_pub)
+
+
+def _enroll(root: DeviceRoot, dock: keys.PublicKey, dock_pub: str | Path) -> tuple[str, bool]:
     audit = open_audit(root)
     if root.vendor_pub.exists() and keys.fingerprint(keys.load_public_key(root.vendor_pub, "vendor")) == keys.fingerprint(dock):
         raise ProvisionError(f"dock key {dock_pub} is the vendor key; one key must not serve both roles")

@@ -32,7 +32,7 @@ def _provision(args: argparse.Namespace) -> int:
         print(f"bodycam provision: {', '.join(missing)} required", file=sys.stderr)
         return 2
     identity = provision.provision(args.root, args.device_id, args.agency_pub, args.vendor_pub,
-                                   args.dock_pub or (), force=args.force)
+                                   args.dock_pub or (), force=args.force, ca=args.ca)
     print(f"device {identity.device_id} provisioned; device key {identity.fingerprint}")
     print(f"identity for the evidence system: {Path(args.root) / 'identity.json'}")
     return 0
@@ -102,6 +102,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--vendor-pub", type=Path, help="vendor Ed25519 firmware key (PEM)")
     p.add_argument("--dock-pub", type=Path, action="append", help="dock Ed25519 public key (repeatable)")
     p.add_argument("--force", action="store_true", help="re-provision (evidence and audit log are kept)")
+    p.add_argument("--ca", type=Path, metavar="DIR", help="agency CA directory (bodycam ca init): certify the "
+                                                          "device key and install the agency root")
     p.add_argument("--enroll-dock", type=Path, metavar="FILE", help="enroll one more dock public key")
     p.set_defaults(func=_provision)
 
