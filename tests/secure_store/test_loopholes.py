@@ -143,7 +143,7 @@ def test_signed_but_inconsistent_manifest(case, keyset, change, words) -> None:
     resign(path, keyset.device, **change)
     replace_sealed_digest(case, keyset.device, 3, path)
     found = reasons(case)
-    assert words in found[0], found
+    assert any(words in r for r in found), found
 
 
 def replace_sealed_digest(case: Path, key, seq: int, manifest: Path) -> None:
