@@ -10,6 +10,7 @@ failure is a ``Problem`` naming the file, the chunk (if any) and the reason.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Union
@@ -33,6 +34,7 @@ from secure_store.trust import DeviceKey, DeviceTrust, certified_keys, find_devi
 log = logging.getLogger(__name__)
 TrustedKeys = Union[ed25519.Ed25519PublicKey, DeviceKey, Iterable[ed25519.Ed25519PublicKey], None]
 MAX_MANIFEST_FILE = 64 * 1024 * 1024
+_EVIDENCE_NAME = re.compile(r"seg-[0-9]{10}\.(seg|manifest)")
 
 
 @dataclass(frozen=True)
@@ -325,7 +327,7 @@ def device_dirs(path: Path) -> list[tuple[Path, Path]]:
         return [(path, path)]  # a flat copy: segments beside audit/
     found = [d for child in sorted(path.iterdir()) if child.is_dir() and not child.name.startswith(".")
              for d in device_dirs(child)] if path.is_dir() else []
-    if not found and (any(path.glob("*" + SEGMENT_SUFFIX)) or any(path.glob("*" + MANIFEST_SUFFIX))):
+    if not found and path.is_dir() and any(_EVIDENCE_NAME.fullmatch(p.name) for p in path.iterdir()):
         found.insert(0, (path, path))
     return found
 
@@ -372,8 +374,8 @@ def _verify_device_dir(device_dir: Path, evidence: Path, given, trust_root, crls
     report.problems += [Problem(str(device_dir), None, p) for p in trust.problems]
     if not trust.anchored:
         report.warnings.append(Problem(str(device_dir), None, trust.source))
-    names = sorted({p.stem for p in evidence.glob("seg-*") if p.suffix in (SEGMENT_SUFFIX, MANIFEST_SUFFIX)
-                    and not p.name.startswith(".")}) if evidence.is_dir() else []
+    names = sorted({p.stem for p in evidence.iterdir() if _EVIDENCE_NAME.fullmatch(p.name)}) \
+        if evidence.is_dir() else []
     segments = []
     for stem in names:
         seg, problems = verify_segment(evidence / (stem + SEGMENT_SUFFIX), trust)
