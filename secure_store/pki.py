@@ -141,8 +141,10 @@ def _check_profile(cert: x509.Certificate, role: str, what: str) -> None:
         raise PkiError(f"{what}: not signed with Ed25519")
     if role_of(cert) != role:
         raise PkiError(f"{what}: a {role_of(cert) or 'role-less'} certificate where a {role} one is required")
-    if common_name(cert) is None:
-        raise PkiError(f"{what}: subject has no single CN")
+    if common_name(cert) is None or len(cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)) != 1:
+        raise PkiError(f"{what}: subject needs exactly one O, one OU and one CN")
+    if _ext(cert, x509.SubjectKeyIdentifier) is None:
+        raise PkiError(f"{what}: no subjectKeyIdentifier")
     bc, ku = _ext(cert, x509.BasicConstraints), _ext(cert, x509.KeyUsage)
     ca = role in CA_ROLES
     if bc is None or bc.ca != ca:
@@ -151,6 +153,12 @@ def _check_profile(cert: x509.Certificate, role: str, what: str) -> None:
         raise PkiError(f"{what}: keyUsage lacks {'keyCertSign' if ca else 'digitalSignature'}")
     if not ca and ku.key_cert_sign:
         raise PkiError(f"{what}: a leaf certificate must not have keyCertSign")
+    if not ca and _ext(cert, x509.AuthorityKeyIdentifier) is None:
+        raise PkiError(f"{what}: no authorityKeyIdentifier")
+    if role == "export":
+        eku = _ext(cert, x509.ExtendedKeyUsage)
+        if eku is None or ExtendedKeyUsageOID.EMAIL_PROTECTION not in eku:
+            raise PkiError(f"{what}: an export certificate needs extendedKeyUsage emailProtection")
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate, what: str) -> None:
