@@ -82,7 +82,19 @@ def _sim_keys(out: Path) -> dict[str, Path]:
     for kind in ("agency", "vendor", "dock"):
         private, public = keys.write_keypair(kind, key_dir / f"sim-{kind}")
         made[kind], made[kind + "_pub"] = private, public
+    made.update(_sim_ca(key_dir, made["dock_pub"]))
     return made
+
+
+def _sim_ca(key_dir: Path, dock_pub: Path) -> dict[str, Path]:
+    """A simulated agency CA: its root (what a court is given) and the dock's certificate chain."""
+    from secure_store import pki
+
+    ca = pki.CertificateAuthority(key_dir / "sim-ca")
+    ca.init("Simulated Agency")
+    chain = ca.issue("dock", "Sim Dock 1", keys.load_public_key(dock_pub, "dock"))
+    (key_dir / "sim-dock-chain.pem").write_bytes(pki.chain_pem(chain))
+    return {"ca": ca.dir, "agency_root": ca.dir / "root.pem", "dock_chain": key_dir / "sim-dock-chain.pem"}
 
 
 def demo_config(resolution: str, fps: int, pre_event_s: float, bitrate: int) -> Config:
@@ -107,7 +119,10 @@ def run_demo(
 ) -> DemoSummary:
     """Run the demo into ``out``; ``say`` receives one line per step (the CLI prints them)."""
     from dock.client import pull
+    from dock.trust import DockTrust
     from export.exporter import export_evidence
+    from secure_store import pki
+    from secure_store.verify import verify_path
     from firmware.device import Device
     from firmware.provision import provision
     from hw_sim.link import LinkedPtys
@@ -119,7 +134,7 @@ def run_demo(
     summary = DemoSummary(out, resolution=resolution)
     made = _sim_keys(out)
     root = out / "device"
-    provision(root, DEVICE_ID, made["agency_pub"], made["vendor_pub"], [made["dock_pub"]])
+    provision(root, DEVICE_ID, made["agency_pub"], made["vendor_pub"], ca=made["ca"])  # the dock is admitted by its certificate
     say(f"provisioned simulated device {DEVICE_ID} in {root} (SIMULATION ONLY keys in {out / 'sim-keys'})")
 
     config = demo_config(resolution, fps, pre_event_s, bitrate)
@@ -164,7 +179,8 @@ def run_demo(
             device.wait_for(lambda: device.machine.state is State.DOCKED, 10, "docking")
             say(f"docked: pulling over the simulated USB serial link {cable.b_path}")
             dock_key = keys.load_private_key(made["dock"], "dock")
-            pulled = pull(cable.b_path, out / "dock", dock_key)
+            pulled = pull(cable.b_path, out / "dock", dock_key,
+                          trust=DockTrust.load(made["agency_root"], cert=made["dock_chain"]))
             summary.pulled, summary.confirmed = len(pulled.fetched), len(pulled.confirmed)
             summary.problems += pulled.problems
             say(f"pulled {len(pulled.fetched)} files ({pulled.bytes_fetched} bytes) in {pulled.seconds:.1f} s, "
@@ -176,7 +192,11 @@ def run_demo(
     agency_key = keys.load_private_key(made["agency"], "agency")
     device_key = keys.load_public_key(root / "keys" / "device.pub", "device")
     result = export_evidence(out / "dock" / DEVICE_ID, agency_key, out / "export", device_key)
-    summary.verified = result.verification.ok
+    anchored = verify_path(out / "dock" / DEVICE_ID, trust_root=pki.read_certs(made["agency_root"])[0])
+    say(f"verified against the agency root: {'OK' if anchored.ok else 'FAILED'}, "
+        f"{len(anchored.segments)} segment(s), receipts and audit log checked")
+    summary.verified = result.verification.ok and anchored.ok and anchored.anchored
+    summary.problems += [str(p) for p in anchored.problems]
     summary.problems += [str(p) for p in result.verification.problems]
     for recording in result.recordings:
         summary.mp4s.append(recording.mp4)

@@ -281,6 +281,10 @@ def test_device_cli_reads_commands_from_stdin(provisioned, tmp_path):
     assert bad.stderr.strip() == "bodycam: config: video.pre_event_s = 200 is not allowed (expected a number from 0 to 120)"
 
 
+def summary_device_id(tmp_path) -> str:
+    return next((tmp_path / "demo" / "dock").iterdir()).name
+
+
 def test_demo_runs_the_whole_journey(tmp_path):
     from firmware.demo import MARKER_FILE, DemoError, run_demo
 
@@ -291,6 +295,11 @@ def test_demo_runs_the_whole_journey(tmp_path):
     assert summary.confirmed == summary.segments and len(summary.mp4s) == 1 and summary.mp4s[0].stat().st_size
     assert (tmp_path / "demo" / "sim-keys" / MARKER_FILE).read_text().startswith("SIMULATION ONLY")
     assert any("double-pressed record" in line for line in lines)
+    store = tmp_path / "demo" / "dock" / summary_device_id(tmp_path)  # the PKI at work: no enrolled dock keys
+    assert [p.name for p in (store / "receipts").iterdir()] == ["receipt-000000000001.json"]
+    assert sorted(p.name.split("-")[0] for p in (store / "certs").iterdir()) == ["device", "dock"]
+    assert not list((tmp_path / "demo" / "device" / "keys" / "docks").glob("*.pub"))
+    assert any("verified against the agency root: OK" in line for line in lines)
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "notes.txt").write_text("not a demo")
     with pytest.raises(DemoError, match="not made by bodycam demo"):
