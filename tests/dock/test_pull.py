@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 
 import pytest
 
 from dock.client import PullError, pull
 from hw_sim.link import Faults, LinkedPtys
+from secure_store.audit_format import read_entries
 from secure_store.verify import verify_path
 
 DEVICE_ID = "CAM-0042"
@@ -48,6 +51,14 @@ def test_full_pull_of_a_multi_segment_recording(device, keyset, tmp_path):
     assert report.ok, [str(p) for p in report.problems]
     assert len(report.segments) == 5 and report.audit_logs
     assert summary.status["device_id"] == DEVICE_ID and summary.status["battery_percent"] == 77
+    # the pull's receipt anchors what the dock received: deleting it from the store afterwards fails
+    receipt = json.loads(Path(summary.receipt).read_text())["body"]
+    assert [m["seq"] for m in receipt["manifests"]] == [1, 2, 3, 4, 5]
+    assert receipt["audit_head"]["seq"] == max(e.seq for e in read_entries(out / DEVICE_ID / "audit"))
+    (out / DEVICE_ID / "evidence" / "seg-0000000005.seg").unlink()
+    (out / DEVICE_ID / "evidence" / "seg-0000000005.manifest").unlink()
+    reasons = [p.reason for p in verify_path(out / DEVICE_ID).problems]
+    assert any("records that the dock received and confirmed it" in r for r in reasons), reasons
     assert summary.status["storage"]["level"] in ("ok", "nearly_full", "full")
 
 
