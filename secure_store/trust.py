@@ -205,7 +205,10 @@ def resolve_trust(device_dir: Path, given: list[ed25519.Ed25519PublicKey] | None
     if given:
         return DeviceTrust(list(given), {keys.fingerprint(k): None for k in given}, None, False,
                            "device key(s) given to the verifier; not anchored to an agency root")
-    found = find_device_key(device_dir)
+    try:
+        found = find_device_key(device_dir)
+    except FormatError as exc:
+        return DeviceTrust([], {}, None, False, "no usable device key beside the evidence", problems=[str(exc)])
     if found is None:
         return DeviceTrust([], {}, None, False, "no device key",
                            problems=["no device public key given or found beside the evidence"])
