@@ -30,6 +30,7 @@ from link.protocol import Kind, Message, ProtocolError, decode_message, encode_m
 from link.session import Session, dock_handshake
 from secure_store.durable import fsync_dir, write_atomic
 from secure_store.errors import FormatError
+from secure_store.custody import sealed_but_absent
 from secure_store.receipts import write_pull_receipt
 from dock.trust import DockTrust
 from secure_store.admission import AdmissionError
@@ -387,6 +388,10 @@ def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *,
             # the audit log last: it now holds this session's confirmations too
             audit = [i for i in client.list_evidence() if i.kind == "audit" and _NAME_RE.fullmatch(i.name)]
             _fetch_items(client, audit, device_dir, summary, _NoProgress())
+            late = sealed_but_absent(device_dir)  # sealed during this pull: fetched now, confirmed next time
+            if late:
+                _fetch_items(client, [i for i in client.list_evidence() if i.name in late], device_dir, summary,
+                             _NoProgress())
             summary.receipt = str(write_pull_receipt(device_dir, dock_key, session.device_id, session.peer_key,
                                                      device_cert, summary.confirmed))
         except LinkError as exc:

@@ -111,3 +111,27 @@ def event_warnings(entries: list[AuditEntry] | None) -> list[Finding]:
     """Event names outside the version-1 list: accepted, but said (W2)."""
     unknown = sorted({e.event for e in entries or [] if e.event not in KNOWN_EVENTS})
     return [Finding("audit", f"event name(s) not in the version-1 list: {', '.join(unknown)}")] if unknown else []
+
+
+def sealed_but_absent(device_dir: Path) -> list[str]:
+    """Segments the audit log copy in ``device_dir`` says were sealed and not released, but which
+    are not in ``evidence/``: what a dock must still fetch so its store satisfies A5.
+
+    A segment sealed while a pull was under way is in the audit log the dock fetched last, but
+    was not in the listing it fetched segments from.
+    """
+    from secure_store.audit_format import read_entries
+    from secure_store.errors import AuditError
+
+    try:
+        entries = read_entries(Path(device_dir) / "audit")
+    except AuditError:
+        return []
+    released = {e.details["segment"] for e in entries if e.event == Event.DELETE}
+    evidence = Path(device_dir) / "evidence"
+    names = []
+    for e in entries:
+        stem = e.details.get("segment") if e.event == Event.SEGMENT_SEALED else None
+        if stem and stem not in released and not (evidence / f"{stem}.manifest").exists():
+            names += [f"{stem}.seg", f"{stem}.manifest"]
+    return names
