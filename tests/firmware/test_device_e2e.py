@@ -13,7 +13,7 @@ from firmware.config import Config, with_overrides
 from firmware.console import ConsoleError, Quit, SimConsole
 from firmware.device import Device
 from firmware.machine import State
-from firmware.provision import provision
+from firmware.provision import ProvisionError, provision
 from hw_sim.camera import read_frame_number
 from hw_sim.link import LinkedPtys
 from hw_sim.pins import Finger
@@ -101,12 +101,16 @@ def test_sim_device_records_pre_event_and_every_frame_to_the_export(provisioned,
 
 
 def test_console_drives_buttons_battery_and_auto_trigger(provisioned):
-    root, _ = provisioned
+    root, made = provisioned
     device = Device(root, sim_config(), sim=True, camera_clock="fast")
     console = SimConsole(device)
     try:
         device.start()
         device.wait_for(lambda: device.sensor_seconds >= 2, 30, "video")
+        key_before = (root / "keys" / "device.key").read_bytes()
+        with pytest.raises(ProvisionError, match="in use"):  # the running daemon keeps signing with its key
+            provision(root, "SIM-E2E", made["agency_pub"], made["vendor_pub"], force=True)
+        assert (root / "keys" / "device.key").read_bytes() == key_before
         assert console.execute("bounce record") == "ok"
         assert json.loads(console.execute("status"))["state"] == "buffering"
         console.execute("holster on")
