@@ -50,21 +50,15 @@ def parse_identity(data: bytes, source: str = "identity.json") -> tuple[str, ed2
     device_id = doc.get("device_id")
     if not isinstance(device_id, str) or not device_id:
         raise FormatError(f"{source}: missing device_id")
-    pem = doc.get("public_key_pem", doc.get("device_public_key"))
-    if isinstance(pem, str):
-        try:
-            key = serialization.load_pem_public_key(pem.encode("utf-8", "replace"))
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            raise FormatError(f"{source}: public_key_pem is not a PEM public key") from None
-        if not isinstance(key, ed25519.Ed25519PublicKey):
-            raise FormatError(f"{source}: public_key_pem is not an Ed25519 key")
-    elif isinstance(doc.get("public_key"), str):
-        try:
-            key = ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(doc["public_key"]))
-        except ValueError:
-            raise FormatError(f"{source}: public_key is not 32 bytes of hex") from None
-    else:
+    pem = doc.get("public_key_pem")  # FORMAT.md K3: the one field a verifier reads the key from
+    if not isinstance(pem, str):
         raise FormatError(f"{source}: no device public key (public_key_pem)")
+    try:
+        key = serialization.load_pem_public_key(pem.encode("utf-8", "replace"))
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise FormatError(f"{source}: public_key_pem is not a PEM public key") from None
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise FormatError(f"{source}: public_key_pem is not an Ed25519 key")
     fp = doc.get("fingerprint")
     if fp is not None and fp != keys.fingerprint(key):
         raise FormatError(f"{source}: fingerprint does not match the public key")
