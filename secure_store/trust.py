@@ -37,14 +37,25 @@ class DeviceKey:
         return (self.key, *self.retired)
 
 
+def _no_repeats(pairs: list) -> dict:
+    keys_seen = [k for k, _ in pairs]
+    if len(set(keys_seen)) != len(keys_seen):
+        raise ValueError("a key is repeated")
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_identity(data: bytes, source: str = "identity.json") -> tuple[str, ed25519.Ed25519PublicKey]:
     """Device ID and public key from an identity.json; FormatError if malformed."""
     if len(data) > MAX_IDENTITY_BYTES:
         raise FormatError(f"{source}: too large for an identity file")
     try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError):
-        raise FormatError(f"{source}: not JSON") from None
+        doc = json.loads(data, object_pairs_hook=_no_repeats, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(f"{source}: not JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise FormatError(f"{source}: not a JSON object")
     device_id = doc.get("device_id")
@@ -84,7 +95,7 @@ def find_device_key(directory: Path) -> DeviceKey | None:
             except OSError as exc:
                 raise FormatError(f"{identity}: cannot read ({exc.strerror})") from None
             device_id, key = parse_identity(data, str(identity))
-            listed = json.loads(data).get("retired_device_keys")
+            listed = json.loads(data, object_pairs_hook=_no_repeats).get("retired_device_keys")
             allowed = {fp for fp in listed if isinstance(fp, str)} if isinstance(listed, list) else set()
             return DeviceKey(key, device_id, identity, _retired_keys(d, allowed))
         for pub in (d / "device.pub", d / "keys" / "device.pub"):
