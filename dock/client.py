@@ -31,6 +31,7 @@ from link.session import Session, dock_handshake
 from secure_store.durable import fsync_dir, write_atomic
 from secure_store.errors import FormatError
 from secure_store.custody import sealed_but_absent
+from secure_store.trust import pulled_device_keys
 from secure_store.receipts import write_pull_receipt
 from dock.trust import DockTrust
 from secure_store.admission import AdmissionError
@@ -314,7 +315,7 @@ def _verify_and_confirm(client: DockClient, device_dir: Path, segments: list[str
     """Verify each segment (and its link to the one before) with the device key; confirm the good ones."""
     from secure_store.verify import check_chain, verify_segment
     evidence = device_dir / "evidence"
-    key, device_id = client.session.peer_key, client.session.device_id
+    key, device_id = pulled_device_keys(device_dir, client.session.peer_key), client.session.device_id
     local = sorted(p.name for p in evidence.glob("seg-*.seg")) if evidence.is_dir() else []
     wanted = [n for n in sorted(segments) if n in local]
     if not wanted:

@@ -231,3 +231,14 @@ def device_cert_fingerprint(device_dir: Path, session) -> str:
         if pki.role_of(chain[0]) == "device" and keys.fingerprint(chain[0].public_key()) == fp:
             return pki.cert_fingerprint(chain[0])
     return ""
+
+
+def pulled_device_keys(device_dir: Path, current: ed25519.Ed25519PublicKey) -> list[ed25519.Ed25519PublicKey]:
+    """The key a dock just admitted and the keys it retired before (identity.json), to verify with:
+    the segment before a re-provisioning was signed by the old key."""
+    try:
+        found = find_device_key(device_dir)
+    except FormatError:
+        found = None
+    retired = list(found.retired) if found is not None else []
+    return [current, *(k for k in retired if k.public_bytes_raw() != current.public_bytes_raw())]
