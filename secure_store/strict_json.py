@@ -34,13 +34,47 @@ def loads(data: bytes, *, floats_in: frozenset[str] = frozenset()) -> Any:
     """Parse canonical JSON; ``floats_in``: top-level keys under which non-integer numbers may appear."""
     if not isinstance(data, (bytes, bytearray)):
         raise StrictJSONError("not bytes")
-    bad = re.search(rb"[^\x20-\x7e]", data)
+    bad = re.search(rb"[^\x20-\x7e]", data) if bytes(data).translate(None, _PRINTABLE) else None
     if bad:
         raise StrictJSONError(f"byte {bad.start()} is 0x{data[bad.start()]:02x}: only printable ASCII is allowed")
+    fast = _fast(bytes(data))
+    if fast is not _SLOW:
+        return fast
     value, end = _Parser(bytes(data), floats_in).value(0, 0, False)
     if end != len(data):
         raise StrictJSONError(f"unexpected bytes at byte {end}")
     return value
+
+
+_SLOW = object()
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_PRINTABLE = bytes(range(0x20, 0x7F))
+
+
+def _fast(data: bytes) -> Any:
+    """The common case at C speed: re-encoding the parsed value gives the very same bytes.
+
+    Equal bytes mean J2-J5 and J7 hold (the canonical writer made them). What re-encoding
+    cannot see is sent to the parser below, which decides and says why: any non-integer
+    number or NaN, a digit run long enough for an integer outside 64 bits, a ``\\ud``
+    escape (a surrogate, maybe lone), more brackets than the depth limit.
+    """
+    if b"\\ud" in data or _LONG_DIGITS.search(data) or data.count(b"[") + data.count(b"{") > MAX_DEPTH:
+        return _SLOW
+    try:
+        value = json.loads(data, parse_float=_refuse, parse_constant=_refuse)
+        same = dumps(value) == data
+    except (ValueError, TypeError, RecursionError, _Refused):
+        return _SLOW
+    return value if same else _SLOW
+
+
+class _Refused(Exception):
+    pass
+
+
+def _refuse(token: str) -> None:
+    raise _Refused(token)
 
 
 class _Parser:
