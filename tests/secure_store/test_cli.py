@@ -95,3 +95,20 @@ def test_verify_with_the_wrong_or_a_bad_device_key(evidence, capsys, keyset, tmp
     assert code == 2 and "not found" in err
     code, _, err = run(capsys, "verify", str(tmp_path / "no-such-dir"))
     assert code == 2 and err == f"bodycam: {tmp_path / 'no-such-dir'}: no such file or directory\n"
+
+
+def test_verify_trust_and_anchor_arguments(evidence, tmp_path, capsys) -> None:
+    from secure_store import pki
+
+    ca = pki.CertificateAuthority(tmp_path / "ca")
+    ca.init("Metro Police")
+    code, out, _ = run(capsys, "verify", str(evidence), "--trust", str(tmp_path / "ca" / "root.pem"), "--json")
+    report = json.loads(out)  # identity.json is not a trust root: no certificate here chains to the agency
+    assert code == 1 and report["anchored"] is True and not report["ok"]
+    assert any("no device certificate" in p["reason"] for p in report["problems"])
+    code, _, err = run(capsys, "verify", str(evidence), "--trust", str(tmp_path / "ca" / "provisioning.pem"))
+    assert code == 2 and "agency root" in err and err.count("\n") == 1
+    code, _, err = run(capsys, "verify", str(evidence), "--anchor", "7:XYZ")
+    assert code == 2 and "SEQ:DIGEST" in err and err.count("\n") == 1
+    code, out, _ = run(capsys, "verify", str(evidence), "--anchor", "999:" + "0" * 64)
+    assert code == 1 and "entries removed" in out
