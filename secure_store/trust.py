@@ -217,7 +217,9 @@ def resolve_trust(device_dir: Path, given: list[ed25519.Ed25519PublicKey] | None
     if found is None:
         return DeviceTrust([], {}, None, False, "no device key",
                            problems=["no device public key given or found beside the evidence"])
-    return DeviceTrust(list(found.all), {keys.fingerprint(k): None for k in found.all}, found.device_id, False,
+    ids = {keys.fingerprint(k): None for k in found.retired}  # a retired key may have served another ID
+    ids[keys.fingerprint(found.key)] = found.device_id
+    return DeviceTrust(list(found.all), ids, found.device_id, False,
                        f"device key taken from {found.source.name} beside the evidence; not anchored to an "
                        "agency root (give --trust agency-root.pem)")
 

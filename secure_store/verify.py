@@ -112,7 +112,8 @@ def check_manifest(manifest: Manifest, name: str, device_key: TrustedKeys,
     """Origin and signature of one manifest, against the device's trusted key(s)."""
     by_fp = {sha256(keys.raw_public(k)): k for k in trusted_keys(device_key)}
     if isinstance(device_key, DeviceTrust):  # a certificate names the device its key belongs to
-        device_id = device_key.ids.get(manifest.device_key_fp.hex()) or device_id or device_key.device_id
+        fp = manifest.device_key_fp.hex()
+        device_id = device_key.ids[fp] if fp in device_key.ids else device_id or device_key.device_id
     if device_id is not None and manifest.device_id != device_id:
         return [Problem(name, None, f"from another device: manifest says device {manifest.device_id!r}, "
                                     f"expected {device_id!r}")]

@@ -177,3 +177,16 @@ def test_device_admits_docks_of_its_agency_and_takes_their_crls(tmp_path, ca, pu
     other.init("Someone Else")
     with pytest.raises(AdmissionError, match="not signed by this device's agency"):
         anchor.install_crl((other.dir / "root.crl.pem").read_bytes())
+
+
+def test_re_provisioning_under_a_new_device_id_still_verifies(tmp_path, ca, public_keys, h) -> None:
+    root = DeviceRoot(tmp_path / "device")
+    provision(root, "CAM-0042", *public_keys, ca=ca.dir)
+    boot_and_record(root, h, "before")
+    provision(root, "CAM-0099", *public_keys, force=True, ca=ca.dir)  # the hand-over names the new ID
+    boot_and_record(root, h, "after")
+    for kw in ({}, {"trust_root": ca.root}):
+        report = verify_path(root.root, **kw)
+        assert report.ok, [str(p) for p in report.problems]
+        assert [s.manifest.device_id for s in sorted(report.segments, key=lambda s: s.manifest.segment_seq)] == [
+            "CAM-0042", "CAM-0042", "CAM-0099", "CAM-0099"]
