@@ -31,79 +31,8 @@ from secure_store.audit import AuditLog, Event
 from secure_store.layout import DeviceRoot
 from secure_store.store import EvidenceStore
 
-WIDTH, HEIGHT, FPS = 256, 144, 10
-DEVICE = "CAM-0042"
+WIDTH, HEIGHT, FPS = 256, 144, 10  # as conftest.Device records
 UTC0 = 1_760_000_000.0  # the device clock at frame timestamp 0
-
-
-class Device:
-    """A provisioned device root with its keys, store and audit log."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = DeviceRoot(root)
-        self.signing_key = Ed25519PrivateKey.generate()
-        self.agency_key = X25519PrivateKey.generate()
-        self.root.keys.mkdir(parents=True)
-        self.now = UTC0
-        self.audit = AuditLog(self.root.audit, self.signing_key, DEVICE, clock=lambda: self.now)
-        self.store = EvidenceStore(self.root, device_id=DEVICE, signing_key=self.signing_key,
-                                   agency_public_key=self.agency_key.public_key(), audit=self.audit,
-                                   clock=lambda: self.now, reserve_bytes=0)
-
-    def record(self, recording_id: str, first: int, count: int, markers: dict[int, str] = {}) -> None:
-        self.record_frames(recording_id, range(first, first + count), markers)
-
-    def record_frames(self, recording_id: str, numbers, markers: dict[int, str] = {}, *,
-                      segment_s: float = 1.0, power_cut: bool = False) -> None:
-        """Sim camera frames ``numbers`` → libx264 → segmenter → sealer (→ power cut: never closed)."""
-        camera = SimCamera(WIDTH, HEIGHT, FPS)
-        segmenter = Segmenter(self.store.open_sealer(), recording_id, segment_s=segment_s)
-        self.audit.append(Event.RECORD_START, recording=recording_id)
-        encoder = PyAVEncoder(segmenter, WIDTH, HEIGHT, FPS, bitrate=300_000)
-        for number in numbers:
-            ts = camera.timestamp_us(number)
-            self.now = UTC0 + ts / 1e6
-            encoder.encode(camera.render(number), ts)
-            if number in markers:
-                segmenter.add_marker(markers[number], ts)
-        if power_cut:
-            return  # the GOP in flight and the open segment's manifest are lost with the power
-        encoder.close()
-        segmenter.close()
-        self.audit.append(Event.RECORD_STOP, recording=recording_id)
-
-    def reboot(self) -> list[str]:
-        """A new store and audit log over the same root, as after a power cut; runs recovery."""
-        self.audit = AuditLog(self.root.audit, self.signing_key, DEVICE, clock=lambda: self.now)
-        self.store = EvidenceStore(self.root, device_id=DEVICE, signing_key=self.signing_key,
-                                   agency_public_key=self.agency_key.public_key(), audit=self.audit,
-                                   clock=lambda: self.now, reserve_bytes=0)
-        return self.store.recover()
-
-    def offload(self, dest: Path) -> Path:
-        """What a dock holds after a pull: evidence files, the audit log, the device public key."""
-        dest.mkdir()
-        for item in self.store.list_evidence():
-            target = dest / item.name
-            target.parent.mkdir(exist_ok=True)
-            shutil.copyfile(self.store.evidence_path(item.name), target)
-        (dest / "device.pub").write_bytes(keys.public_pem(self.signing_key.public_key()))
-        return dest
-
-
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
-    """One device, two recordings (the first with markers and a pre-event-sized start)."""
-    base = tmp_path_factory.mktemp("export")
-    device = Device(base / "device")
-    device.audit.append(Event.CLOCK_SYNC, dock="dock-1", step_us=-1200)  # an older sync, then the one in force
-    device.audit.append(Event.CLOCK_SYNC, dock="dock-1", step_us=350)
-    device.record("rec-1", 0, 35, {4: "door opened", 22: "arrest"})
-    device.record("rec-2", 100, 12)
-    pulled = device.offload(base / "pulled")
-    agency = base / "agency.key"
-    agency.write_bytes(keys.private_pem(device.agency_key))
-    return device, pulled, agency
 
 
 def mp4_frame_numbers(path: Path) -> tuple[list[int], list[float], float]:
@@ -173,7 +102,8 @@ def test_cli_export_and_refusals(recorded, tmp_path: Path, capsys) -> None:
     printed = capsys.readouterr().out
     assert "rec-1" in printed and "35 frames" in printed
     assert sorted(p.name for p in out.iterdir()) == [
-        "CAM-0042_rec-1.json", "CAM-0042_rec-1.mp4", "CAM-0042_rec-2.json", "CAM-0042_rec-2.mp4"]
+        "CAM-0042_rec-1.html", "CAM-0042_rec-1.json", "CAM-0042_rec-1.mp4",
+        "CAM-0042_rec-2.html", "CAM-0042_rec-2.json", "CAM-0042_rec-2.mp4"]
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     # a second export never overwrites the first
     assert main(["export", str(pulled), "--agency-key", str(agency), "--out", str(out)]) == 1
@@ -258,9 +188,9 @@ def test_library_refusal_names_each_problem(recorded, tmp_path: Path) -> None:
         export_evidence(tmp_path / "empty", device.agency_key, tmp_path / "out")
 
 
-def test_pre_event_footage_is_exported(tmp_path: Path) -> None:
+def test_pre_event_footage_is_exported(tmp_path: Path, make_device) -> None:
     """The officer presses record at frame 45: the 2 s held before the press are in the MP4."""
-    device = Device(tmp_path / "device")
+    device = make_device(tmp_path / "device")
     camera = SimCamera(WIDTH, HEIGHT, FPS)
     buffer = PreEventBuffer(duration_s=2.0)
     segmenter = Segmenter(device.store.open_sealer(), "rec-pre", segment_s=1.0)
@@ -281,8 +211,8 @@ def test_pre_event_footage_is_exported(tmp_path: Path) -> None:
     assert [(m["label"], m["offset_s"]) for m in report["markers"]] == [("record pressed", (45 - first) / FPS)]
 
 
-def test_recovered_segment_and_gap_are_exported_and_reported(tmp_path: Path) -> None:
-    device = Device(tmp_path / "device")
+def test_recovered_segment_and_gap_are_exported_and_reported(tmp_path: Path, make_device) -> None:
+    device = make_device(tmp_path / "device")
     device.record_frames("rec-cut", range(25), segment_s=3.0, power_cut=True)
     assert device.reboot() == ["seg-0000000001"]
     device.record_frames("rec-gap", [*range(40, 55), *range(70, 85)])
