@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from export.provenance import ExportSigner, check_mp4
 from firmware.cli import main
 from hw_sim.camera import read_frame_number
 from secure_store import keys
+from secure_store.format import read_header
 
 
 def frame_numbers(mp4: Path) -> list[int]:
@@ -85,8 +87,12 @@ def test_an_empty_recording_is_skipped_and_the_others_exported(make_device, tmp_
     """A power cut right after the press: a recovered segment with no chunks between two good recordings."""
     device = make_device(tmp_path / "device")
     device.record("rec-a", 0, 12)
-    device.record("rec-b", 200, 3, power_cut=True)  # not even one GOP reached the disk
-    device.reboot()
+    device.record("rec-b", 200, 15, power_cut=True, segment_s=3.0)
+    torn = max(device.root.evidence.glob("seg-*.seg"))
+    with open(torn, "rb") as f:
+        header_len = len(read_header(f, torn.name)[1])
+    os.truncate(torn, header_len + 10)  # the cut came while its first GOP was being written
+    assert device.reboot() == [torn.stem]
     device.record("rec-c", 300, 12)
     pulled = device.offload(tmp_path / "pulled")
     agency = tmp_path / "agency.key"
