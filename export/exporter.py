@@ -40,7 +40,7 @@ from export import provenance, report_html
 from export.errors import ExportError, ExportRefused
 from export.mp4 import Chapter, Mp4Remuxer, iso_utc, sha256_file
 from export.plan import RecordingPlan, group_recordings, plan_recordings
-from export.report import build_report, evidence_assertion
+from export.report import build_report, evidence_assertion, markers
 from export.thumbnails import thumbnails
 
 log = logging.getLogger(__name__)
@@ -198,12 +198,12 @@ def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
         muxer.abort()
         raise
     c2pa = _c2pa_facts(paths[".mp4"], signer, root)
+    stills = thumbnails(paths[".mp4"], _still_times(mp4["duration_s"], markers(segments)))
     report = build_report(plan, verification, mp4, gaps, c2pa, best_effort)
     report_bytes = json.dumps(report, indent=2, sort_keys=True).encode() + b"\n"
     write_atomic(paths[".json"], report_bytes, 0o644, overwrite=False)
     outputs = [{"file": paths[".mp4"].name, "size": mp4["size"], "sha256": mp4["sha256"]},
                {"file": paths[".json"].name, "size": len(report_bytes), "sha256": hashlib.sha256(report_bytes).hexdigest()}]
-    stills = thumbnails(paths[".mp4"], _still_times(report))
     html = report_html.render(report, stills, outputs).encode()
     write_atomic(paths[".html"], html, 0o644, overwrite=False)
     log.info("exported %s: %d frames, %s", paths[".mp4"].name, mp4["frames"], paths[".html"].name)
@@ -249,10 +249,9 @@ def _chapters(plan: RecordingPlan, nominal_us: float) -> list[Chapter]:
     return chapters
 
 
-def _still_times(report: dict[str, Any]) -> list[tuple[str, float]]:
-    duration = report["mp4"]["duration_s"]
-    wanted = [("start", 0.0)] + [(f"marker: {m['label']}", m["offset_s"]) for m in report["markers"]]
-    return wanted + [("end", duration)]
+def _still_times(duration_s: float, marks: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    """Start, each marker, end."""
+    return [("start", 0.0)] + [(f"marker: {m['label']}", m["offset_s"]) for m in marks] + [("end", duration_s)]
 
 
 def _nominal_interval_us(segments: list[VerifiedSegment]) -> float:
