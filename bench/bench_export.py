@@ -126,5 +126,9 @@ def run() -> str:
               f"| signed / unsigned throughput | | **{plain_s / signed_s:.0%}** (goal ≥ 80 %) |"]
     note = (f"\n{SECONDS} s of {WIDTH}×{HEIGHT} at {FPS} fps, {BITRATE / 1e6:.0f} Mbit/s target: {len(frames)} frames, "
             f"{mb:.1f} MB sealed. End to end verifies twice (once for the whole tree, once per segment as it "
-            "decrypts), writes the MP4 durably and reads it back to count packets. 2 CPUs shared with other jobs.\n")
-    return "\n".join(table) + "\n" + note
+            "decrypts), writes the fast-start MP4 durably, reads it back to count packets, decodes the report's "
+            "stills and writes the JSON and HTML reports; the first call also pays for importing PyAV's decoder "
+            "and OpenCV. Signing adds one more copy of the MP4 (c2pa writes the signed file from the unsigned one, "
+            "hashing it) and one more read (the manifest is validated against the root before it is reported). "
+            "2 CPUs shared with other jobs: figures are a floor.\n")
+    return "## Court export\n\n" + "\n".join(table) + "\n" + note

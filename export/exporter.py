@@ -170,13 +170,15 @@ def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
     muxer = Mp4Remuxer(out_dir / f".{stem}.mp4.partial", rate=Fraction(round(1_000_000 / nominal_us * 1000), 1000),
                        metadata=metadata, chapters=chapters)
     gaps: list[dict] = []
-    seal = None
+    seal, c2pa = None, _c2pa_facts(None, None, root)
     if signer is not None:
         title = paths[".mp4"].name
 
-        def seal(src: Path, dst: Path) -> None:
+        def seal(src: Path, dst: Path) -> None:  # before the MP4 is moved into place: a bad one never lands
+            nonlocal c2pa
             facts = evidence_assertion(plan, verification, gaps, best_effort)
             provenance.sign_mp4(src, dst, signer, provenance.manifest_definition(title, facts))
+            c2pa = _c2pa_facts(dst, signer, root, title)
     try:
         for s in segments:
             decoded = 0
@@ -197,7 +199,6 @@ def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
     except BaseException:
         muxer.abort()
         raise
-    c2pa = _c2pa_facts(paths[".mp4"], signer, root)
     stills = thumbnails(paths[".mp4"], _still_times(mp4["duration_s"], markers(segments)))
     report = build_report(plan, verification, mp4, gaps, c2pa, best_effort)
     report_bytes = json.dumps(report, indent=2, sort_keys=True).encode() + b"\n"
@@ -213,17 +214,18 @@ def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
                                    for m in plan.missing))
 
 
-def _c2pa_facts(mp4: Path, signer: provenance.ExportSigner | None, root: dict[str, Any] | None) -> dict[str, Any]:
+def _c2pa_facts(mp4: Path | None, signer: provenance.ExportSigner | None, root: dict[str, Any] | None,
+                title: str = "") -> dict[str, Any]:
     """What the reports say about the MP4's Content Credentials, checked by reading them back."""
-    if signer is None:
-        return {"signed": False, "signer": None, "issuer": None, "trust_root": root, "check": None}
+    public_root = {k: v for k, v in root.items() if k != "pem"} if root else None
+    if signer is None or mp4 is None:
+        return {"signed": False, "signer": None, "issuer": None, "trust_root": public_root, "check": None}
     check = provenance.check_mp4(mp4, root["pem"] if root else None)
     if check.state == "Invalid" or (root and not check.trusted):
-        raise ExportError(f"{mp4.name}: its C2PA manifest reads {check.state} right after signing "
+        raise ExportError(f"{title}: its C2PA manifest reads {check.state} right after signing "
                           f"({'; '.join(check.failures) or 'export certificate not issued under the trust root'})")
     return {"signed": True, "signer": signer.subject, "issuer": signer.issuer, "check": check.state,
-            "trust_root": {k: v for k, v in root.items() if k != "pem"} if root else None,
-            "certificate_chain_pem": signer.chain_pem}
+            "trust_root": public_root, "certificate_chain_pem": signer.chain_pem}
 
 
 def _chapters(plan: RecordingPlan, nominal_us: float) -> list[Chapter]:

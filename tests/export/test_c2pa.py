@@ -118,3 +118,15 @@ def test_key_must_match_the_certificate(pki, tmp_path: Path, make_pki) -> None:
     other = make_pki(tmp_path / "other")
     with pytest.raises(SignerError, match="does not match"):
         ExportSigner.from_files(pki.chain, other.key)
+
+
+def test_a_signature_the_given_root_does_not_trust_never_lands(recorded, pki, make_pki, tmp_path: Path) -> None:
+    device, pulled, _ = recorded
+    other = make_pki(tmp_path / "other", "Some Other Agency Root")
+    segment = sorted(pulled.glob("seg-*.seg"))[-1]
+    result = export_evidence(segment, device.agency_key, tmp_path / "out",
+                             signer=ExportSigner.from_files(pki.chain, pki.key),
+                             trust_root=other.root_pem.read_bytes())
+    assert result.recordings == [] and len(result.skipped) == 1
+    assert "reads Valid right after signing" in result.skipped[0].reason
+    assert list((tmp_path / "out").iterdir()) == []  # no MP4, no partial file, no report
