@@ -101,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--export-cert", type=Path, metavar="CHAIN.pem",
                    help="agency export certificate, then its intermediates (PEM): sign each MP4 (C2PA)")
     p.add_argument("--export-key", type=Path, metavar="KEY.pem", help="the export certificate's Ed25519 key (PEM)")
-    p.add_argument("--trust-root", type=Path, metavar="ROOT.pem",
+    p.add_argument("--trust-root", "--trust", type=Path, metavar="ROOT.pem",
                    help="agency root certificate: named in the reports, and each signed MP4 is checked against it")
     p.add_argument("--best-effort", action="store_true",
                    help="export what verifies from damaged evidence, flag every gap, exit 1")
@@ -112,5 +112,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Read the C2PA manifest of an exported MP4 and validate it against the agency root "
                     "certificate: exit 0 only if it is Trusted (signed under that root, every byte unchanged).")
     c.add_argument("mp4", type=Path, metavar="MP4")
-    c.add_argument("--trust-root", required=True, type=Path, metavar="ROOT.pem", help="agency root certificate (PEM)")
+    c.add_argument("--trust-root", "--trust", required=True, type=Path, metavar="ROOT.pem", help="agency root certificate (PEM)")
     c.set_defaults(func=_check)

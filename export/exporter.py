@@ -38,7 +38,7 @@ from secure_store.verify import VerifiedSegment, VerifyReport, decrypt_chunks, v
 
 from export import provenance, report_html
 from export.errors import ExportError, ExportRefused
-from export.mp4 import Chapter, Mp4Remuxer, iso_utc, sha256_file
+from export.mp4 import Chapter, Mp4Remuxer, iso_utc
 from export.plan import RecordingPlan, group_recordings, plan_recordings
 from export.report import build_report, evidence_assertion, markers
 from export.thumbnails import thumbnails
@@ -105,7 +105,7 @@ def export_evidence(path: Path, agency_key: x25519.X25519PrivateKey, out_dir: Pa
     if not verification.segments:
         raise ExportError(f"{path}: no sealed segments to export")
     root = _trust_root(trust_root) if trust_root else None
-    _check_agency_key(verification.segments, agency_key)
+    foreign = _sealed_to_another_key(verification.segments, agency_key)
     plans = plan_recordings(path, verification, device_key, best_effort)
     if not out_dir.is_dir():
         out_dir.mkdir(parents=True)
@@ -113,6 +113,8 @@ def export_evidence(path: Path, agency_key: x25519.X25519PrivateKey, out_dir: Pa
     result = ExportResult(verification, best_effort=best_effort)
     for plan in plans:
         try:
+            if any(s.path in foreign for s in plan.segments):
+                raise ExportError(next(foreign[s.path] for s in plan.segments if s.path in foreign))
             result.recordings.append(_export_recording(plan, agency_key, device_key, out_dir, verification,
                                                        signer, root, best_effort))
         except (ExportError, StoreError) as exc:  # StoreError: e.g. a file changed since verification
@@ -131,9 +133,10 @@ def _trust_root(pem: bytes) -> dict[str, Any]:
             "pem": cert.public_bytes(serialization.Encoding.PEM).decode()}
 
 
-def _check_agency_key(segments: list[VerifiedSegment], agency_key: x25519.X25519PrivateKey) -> None:
-    """Refuse before writing anything if any segment was sealed to another agency key."""
+def _sealed_to_another_key(segments: list[VerifiedSegment], agency_key: x25519.X25519PrivateKey) -> dict[str, str]:
+    """Segment path -> why, for each segment this agency key cannot open. All of them: refuse before writing."""
     fingerprint = sha256(keys.raw_public(agency_key.public_key()))
+    foreign = {}
     for s in segments:
         try:
             with open(s.path, "rb") as f:
@@ -141,8 +144,11 @@ def _check_agency_key(segments: list[VerifiedSegment], agency_key: x25519.X25519
         except (OSError, StoreError) as exc:
             raise ExportError(f"{Path(s.path).name}: cannot read its header: {exc}") from None
         if header.agency_key_fp != fingerprint:
-            raise ExportError(f"{Path(s.path).name}: sealed to another agency key "
-                              f"({header.agency_key_fp.hex()[:16]}, not {fingerprint.hex()[:16]}); nothing exported")
+            foreign[s.path] = (f"{Path(s.path).name}: sealed to another agency key "
+                               f"({header.agency_key_fp.hex()[:16]}, not {fingerprint.hex()[:16]})")
+    if segments and len(foreign) == len(segments):
+        raise ExportError(f"{foreign[segments[0].path]}; nothing exported")
+    return foreign
 
 
 def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
@@ -170,15 +176,14 @@ def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
     muxer = Mp4Remuxer(out_dir / f".{stem}.mp4.partial", rate=Fraction(round(1_000_000 / nominal_us * 1000), 1000),
                        metadata=metadata, chapters=chapters)
     gaps: list[dict] = []
-    seal, c2pa = None, _c2pa_facts(None, None, root)
-    if signer is not None:
-        title = paths[".mp4"].name
+    c2pa = _c2pa_facts(None, None, root)
 
-        def seal(src: Path, dst: Path) -> None:  # before the MP4 is moved into place: a bad one never lands
-            nonlocal c2pa
-            facts = evidence_assertion(plan, verification, gaps, best_effort)
-            provenance.sign_mp4(src, dst, signer, provenance.manifest_definition(title, facts))
-            c2pa = _c2pa_facts(dst, signer, root, title)
+    def seal(src: Path, dst: Path) -> None:  # before the MP4 is moved into place: a bad one never lands
+        nonlocal c2pa
+        title = paths[".mp4"].name
+        facts = evidence_assertion(plan, verification, gaps, best_effort)
+        provenance.sign_mp4(src, dst, signer, provenance.manifest_definition(title, facts))
+        c2pa = _c2pa_facts(dst, signer, root, title)
     try:
         for s in segments:
             decoded = 0
@@ -195,7 +200,7 @@ def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
             if decoded != s.manifest.frame_count:
                 raise ExportError(f"{Path(s.path).name}: decrypted {decoded} frames but the manifest says "
                                   f"{s.manifest.frame_count}")
-        mp4 = muxer.finish(paths[".mp4"], first_utc_us=first.first_utc_us, seal=seal)
+        mp4 = muxer.finish(paths[".mp4"], first_utc_us=first.first_utc_us, seal=seal if signer else None)
     except BaseException:
         muxer.abort()
         raise

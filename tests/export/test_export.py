@@ -27,9 +27,6 @@ from hw_sim.camera import SimCamera, read_frame_number
 from recorder.encoders import PyAVEncoder
 from recorder.segmenter import Segmenter
 from secure_store import keys
-from secure_store.audit import AuditLog, Event
-from secure_store.layout import DeviceRoot
-from secure_store.store import EvidenceStore
 
 WIDTH, HEIGHT, FPS = 256, 144, 10  # as conftest.Device records
 UTC0 = 1_760_000_000.0  # the device clock at frame timestamp 0

@@ -12,7 +12,7 @@ import pytest
 
 from export.errors import ExportRefused
 from export.exporter import export_evidence
-from export.provenance import ExportSigner, check_mp4
+from export.provenance import check_mp4
 from firmware.cli import main
 from hw_sim.camera import read_frame_number
 from secure_store import keys
@@ -110,3 +110,24 @@ def test_an_empty_recording_is_skipped_and_the_others_exported(make_device, tmp_
     err = capsys.readouterr().err
     assert "SKIPPED rec-a:" in err and "already exists" in err and "SKIPPED rec-c:" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_recording_sealed_to_another_agency_key_does_not_block_the_rest(make_device, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from secure_store.store import EvidenceStore
+
+    device = make_device(tmp_path / "device")
+    device.record("rec-a", 0, 12)
+    other = X25519PrivateKey.generate()  # the agency rotated its key between the two recordings
+    device.store = EvidenceStore(device.root, device_id="CAM-0042", signing_key=device.signing_key,
+                                 agency_public_key=other.public_key(), audit=device.audit,
+                                 clock=lambda: device.now, reserve_bytes=0)
+    device.record("rec-b", 100, 12)
+    pulled = device.offload(tmp_path / "pulled")
+    result = export_evidence(pulled, device.agency_key, tmp_path / "out")
+    assert [r.recording_id for r in result.recordings] == ["rec-a"]
+    assert [(s.recording_id, "sealed to another agency key" in s.reason) for s in result.skipped] == [("rec-b", True)]
+    assert frame_numbers(result.recordings[0].mp4) == list(range(12))
+    with_other = export_evidence(pulled, other, tmp_path / "out-other")  # and the other key opens the other
+    assert [r.recording_id for r in with_other.recordings] == ["rec-b"]
