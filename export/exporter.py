@@ -200,7 +200,10 @@ def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
             if decoded != s.manifest.frame_count:
                 raise ExportError(f"{Path(s.path).name}: decrypted {decoded} frames but the manifest says "
                                   f"{s.manifest.frame_count}")
-        mp4 = muxer.finish(paths[".mp4"], first_utc_us=first.first_utc_us, seal=seal if signer else None)
+        # A gap inside a segment shows only while decrypting: then the chapters are written again.
+        final_chapters = _chapters(plan, nominal_us, [(g["after_timestamp_us"], g["gap_us"]) for g in gaps])
+        mp4 = muxer.finish(paths[".mp4"], first_utc_us=first.first_utc_us, seal=seal if signer else None,
+                           chapters=final_chapters)
     except BaseException:
         muxer.abort()
         raise
@@ -233,18 +236,23 @@ def _c2pa_facts(mp4: Path | None, signer: provenance.ExportSigner | None, root: 
             "trust_root": public_root, "certificate_chain_pem": signer.chain_pem}
 
 
-def _chapters(plan: RecordingPlan, nominal_us: float) -> list[Chapter]:
-    """Markers, and every hole between this export's segments that the manifests reveal, as chapters."""
+def _chapters(plan: RecordingPlan, nominal_us: float, holes: list[tuple[int, int]] | None = None) -> list[Chapter]:
+    """Markers and gaps as chapters. ``holes``: (last timestamp before, µs to the next frame) of each gap;
+    by default the holes between this export's segments, which the signed manifests reveal before decrypting."""
     segments = plan.segments
     t0 = segments[0].manifest.first_ts_us
     end = segments[-1].manifest.last_ts_us - t0 + round(nominal_us)
+    if holes is None:
+        holes = [(a.manifest.last_ts_us, b.manifest.first_ts_us - a.manifest.last_ts_us) for a, b in
+                 zip(segments, segments[1:]) if b.manifest.first_ts_us - a.manifest.last_ts_us > GAP_FACTOR * nominal_us]
     points = [(mk.timestamp_us - t0, mk.label) for s in segments for mk in s.manifest.markers]
-    for prev, cur in zip(segments, segments[1:]):
-        hole = cur.manifest.first_ts_us - prev.manifest.last_ts_us
-        if hole > GAP_FACTOR * nominal_us:
-            absent = [m for m in plan.missing if prev.manifest.index < m["index"] < cur.manifest.index]
-            what = f"{len(absent)} segment(s) missing" if absent else "no footage"
-            points.append((prev.manifest.last_ts_us - t0 + round(nominal_us), f"GAP: {hole / 1e6:.1f} s, {what}"))
+    for before_ts, hole_us in holes:
+        seqs = [s.manifest for s in segments]
+        prev = max((m for m in seqs if m.first_ts_us <= before_ts), key=lambda m: m.first_ts_us, default=seqs[0])
+        after = min((m for m in seqs if m.first_ts_us > before_ts), key=lambda m: m.first_ts_us, default=None)
+        absent = [m for m in plan.missing if after is not None and prev.index < m["index"] < after.index]
+        what = f", {len(absent)} segment(s) missing" if absent else ""
+        points.append((before_ts - t0 + round(nominal_us), f"GAP: {(hole_us - nominal_us) / 1e6:.1f} s without video{what}"))
     points.sort(key=lambda p: p[0])
     if points and points[0][0] > 0:  # a chapter track's first chapter starts at 0 whatever it says: name that span
         points.insert(0, (0, "start"))

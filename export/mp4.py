@@ -98,12 +98,13 @@ class Mp4Remuxer:
         self._pending, self.previous_ts = frame, prev.timestamp_us
         return delta
 
-    def finish(self, final_path: Path, first_utc_us: int,
-               seal: Callable[[Path, Path], Any] | None = None) -> dict:
+    def finish(self, final_path: Path, first_utc_us: int, seal: Callable[[Path, Path], Any] | None = None,
+               chapters: list[Chapter] | None = None) -> dict:
         """Flush, close, fsync and move into place (never over an existing file); returns facts.
 
-        ``seal(source, dest)`` writes a signed copy (C2PA) of the finished MP4 to a new file;
-        that copy is what lands at ``final_path``.
+        ``chapters``: the final list, if it differs from the one given at the start (the file is
+        then copied once more, packets unchanged, to write them). ``seal(source, dest)`` writes a
+        signed copy (C2PA) of the finished MP4 to a new file; that copy lands at ``final_path``.
         """
         import av
 
@@ -112,6 +113,8 @@ class Mp4Remuxer:
         self._mux(self._pending, round(1_000_000 / self.rate))
         self._container.close()
         self._container = None
+        if chapters is not None and list(chapters) != self.chapters:
+            self._rewrite_chapters(list(chapters))
         done = self.partial_path
         if seal is not None:
             done = self.partial_path.with_name(self.partial_path.name + ".signed")
@@ -145,6 +148,29 @@ class Mp4Remuxer:
                 "time_base": "1/1000000", "first_frame_utc": iso_utc(first_utc_us), "file": final_path.name,
                 "boxes": boxes, "chapters": [c._asdict() for c in self.chapters]}
 
+    def _rewrite_chapters(self, chapters: list[Chapter]) -> None:
+        """Copy the finished file's packets into a new one whose header holds ``chapters``."""
+        import av
+
+        copy = self.partial_path.with_name(self.partial_path.name + ".chapters")
+        copy.unlink(missing_ok=True)
+        try:
+            with av.open(str(self.partial_path)) as src, \
+                    av.open(str(copy), "w", format="mp4", options={"movflags": "+faststart"}) as dst:
+                dst.metadata.update(self.metadata)
+                dst.set_chapters(_av_chapters(chapters))
+                video = src.streams.video[0]
+                out = dst.add_stream_from_template(video)
+                for packet in src.demux(video):
+                    if packet.size:
+                        packet.stream = out
+                        dst.mux(packet)
+            os.replace(copy, self.partial_path)
+        except BaseException:
+            copy.unlink(missing_ok=True)
+            raise
+        self.chapters = chapters
+
     def abort(self) -> None:
         """Drop the partial file after a failure."""
         if self._container is not None:
@@ -154,7 +180,8 @@ class Mp4Remuxer:
                 pass
             self._container = None
         self.partial_path.unlink(missing_ok=True)
-        self.partial_path.with_name(self.partial_path.name + ".signed").unlink(missing_ok=True)
+        for leftover in (".signed", ".chapters"):
+            self.partial_path.with_name(self.partial_path.name + leftover).unlink(missing_ok=True)
 
     def _open(self, frame: Frame) -> None:
         import av
@@ -166,8 +193,7 @@ class Mp4Remuxer:
         self._container = av.open(str(self.partial_path), "w", format="mp4", options={"movflags": "+faststart"})
         self._container.metadata.update(self.metadata)
         if self.chapters:
-            self._container.set_chapters([{"id": i + 1, "start": c.start_us, "end": c.end_us, "time_base": TIME_BASE,
-                                           "metadata": {"title": c.title}} for i, c in enumerate(self.chapters)])
+            self._container.set_chapters(_av_chapters(self.chapters))
         self._stream = self._container.add_mux_stream("h264", rate=self.rate, width=width, height=height)
         self._stream.time_base = TIME_BASE
         # Audio goes here once chunks carry it: an AAC stream added beside the video
@@ -186,6 +212,11 @@ class Mp4Remuxer:
         packet.is_keyframe = frame.keyframe
         self._container.mux(packet)
         self.frames += 1
+
+
+def _av_chapters(chapters: list[Chapter]) -> list[dict]:
+    return [{"id": i + 1, "start": c.start_us, "end": c.end_us, "time_base": TIME_BASE, "metadata": {"title": c.title}}
+            for i, c in enumerate(chapters)]
 
 
 def _frame_size(keyframe: bytes) -> tuple[int, int]:

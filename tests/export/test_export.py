@@ -228,6 +228,11 @@ def test_recovered_segment_and_gap_are_exported_and_reported(tmp_path: Path, mak
     assert times[15] - times[14] == pytest.approx(1.6, abs=1e-6)
     report = json.loads(gap.report.read_text())
     assert [(g["after_timestamp_us"], g["gap_us"]) for g in report["gaps"]] == [(5_400_000, 1_600_000)]
+    # ... and, although it lies inside a segment, it is a chapter of the MP4 (written once frames showed it).
+    with av.open(str(gap.mp4)) as container:
+        chapters = [(float(c["start"] * c["time_base"]), c["metadata"]["title"]) for c in container.chapters()]
+    assert chapters == [(0.0, "start"), (1.5, "GAP: 1.5 s without video")]
+    assert mp4_frame_numbers(gap.mp4)[0] == [*range(40, 55), *range(70, 85)]  # packets unchanged by the rewrite
 
 
 @settings(max_examples=25)
