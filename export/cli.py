@@ -72,7 +72,7 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{args.mp4.name}: no Content Credentials (an unsigned export, or not an export)")
         return 1
     evidence = check.evidence or {}
-    print(f"{args.mp4.name}: C2PA {check.state}; signed by {check.signer}")
+    print(f"{args.mp4.name}: C2PA {check.state}" + (f"; signed by {check.signer}" if check.signer else ""))
     if evidence:
         print(f"  device {evidence.get('device', {}).get('device_id')}, recording {evidence.get('recording_id')}, "
               f"{evidence.get('start_utc')} to {evidence.get('end_utc')}, {len(check.ingredients)} sealed segment(s)"

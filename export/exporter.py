@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -107,9 +108,7 @@ def export_evidence(path: Path, agency_key: x25519.X25519PrivateKey, out_dir: Pa
     root = _trust_root(trust_root) if trust_root else None
     foreign = _sealed_to_another_key(verification.segments, agency_key)
     plans = plan_recordings(path, verification, device_key, best_effort)
-    if not out_dir.is_dir():
-        out_dir.mkdir(parents=True)
-        fsync_dir(out_dir.parent)
+    _output_directory(out_dir)
     result = ExportResult(verification, best_effort=best_effort)
     for plan in plans:
         try:
@@ -117,17 +116,36 @@ def export_evidence(path: Path, agency_key: x25519.X25519PrivateKey, out_dir: Pa
                 raise ExportError(next(foreign[s.path] for s in plan.segments if s.path in foreign))
             result.recordings.append(_export_recording(plan, agency_key, device_key, out_dir, verification,
                                                        signer, root, best_effort))
-        except (ExportError, StoreError) as exc:  # StoreError: e.g. a file changed since verification
-            log.warning("recording %s not exported: %s", plan.recording_id, exc)
-            result.skipped.append(SkippedRecording(plan.recording_id, str(exc)))
+        except (ExportError, StoreError, OSError) as exc:  # StoreError: e.g. a file changed since verification
+            reason = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else str(exc)
+            log.warning("recording %s not exported: %s", plan.recording_id, reason)
+            result.skipped.append(SkippedRecording(plan.recording_id, reason))
     return result
+
+
+def _output_directory(out_dir: Path) -> None:
+    """Create ``out_dir`` if only it is missing (a typo'd parent is an error, not a new tree); it must be writable."""
+    if not out_dir.is_dir():
+        try:
+            out_dir.mkdir()
+        except FileExistsError:
+            raise ExportError(f"{out_dir}: exists and is not a directory") from None
+        except FileNotFoundError:
+            if out_dir.parent.is_dir():
+                raise ExportError(f"{out_dir}: cannot create the output directory there") from None
+            raise ExportError(f"{out_dir.parent}: no such directory (create it first, or check the --out path)") from None
+        except OSError as exc:
+            raise ExportError(f"{out_dir}: cannot create the output directory: {exc.strerror}") from None
+        fsync_dir(out_dir.parent)
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise ExportError(f"{out_dir}: not writable")
 
 
 def _trust_root(pem: bytes) -> dict[str, Any]:
     try:
         cert = x509.load_pem_x509_certificate(pem)
-    except ValueError as exc:
-        raise ExportError(f"trust root is not a PEM certificate: {exc}") from None
+    except ValueError:
+        raise ExportError("trust root is not a PEM certificate") from None
     der = cert.public_bytes(serialization.Encoding.DER)
     return {"subject": cert.subject.rfc4514_string(), "sha256": hashlib.sha256(der).hexdigest(),
             "pem": cert.public_bytes(serialization.Encoding.PEM).decode()}
@@ -207,14 +225,22 @@ def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
     except BaseException:
         muxer.abort()
         raise
-    stills = thumbnails(paths[".mp4"], _still_times(mp4["duration_s"], markers(segments)))
-    report = build_report(plan, verification, mp4, gaps, c2pa, best_effort)
-    report_bytes = json.dumps(report, indent=2, sort_keys=True).encode() + b"\n"
-    write_atomic(paths[".json"], report_bytes, 0o644, overwrite=False)
-    outputs = [{"file": paths[".mp4"].name, "size": mp4["size"], "sha256": mp4["sha256"]},
-               {"file": paths[".json"].name, "size": len(report_bytes), "sha256": hashlib.sha256(report_bytes).hexdigest()}]
-    html = report_html.render(report, stills, outputs).encode()
-    write_atomic(paths[".html"], html, 0o644, overwrite=False)
+    written = [paths[".mp4"]]
+    try:  # an MP4 never stays without its reports
+        stills = thumbnails(paths[".mp4"], _still_times(mp4["duration_s"], markers(segments)))
+        report = build_report(plan, verification, mp4, gaps, c2pa, best_effort)
+        report_bytes = json.dumps(report, indent=2, sort_keys=True).encode() + b"\n"
+        write_atomic(paths[".json"], report_bytes, 0o644, overwrite=False)
+        written.append(paths[".json"])
+        outputs = [{"file": paths[".mp4"].name, "size": mp4["size"], "sha256": mp4["sha256"]},
+                   {"file": paths[".json"].name, "size": len(report_bytes),
+                    "sha256": hashlib.sha256(report_bytes).hexdigest()}]
+        html = report_html.render(report, stills, outputs).encode()
+        write_atomic(paths[".html"], html, 0o644, overwrite=False)
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
     log.info("exported %s: %d frames, %s", paths[".mp4"].name, mp4["frames"], paths[".html"].name)
     return ExportedRecording(first.recording_id, paths[".mp4"], paths[".json"], mp4["frames"], mp4["sha256"],
                              paths[".html"], plan.partial, signer is not None,

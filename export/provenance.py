@@ -52,8 +52,8 @@ class ExportSigner:
     def __init__(self, chain_pem: bytes, private_key: ed25519.Ed25519PrivateKey) -> None:
         try:
             certs = x509.load_pem_x509_certificates(chain_pem)
-        except ValueError as exc:
-            raise SignerError(f"export certificate chain does not parse as PEM certificates: {exc}") from None
+        except ValueError:
+            raise SignerError("export certificate chain: not PEM certificates") from None
         leaf_key = certs[0].public_key()
         if not isinstance(private_key, ed25519.Ed25519PrivateKey) or not isinstance(leaf_key, ed25519.Ed25519PublicKey):
             raise SignerError("export certificate and key must be Ed25519")
@@ -70,8 +70,8 @@ class ExportSigner:
         chain_pem, key_pem = read_pem(chain, "export certificate"), read_pem(key, "export key")
         try:
             private_key = serialization.load_pem_private_key(key_pem, password=None)
-        except (ValueError, TypeError) as exc:
-            raise SignerError(f"{key}: not an unencrypted PEM private key ({exc})") from None
+        except (ValueError, TypeError):
+            raise SignerError(f"{key}: not an unencrypted PEM private key") from None
         return cls(chain_pem, private_key)  # type: ignore[arg-type]
 
     @property
@@ -180,7 +180,13 @@ def check_mp4(path: Path, trust_root_pem: str | None = None) -> CredentialCheck:
     """Read and validate the MP4's C2PA manifest; with a root, ``Trusted`` means chained to it."""
     import c2pa
 
-    context = c2pa.Context.from_dict({"trust": {"trust_anchors": trust_root_pem}}) if trust_root_pem else None
+    context = None
+    if trust_root_pem:
+        try:
+            x509.load_pem_x509_certificates(trust_root_pem.encode())
+            context = c2pa.Context.from_dict({"trust": {"trust_anchors": trust_root_pem}})
+        except (ValueError, c2pa.C2paError):
+            raise SignerError("trust root: not a PEM certificate c2pa accepts") from None
     try:
         with open(path, "rb", buffering=IO_BUFFER) as f:
             reader = c2pa.Reader(MP4_MIME, f, context=context) if context else c2pa.Reader(MP4_MIME, f)
@@ -199,8 +205,9 @@ def check_mp4(path: Path, trust_root_pem: str | None = None) -> CredentialCheck:
     failures = [f"{f.get('code')}: {f.get('explanation', '')}" for f in results.get("failure", [])]
     evidence = next((a["data"] for a in active.get("assertions", []) if a.get("label") == ASSERTION_LABEL), None)
     info = active.get("signature_info", {})
-    return CredentialCheck(store.get("validation_state", "Invalid"), f"{info.get('common_name', '')} "
-                           f"(issuer {info.get('issuer', '')})", failures, evidence, active.get("ingredients", []))
+    signer = f"{info.get('common_name', '?')} (issuer {info.get('issuer', '?')})" if info else ""
+    return CredentialCheck(store.get("validation_state", "Invalid"), signer, failures, evidence,
+                           active.get("ingredients", []))
 
 
 def _one_line(exc: Exception) -> str:

@@ -130,3 +130,25 @@ def test_a_signature_the_given_root_does_not_trust_never_lands(recorded, pki, ma
     assert result.recordings == [] and len(result.skipped) == 1
     assert "reads Valid right after signing" in result.skipped[0].reason
     assert list((tmp_path / "out").iterdir()) == []  # no MP4, no partial file, no report
+
+
+def test_export_check_bad_inputs_get_one_line(signed, pki, tmp_path: Path, capsys) -> None:
+    mp4 = signed[0].recordings[0].mp4
+    not_pem = tmp_path / "root.txt"
+    not_pem.write_text("not a certificate\n")
+    assert main(["export-check", str(mp4), "--trust-root", str(not_pem)]) == 1
+    assert capsys.readouterr().err.strip() == "bodycam: trust root: not a PEM certificate c2pa accepts"
+    assert main(["export-check", str(tmp_path / "none.mp4"), "--trust-root", str(pki.root_pem)]) == 2
+    assert main(["export-check", str(not_pem), "--trust-root", str(pki.root_pem)]) == 1  # not an MP4 at all
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_export_output_mistakes_get_one_line(recorded, tmp_path: Path, capsys) -> None:
+    _, pulled, agency = recorded
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for out, expect in [(a_file, "exists and is not a directory"), (tmp_path / "typo" / "out", "no such directory")]:
+        assert main(["export", str(pulled), "--agency-key", str(agency), "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert expect in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "typo").exists()
