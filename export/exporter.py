@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -42,6 +42,7 @@ from export.errors import ExportError, ExportRefused
 from export.mp4 import Chapter, Mp4Remuxer, iso_utc
 from export.plan import RecordingPlan, group_recordings, plan_recordings
 from export.report import build_report, evidence_assertion, markers
+from export.salvage import salvage_chunks
 from export.thumbnails import thumbnails
 
 log = logging.getLogger(__name__)
@@ -203,9 +204,11 @@ def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
         provenance.sign_mp4(src, dst, signer, provenance.manifest_definition(title, facts))
         c2pa = _c2pa_facts(dst, signer, root, title)
     try:
+        lost: list[dict] = []  # chunks of damaged segments left out (best effort)
+        last_utc = iso_utc(first.first_utc_us)
         for s in segments:
             decoded = 0
-            for plaintext in decrypt_chunks(Path(s.path), agency_key, device_key):
+            for plaintext in _chunks(s, plan, agency_key, device_key, lost):
                 try:
                     frames = decode_chunk(plaintext)
                 except ChunkFormatError as exc:
@@ -214,10 +217,18 @@ def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
                     gap = muxer.add(frame)
                     if gap > GAP_FACTOR * nominal_us:
                         gaps.append(_gap(s, muxer.previous_ts, gap))
+                    utc = iso_utc(frame.timestamp_us + s.manifest.utc_offset_us)
+                    for item in lost:
+                        if item["to_utc"] is None:  # the loss lies between the last frame before and this one
+                            item["from_utc"], item["to_utc"] = item["from_utc"] or last_utc, utc
+                    last_utc = utc
                 decoded += len(frames)
-            if decoded != s.manifest.frame_count:
+            if decoded != s.manifest.frame_count and s.path not in plan.damaged:
                 raise ExportError(f"{Path(s.path).name}: decrypted {decoded} frames but the manifest says "
                                   f"{s.manifest.frame_count}")
+        for item in lost:  # lost at the very end: from the last frame there is
+            item["from_utc"] = item["from_utc"] or last_utc
+        plan.missing += lost
         # A gap inside a segment shows only while decrypting: then the chapters are written again.
         final_chapters = _chapters(plan, nominal_us, [(g["after_timestamp_us"], g["gap_us"]) for g in gaps])
         mp4 = muxer.finish(paths[".mp4"], first_utc_us=first.first_utc_us, seal=seal if signer else None,
@@ -246,6 +257,21 @@ def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
                              paths[".html"], plan.partial, signer is not None,
                              tuple(f"{m['what']} ({m.get('from_utc') or '?'} to {m.get('to_utc') or '?'}): {m['reason']}"
                                    for m in plan.missing))
+
+
+def _chunks(s: VerifiedSegment, plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
+            device_key: ed25519.Ed25519PublicKey | None, lost: list[dict]) -> Iterator[bytes]:
+    """Each chunk's plaintext; for a damaged segment only the authentic ones, the others noted in ``lost``."""
+    if s.path not in plan.damaged:
+        yield from decrypt_chunks(Path(s.path), agency_key, device_key)
+        return
+    name = Path(s.path).name
+    for chunk in salvage_chunks(Path(s.path), s.manifest, agency_key):
+        if chunk.plaintext is not None:
+            yield chunk.plaintext
+            continue
+        lost.append({"index": s.manifest.index, "what": f"{name} chunk {chunk.index}", "from_utc": None,
+                     "to_utc": None, "reason": f"{chunk.lost}; left out (best effort)"})
 
 
 def _c2pa_facts(mp4: Path | None, signer: provenance.ExportSigner | None, root: dict[str, Any] | None,

@@ -34,6 +34,7 @@ class RecordingPlan:
 
     segments: list[VerifiedSegment]
     excluded: list[tuple[VerifiedSegment, str]] = field(default_factory=list)
+    damaged: dict[str, str] = field(default_factory=dict)  # path -> why: exported chunk by chunk (best effort)
     missing: list[dict[str, Any]] = field(default_factory=list)
     audit: dict[str, Any] = field(default_factory=dict)  # record_start / record_stop details, if logged
 
@@ -47,7 +48,7 @@ class RecordingPlan:
 
     @property
     def partial(self) -> bool:
-        return bool(self.missing)
+        return bool(self.missing or self.damaged)
 
     @property
     def stem(self) -> str:
@@ -61,13 +62,14 @@ class RecordingPlan:
 def plan_recordings(path: Path, verification: VerifyReport, device_key: TrustedKeys,
                     best_effort: bool) -> list[RecordingPlan]:
     """One plan per recording found under ``path``, in chain order."""
-    bad = _damaged_segments(verification, device_key) if best_effort else {}
+    bad, damaged = _damaged_segments(verification, device_key) if best_effort else ({}, {})
     known = _sibling_manifests(path, device_key) if Path(path).is_file() else []
     logged = _audit_recordings(verification)
     plans = []
     for group in group_recordings(verification.segments):
         good = [s for s in group if s.path not in bad]
         plan = RecordingPlan(good, [(s, bad[s.path]) for s in group if s.path in bad],
+                             {s.path: damaged[s.path] for s in good if s.path in damaged},
                              audit=logged.get(group[0].manifest.recording_id, {}))
         rec = group[0].manifest
         context = [m for m in known if m.recording_id == rec.recording_id and m.device_id == rec.device_id]
@@ -85,23 +87,26 @@ def group_recordings(segments: Iterable[VerifiedSegment]) -> list[list[VerifiedS
     return sorted(ordered, key=lambda g: (g[0].device_key_fp, g[0].manifest.segment_seq))
 
 
-def _damaged_segments(verification: VerifyReport, device_key: TrustedKeys) -> dict[str, str]:
-    """Segment path -> why it is left out, for each segment a problem names that does not verify alone.
+def _damaged_segments(verification: VerifyReport, device_key: TrustedKeys) -> tuple[dict[str, str], dict[str, str]]:
+    """Segments a problem names that do not verify alone: (left out, exported chunk by chunk), path -> why.
 
     A chain problem (say, "sequence 7 missing") names the segment after the hole; that segment
-    still verifies on its own and is kept. Only the segments named are re-checked.
+    still verifies on its own and is kept whole. A segment whose only problems are in its
+    chunks (altered, reordered, cut short) keeps the chunks that match its signed manifest;
+    any other problem (header, file name, no manifest) leaves the whole segment out.
     """
     by_name = {}
     for s in verification.segments:
         by_name[Path(s.path).name] = s.path
         by_name[Path(s.path).with_suffix(MANIFEST_SUFFIX).name] = s.path
     named = {by_name[p.file] for p in verification.problems if p.file in by_name}
-    bad = {}
+    bad, damaged = {}, {}
     for seg_path in sorted(named):
         _, problems = verify_segment(Path(seg_path), device_key)
         if problems:
-            bad[seg_path] = "; ".join(str(p) for p in problems)
-    return bad
+            why = "; ".join(str(p) for p in problems)
+            (damaged if all(p.chunk is not None for p in problems) else bad)[seg_path] = why
+    return bad, damaged
 
 
 def _sibling_manifests(path: Path, device_key: TrustedKeys) -> list:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -64,7 +65,7 @@ def test_damaged_evidence_is_refused_unless_best_effort(recorded, pki, tmp_path:
     assert main(args) == 1
     captured = capsys.readouterr()
     assert f"FAIL {segs[2].name}: chunk" in captured.err and "best effort" in captured.err
-    assert "PARTIAL rec-1" in captured.out and "missing: recording segment 2" in captured.out
+    assert "PARTIAL rec-1" in captured.out and f"missing: {segs[2].name} chunk 0" in captured.out
     out = tmp_path / "out"
     (rec1,) = out.glob("CAM-0042_rec-1_partial_*.mp4")
     assert frame_numbers(rec1) == [*range(0, 20), *range(30, 35)]  # what verified, nothing else
@@ -72,7 +73,9 @@ def test_damaged_evidence_is_refused_unless_best_effort(recorded, pki, tmp_path:
     report = json.loads(rec1.with_suffix(".json").read_text())
     assert report["export"]["best_effort"] and report["verification"]["ok"] is False
     assert [m["index"] for m in report["missing"]] == [2]
-    assert segs[2].name in report["missing"][0]["reason"] and "does not verify" in report["missing"][0]["reason"]
+    assert report["missing"][0]["what"] == f"{segs[2].name} chunk 0"  # its only chunk: 1-s segments
+    assert "does not match the signed manifest" in report["missing"][0]["reason"]
+    assert report["missing"][0]["from_utc"] < report["missing"][0]["to_utc"]
     check = check_mp4(rec1, pki.root_pem.read_text())
     assert check.trusted and check.evidence["best_effort"] and check.evidence["partial"]
     assert [m["index"] for m in check.evidence["missing"]] == [2]
@@ -131,3 +134,30 @@ def test_a_recording_sealed_to_another_agency_key_does_not_block_the_rest(make_d
     assert frame_numbers(result.recordings[0].mp4) == list(range(12))
     with_other = export_evidence(pulled, other, tmp_path / "out-other")  # and the other key opens the other
     assert [r.recording_id for r in with_other.recordings] == ["rec-b"]
+
+
+def test_best_effort_loses_only_the_damaged_chunk(make_device, tmp_path: Path) -> None:
+    """One flipped bit in a 3-s segment costs the one GOP it is in, not the segment."""
+    from secure_store.format import iter_records
+
+    device = make_device(tmp_path / "device")
+    device.record("rec-x", 0, 30, segment_s=3.0)  # one segment: GOPs 0-9, 10-19, 20-29
+    pulled = device.offload(tmp_path / "pulled")
+    (segment,) = pulled.glob("seg-*.seg")
+    with open(segment, "rb") as f:
+        header_len = len(read_header(f, segment.name)[1])
+        chunk1 = [r for r in iter_records(f, header_len) if r.index == 1][0]
+    data = bytearray(segment.read_bytes())
+    data[chunk1.offset + 100] ^= 0x01
+    segment.write_bytes(bytes(data))
+    result = export_evidence(pulled, device.agency_key, tmp_path / "out", best_effort=True)
+    (rec,) = result.recordings
+    assert frame_numbers(rec.mp4) == [*range(0, 10), *range(20, 30)]
+    report = json.loads(rec.report.read_text())
+    (lost,) = report["missing"]
+    assert lost["what"] == f"{segment.name} chunk 1" and "does not match the signed manifest" in lost["reason"]
+    span = [dt.datetime.fromisoformat(lost[k]).timestamp() for k in ("from_utc", "to_utc")]
+    assert span[1] - span[0] == pytest.approx(1.1, abs=1e-6)  # from frame 9 to frame 20: frames 10-19 lost
+    assert lost["from_utc"] > report["start_utc"] and lost["to_utc"] < report["end_utc"]
+    assert chapter_titles(rec.mp4) == ["start", "GAP: 1.0 s without video"]
+    assert rec.partial and not result.ok
