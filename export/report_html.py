@@ -179,6 +179,9 @@ def _trust(report: dict[str, Any]) -> str:
     rows = [["Device key SHA-256", _hash(report["device_key_sha256"])],
             ["Device certificate", escape(report.get("device_certificate") or "none beside the evidence: the "
                                           "device is identified by its public key")],
+            ["Device key rests on", escape("; ".join(t.get("source", "") for t in
+                                                   (report["verification"].get("device_trust") or {}).values())
+                                          or "the device public key given or found beside the evidence")],
             ["Export signer", escape(c2pa["signer"]) if c2pa["signed"] else "unsigned export"],
             ["Trust root", (f"{escape(root['subject'])}<br>SHA-256 {_hash(root['sha256'])}" if root
                             else "none given: the signature was not checked against an agency root")],

@@ -85,15 +85,18 @@ class Device:
 class AgencyPki:
     """Agency root -> intermediate -> export certificate, all Ed25519, as files (PEM)."""
 
-    def __init__(self, directory: Path, root_name: str = "Test Agency Root") -> None:
+    def __init__(self, directory: Path, root_name: str = "Test Agency Root", intermediate: bool = True) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         root_key, inter_key, self.export_key = (Ed25519PrivateKey.generate() for _ in range(3))
         self.root = _cert(root_key, root_name, root_key, None, ca=True)
         inter = _cert(inter_key, "Test Agency Export CA", root_key, self.root, ca=True)
-        export = _cert(self.export_key, "Test Agency Evidence Export", inter_key, inter, ca=False)
+        if intermediate:
+            export = _cert(self.export_key, "Test Agency Evidence Export", inter_key, inter, ca=False)
+        else:  # the export certificate issued by the root itself
+            export = _cert(self.export_key, "Test Agency Evidence Export", root_key, self.root, ca=False)
         self.root_pem, self.chain, self.key = directory / "root.pem", directory / "export-chain.pem", directory / "export.key"
         self.root_pem.write_bytes(_pem(self.root))
-        self.chain.write_bytes(_pem(export) + _pem(inter))
+        self.chain.write_bytes(_pem(export) + (_pem(inter) if intermediate else b""))
         self.key.write_bytes(self.export_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                            serialization.NoEncryption()))
 
@@ -130,7 +133,7 @@ def pki(tmp_path_factory) -> AgencyPki:
 
 @pytest.fixture(scope="session")
 def make_pki():
-    """``make_pki(directory, root_name)`` → another agency's PKI."""
+    """``make_pki(directory, root_name, intermediate=True)`` → another agency's PKI."""
     return AgencyPki
 
 

@@ -152,3 +152,13 @@ def test_export_output_mistakes_get_one_line(recorded, tmp_path: Path, capsys) -
         err = capsys.readouterr().err
         assert expect in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "typo").exists()
+
+
+def test_an_export_certificate_issued_by_the_root_itself(recorded, make_pki, tmp_path: Path) -> None:
+    device, pulled, _ = recorded
+    flat = make_pki(tmp_path / "flat", intermediate=False)
+    segment = sorted(pulled.glob("seg-*.seg"))[-1]
+    (rec,) = export_evidence(segment, device.agency_key, tmp_path / "out",
+                             signer=ExportSigner.from_files(flat.chain, flat.key),
+                             trust_root=flat.root_pem.read_bytes()).recordings
+    assert check_mp4(rec.mp4, flat.root_pem.read_text()).trusted
