@@ -152,7 +152,7 @@ def verify_commands(report: dict[str, Any], plan: RecordingPlan) -> list[str]:
     if report["c2pa"]["signed"]:
         lines += ["# 3. its Content Credentials, against the agency root certificate (any C2PA reader)",
                   f"bodycam export-check {shlex.quote(mp4)} --trust-root AGENCY-ROOT.pem",
-                  f"c2patool {shlex.quote(mp4)} --trust_anchors AGENCY-ROOT.pem   # the C2PA project's own tool"]
+                  f"c2patool {shlex.quote(mp4)} trust --trust_anchors AGENCY-ROOT.pem   # the C2PA project's own tool"]
     return lines
 
 
