@@ -100,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="device Ed25519 public key (default: found beside the evidence)")
     p.add_argument("--export-cert", type=Path, metavar="CHAIN.pem",
                    help="agency export certificate, then its intermediates (PEM): sign each MP4 (C2PA)")
-    p.add_argument("--export-key", type=Path, metavar="KEY.pem", help="the export certificate's Ed25519 key (PEM)")
+    p.add_argument("--export-key", type=Path, metavar="KEY.pem", help="the export certificate's key (PEM; Ed25519 or ECDSA P-256)")
     p.add_argument("--trust-root", "--trust", type=Path, metavar="ROOT.pem",
                    help="agency root certificate: named in the reports, and each signed MP4 is checked against it")
     p.add_argument("--best-effort", action="store_true",

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from export.errors import ExportError
 
@@ -43,22 +44,25 @@ class SignerError(ExportError):
 
 
 class ExportSigner:
-    """The agency export certificate chain and the key that signs for it (Ed25519).
+    """The agency export certificate chain and the key that signs for it (Ed25519 or ES256).
 
     ``sign`` is the one place the key is used; it is what c2pa calls back, so moving the key
     into an HSM means replacing this method, nothing else.
     """
 
-    def __init__(self, chain_pem: bytes, private_key: ed25519.Ed25519PrivateKey) -> None:
+    def __init__(self, chain_pem: bytes, private_key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> None:
         try:
             certs = x509.load_pem_x509_certificates(chain_pem)
         except ValueError:
             raise SignerError("export certificate chain: not PEM certificates") from None
-        leaf_key = certs[0].public_key()
-        if not isinstance(private_key, ed25519.Ed25519PrivateKey) or not isinstance(leaf_key, ed25519.Ed25519PublicKey):
-            raise SignerError("export certificate and key must be Ed25519")
-        raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        if private_key.public_key().public_bytes(*raw) != leaf_key.public_bytes(*raw):
+        if isinstance(private_key, ed25519.Ed25519PrivateKey):
+            self.algorithm = "Ed25519"
+        elif isinstance(private_key, ec.EllipticCurvePrivateKey) and isinstance(private_key.curve, ec.SECP256R1):
+            self.algorithm = "ES256"
+        else:
+            raise SignerError("export key must be Ed25519 or ECDSA P-256 (ES256)")
+        spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        if private_key.public_key().public_bytes(*spki) != certs[0].public_key().public_bytes(*spki):
             raise SignerError("export key does not match the first certificate of the chain")
         self.certificates = certs
         self.chain_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs).decode()
@@ -83,8 +87,11 @@ class ExportSigner:
         return self.certificates[0].issuer.rfc4514_string()
 
     def sign(self, data: bytes) -> bytes:
-        """The raw 64-byte Ed25519 signature over ``data`` (the COSE Sig_structure c2pa hands us)."""
-        return self._key.sign(data)
+        """The signature over ``data`` (the COSE Sig_structure c2pa hands us), as COSE wants it: 64 raw bytes."""
+        if self.algorithm == "Ed25519":
+            return self._key.sign(data)
+        r, s = decode_dss_signature(self._key.sign(data, ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
 def read_pem(path: Path, what: str) -> bytes:
@@ -148,7 +155,8 @@ def sign_mp4(source: Path, dest: Path, signer: ExportSigner, manifest: dict[str,
     """Write ``source`` with the C2PA manifest embedded to ``dest`` (a new file); returns the manifest bytes."""
     import c2pa
 
-    c2pa_signer = c2pa.Signer.from_callback(signer.sign, c2pa.C2paSigningAlg.ED25519, signer.chain_pem)
+    alg = c2pa.C2paSigningAlg.ED25519 if signer.algorithm == "Ed25519" else c2pa.C2paSigningAlg.ES256
+    c2pa_signer = c2pa.Signer.from_callback(signer.sign, alg, signer.chain_pem)
     try:
         with (c2pa.Builder(manifest) as builder, open(source, "rb", buffering=IO_BUFFER) as src,
               open(dest, "xb", buffering=IO_BUFFER) as dst):

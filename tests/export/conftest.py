@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -83,11 +84,14 @@ class Device:
 
 
 class AgencyPki:
-    """Agency root -> intermediate -> export certificate, all Ed25519, as files (PEM)."""
+    """Agency root -> intermediate -> export certificate (Ed25519, or ES256 for the export key), as PEM files."""
 
-    def __init__(self, directory: Path, root_name: str = "Test Agency Root", intermediate: bool = True) -> None:
+    def __init__(self, directory: Path, root_name: str = "Test Agency Root", intermediate: bool = True,
+                 es256: bool = False) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         root_key, inter_key, self.export_key = (Ed25519PrivateKey.generate() for _ in range(3))
+        if es256:  # an ECDSA P-256 export key under the Ed25519 agency CA
+            self.export_key = ec.generate_private_key(ec.SECP256R1())
         self.root = _cert(root_key, root_name, root_key, None, ca=True)
         inter = _cert(inter_key, "Test Agency Export CA", root_key, self.root, ca=True)
         if intermediate:
@@ -133,7 +137,7 @@ def pki(tmp_path_factory) -> AgencyPki:
 
 @pytest.fixture(scope="session")
 def make_pki():
-    """``make_pki(directory, root_name, intermediate=True)`` → another agency's PKI."""
+    """``make_pki(directory, root_name, intermediate=True, es256=False)`` → another agency's PKI."""
     return AgencyPki
 
 

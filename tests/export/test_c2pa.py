@@ -154,9 +154,10 @@ def test_export_output_mistakes_get_one_line(recorded, tmp_path: Path, capsys) -
     assert not (tmp_path / "typo").exists()
 
 
-def test_an_export_certificate_issued_by_the_root_itself(recorded, make_pki, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["issued by the root itself", "ES256"])
+def test_other_export_certificates(recorded, make_pki, tmp_path: Path, kind: str) -> None:
     device, pulled, _ = recorded
-    flat = make_pki(tmp_path / "flat", intermediate=False)
+    flat = make_pki(tmp_path / "flat", intermediate=kind != "issued by the root itself", es256=kind == "ES256")
     segment = sorted(pulled.glob("seg-*.seg"))[-1]
     (rec,) = export_evidence(segment, device.agency_key, tmp_path / "out",
                              signer=ExportSigner.from_files(flat.chain, flat.key),
