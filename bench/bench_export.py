@@ -124,7 +124,8 @@ def run() -> str:
               f"| unsigned | {plain_s:.2f} | {mb / plain_s:,.1f} |",
               f"| C2PA-signed (Ed25519 chain, read back against the root) | {signed_s:.2f} | {mb / signed_s:,.1f} |",
               f"| signed / unsigned throughput | | **{plain_s / signed_s:.0%}** (goal ≥ 80 %) |"]
-    note = (f"\n{SECONDS} s of {WIDTH}×{HEIGHT} at {FPS} fps, {BITRATE / 1e6:.0f} Mbit/s target: {len(frames)} frames, "
+    note = (f"\n{SECONDS} s of {WIDTH}×{HEIGHT} at {FPS} fps, {BITRATE / 1e6:.0f} Mbit/s target: "
+            f"{len(frames)} frames, "
             f"{mb:.1f} MB sealed. End to end verifies twice (once for the whole tree, once per segment as it "
             "decrypts), writes the fast-start MP4 durably, reads it back to count packets, decodes the report's "
             "stills and writes the JSON and HTML reports; the first call also pays for importing PyAV's decoder "

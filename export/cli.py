@@ -76,7 +76,8 @@ def _check(args: argparse.Namespace) -> int:
     if evidence:
         print(f"  device {evidence.get('device', {}).get('device_id')}, recording {evidence.get('recording_id')}, "
               f"{evidence.get('start_utc')} to {evidence.get('end_utc')}, {len(check.ingredients)} sealed segment(s)"
-              f"{', PARTIAL' if evidence.get('partial') else ''}{', BEST EFFORT' if evidence.get('best_effort') else ''}")
+              + (", PARTIAL" if evidence.get("partial") else "")
+              + (", BEST EFFORT" if evidence.get("best_effort") else ""))
     for failure in check.failures:
         print(f"  FAIL {failure}")
     if check.state == "Valid":
@@ -100,7 +101,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="device Ed25519 public key (default: found beside the evidence)")
     p.add_argument("--export-cert", type=Path, metavar="CHAIN.pem",
                    help="agency export certificate, then its intermediates (PEM): sign each MP4 (C2PA)")
-    p.add_argument("--export-key", type=Path, metavar="KEY.pem", help="the export certificate's key (PEM; Ed25519 or ECDSA P-256)")
+    p.add_argument("--export-key", type=Path, metavar="KEY.pem",
+                   help="the export certificate's key (PEM; Ed25519 or ECDSA P-256)")
     p.add_argument("--trust-root", "--trust", type=Path, metavar="ROOT.pem",
                    help="agency root certificate: named in the reports, and each signed MP4 is checked against it")
     p.add_argument("--best-effort", action="store_true",
@@ -112,5 +114,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Read the C2PA manifest of an exported MP4 and validate it against the agency root "
                     "certificate: exit 0 only if it is Trusted (signed under that root, every byte unchanged).")
     c.add_argument("mp4", type=Path, metavar="MP4")
-    c.add_argument("--trust-root", "--trust", required=True, type=Path, metavar="ROOT.pem", help="agency root certificate (PEM)")
+    c.add_argument("--trust-root", "--trust", required=True, type=Path, metavar="ROOT.pem",
+                   help="agency root certificate (PEM)")
     c.set_defaults(func=_check)

@@ -134,7 +134,7 @@ def _output_directory(out_dir: Path) -> None:
         except FileNotFoundError:
             if out_dir.parent.is_dir():
                 raise ExportError(f"{out_dir}: cannot create the output directory there") from None
-            raise ExportError(f"{out_dir.parent}: no such directory (create it first, or check the --out path)") from None
+            raise ExportError(f"{out_dir.parent}: no such directory (create it first, or check --out)") from None
         except OSError as exc:
             raise ExportError(f"{out_dir}: cannot create the output directory: {exc.strerror}") from None
         fsync_dir(out_dir.parent)
@@ -255,8 +255,11 @@ def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
     log.info("exported %s: %d frames, %s", paths[".mp4"].name, mp4["frames"], paths[".html"].name)
     return ExportedRecording(first.recording_id, paths[".mp4"], paths[".json"], mp4["frames"], mp4["sha256"],
                              paths[".html"], plan.partial, signer is not None,
-                             tuple(f"{m['what']} ({m.get('from_utc') or '?'} to {m.get('to_utc') or '?'}): {m['reason']}"
-                                   for m in plan.missing))
+                             tuple(_missing_line(m) for m in plan.missing))
+
+
+def _missing_line(m: dict[str, Any]) -> str:
+    return f"{m['what']} ({m.get('from_utc') or '?'} to {m.get('to_utc') or '?'}): {m['reason']}"
 
 
 def _chunks(s: VerifiedSegment, plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
@@ -295,8 +298,9 @@ def _chapters(plan: RecordingPlan, nominal_us: float, holes: list[tuple[int, int
     t0 = segments[0].manifest.first_ts_us
     end = segments[-1].manifest.last_ts_us - t0 + round(nominal_us)
     if holes is None:
-        holes = [(a.manifest.last_ts_us, b.manifest.first_ts_us - a.manifest.last_ts_us) for a, b in
-                 zip(segments, segments[1:]) if b.manifest.first_ts_us - a.manifest.last_ts_us > GAP_FACTOR * nominal_us]
+        pairs = [(a.manifest.last_ts_us, b.manifest.first_ts_us - a.manifest.last_ts_us)
+                 for a, b in zip(segments, segments[1:])]
+        holes = [(before, hole) for before, hole in pairs if hole > GAP_FACTOR * nominal_us]
     points = [(mk.timestamp_us - t0, mk.label) for s in segments for mk in s.manifest.markers]
     for before_ts, hole_us in holes:
         seqs = [s.manifest for s in segments]
@@ -304,7 +308,8 @@ def _chapters(plan: RecordingPlan, nominal_us: float, holes: list[tuple[int, int
         after = min((m for m in seqs if m.first_ts_us > before_ts), key=lambda m: m.first_ts_us, default=None)
         absent = [m for m in plan.missing if after is not None and prev.index < m["index"] < after.index]
         what = f", {len(absent)} segment(s) missing" if absent else ""
-        points.append((before_ts - t0 + round(nominal_us), f"GAP: {(hole_us - nominal_us) / 1e6:.1f} s without video{what}"))
+        title = f"GAP: {(hole_us - nominal_us) / 1e6:.1f} s without video{what}"
+        points.append((before_ts - t0 + round(nominal_us), title))
     points.sort(key=lambda p: p[0])
     if points and points[0][0] > 0:  # a chapter track's first chapter starts at 0 whatever it says: name that span
         points.insert(0, (0, "start"))

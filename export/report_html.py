@@ -13,22 +13,35 @@ from typing import Any, Iterable
 
 from export.thumbnails import Thumbnail
 
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"  # nothing fetched, no script
 CSS = """
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1000px;padding:24px;color:#1b1b1b}
-h1{font-size:24px;margin:0 0 4px} h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ccc;padding-bottom:4px}
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1000px;padding:24px;
+  color:#1b1b1b}
+h1{font-size:24px;margin:0 0 4px}
+h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ccc;padding-bottom:4px}
 .verdict{padding:14px 18px;border-radius:6px;font-size:17px;margin:16px 0}
-.ok{background:#e3f4e3;border:2px solid #2e7d32} .warn{background:#fff4d6;border:2px solid #b7791f}
+.ok{background:#e3f4e3;border:2px solid #2e7d32}
+.warn{background:#fff4d6;border:2px solid #b7791f}
 .bad{background:#fde2e1;border:2px solid #c62828}
-.badge{display:inline-block;padding:2px 8px;border-radius:4px;background:#b7791f;color:#fff;font-weight:600;margin-left:8px}
-table{border-collapse:collapse;width:100%;margin:6px 0} td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f3f3f3} code,.hash{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px;word-break:break-all}
+.badge{display:inline-block;padding:2px 8px;border-radius:4px;background:#b7791f;color:#fff;font-weight:600;
+  margin-left:8px}
+table{border-collapse:collapse;width:100%;margin:6px 0}
+td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f3f3f3}
+code,.hash{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px;word-break:break-all}
 .timeline{position:relative;height:46px;background:#eee;border-radius:4px;margin:10px 0 28px}
 .tl{position:absolute;top:0;height:46px;box-sizing:border-box}
-.seg{background:#5c8fd6;border-right:1px solid #fff}.seg.recovered{background:#8e6bbf}
-.pre{background:#9cc3a0;opacity:.85;height:12px;top:34px}.gap{background:repeating-linear-gradient(45deg,#c62828 0 6px,#f3b1b0 6px 12px)}
-.marker{width:3px;background:#111;top:-6px;height:58px}.marker span{position:absolute;top:60px;left:-4px;font-size:11px;white-space:nowrap}
-.thumbs{display:flex;flex-wrap:wrap;gap:12px}.thumbs figure{margin:0;width:320px}.thumbs img{width:320px;display:block;border:1px solid #999}
-figcaption{font-size:13px} pre{background:#f6f6f6;padding:10px;overflow-x:auto}
+.seg{background:#5c8fd6;border-right:1px solid #fff}
+.seg.recovered{background:#8e6bbf}
+.pre{background:#9cc3a0;opacity:.85;height:12px;top:34px}
+.gap{background:repeating-linear-gradient(45deg,#c62828 0 6px,#f3b1b0 6px 12px)}
+.marker{width:3px;background:#111;top:-6px;height:58px}
+.marker span{position:absolute;top:60px;left:-4px;font-size:11px;white-space:nowrap}
+.thumbs{display:flex;flex-wrap:wrap;gap:12px}
+.thumbs figure{margin:0;width:320px}
+.thumbs img{width:320px;display:block;border:1px solid #999}
+figcaption{font-size:13px}
+pre{background:#f6f6f6;padding:10px;overflow-x:auto}
 """
 
 
@@ -38,7 +51,7 @@ def render(report: dict[str, Any], thumbs: Iterable[Thumbnail], outputs: list[di
     partial = report["export"]["partial"]
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">",
+        f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">",
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{escape(title)}{'<span class=badge id=partial-badge>PARTIAL</span>' if partial else ''}"
         f"{'<span class=badge>BEST EFFORT</span>' if report['export']['best_effort'] else ''}</h1>",
@@ -83,7 +96,8 @@ def _verdict(report: dict[str, Any]) -> str:
                      "below. Do not treat it as the complete recording.")
     if c2pa["signed"]:
         root = c2pa.get("trust_root")
-        anchor = (f"chained to the agency root <b>{escape(root['subject'])}</b>" if root and c2pa.get("check") == "Trusted"
+        trusted = root and c2pa.get("check") == "Trusted"
+        anchor = (f"chained to the agency root <b>{escape(root['subject'])}</b>" if trusted
                   else "not checked against an agency root here")
         lines.append(f"The MP4 carries Content Credentials (C2PA) signed by <b>{escape(c2pa['signer'])}</b>, {anchor}.")
     else:
@@ -148,7 +162,9 @@ def _thumbs(thumbs: Iterable[Thumbnail]) -> str:
     figures = [f"<figure><img class='thumb' alt='{escape(th.label)}' src='{th.data_uri}'>"
                f"<figcaption>{escape(th.label)} — {th.offset_s:.2f} s into the video</figcaption></figure>"
                for th in thumbs]
-    return f"<div class='thumbs' id='thumbs'>{''.join(figures)}</div>" if figures else "<p>No stills could be decoded.</p>"
+    if not figures:
+        return "<p>No stills could be decoded.</p>"
+    return f"<div class='thumbs' id='thumbs'>{''.join(figures)}</div>"
 
 
 def _missing(report: dict[str, Any]) -> str:

@@ -98,10 +98,12 @@ class AgencyPki:
             export = _cert(self.export_key, "Test Agency Evidence Export", inter_key, inter, ca=False)
         else:  # the export certificate issued by the root itself
             export = _cert(self.export_key, "Test Agency Evidence Export", root_key, self.root, ca=False)
-        self.root_pem, self.chain, self.key = directory / "root.pem", directory / "export-chain.pem", directory / "export.key"
+        self.root_pem, self.chain = directory / "root.pem", directory / "export-chain.pem"
+        self.key = directory / "export.key"
         self.root_pem.write_bytes(_pem(self.root))
         self.chain.write_bytes(_pem(export) + (_pem(inter) if intermediate else b""))
-        self.key.write_bytes(self.export_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        self.key.write_bytes(self.export_key.private_bytes(serialization.Encoding.PEM,
+                                                           serialization.PrivateFormat.PKCS8,
                                                            serialization.NoEncryption()))
 
 

@@ -79,7 +79,8 @@ def test_fast_start_box_order_and_chapters_are_the_markers(signed) -> None:
     assert [c["metadata"]["title"] for c in chapters] == ["start"] + [m["label"] for m in report["markers"]]
     assert [float(c["start"] * c["time_base"]) for c in chapters] == pytest.approx(
         [0.0] + [m["offset_s"] for m in report["markers"]], abs=1e-3)
-    assert float(chapters[-1]["end"] * chapters[-1]["time_base"]) == pytest.approx(report["mp4"]["duration_s"], abs=1e-3)
+    end = float(chapters[-1]["end"] * chapters[-1]["time_base"])
+    assert end == pytest.approx(report["mp4"]["duration_s"], abs=1e-3)
     with av.open(str(rec2.mp4)) as container:
         assert container.chapters() == []
 
@@ -110,7 +111,8 @@ def test_cli_signs_with_chain_and_key(recorded, pki, tmp_path: Path, capsys) -> 
     assert "go together" in capsys.readouterr().err
     wrong = tmp_path / "wrong.key"
     shutil.copyfile(pki.chain, wrong)
-    assert main(base + ["--out", str(tmp_path / "o3"), "--export-cert", str(pki.chain), "--export-key", str(wrong)]) == 1
+    assert main(base + ["--out", str(tmp_path / "o3"), "--export-cert", str(pki.chain),
+                        "--export-key", str(wrong)]) == 1
     assert "not an unencrypted PEM private key" in capsys.readouterr().err
 
 
