@@ -7,6 +7,7 @@ reads and the signed evidence assertion inside the MP4 cannot tell different sto
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import shlex
 from pathlib import Path
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 REPORT_FORMAT = "bodycam-export-report"
 REPORT_VERSION = 2
 CLOCK_EVENTS = (Event.CLOCK_SET, Event.CLOCK_SYNC)
+MAX_CERT_FILE = 64 * 1024
 
 
 def build_report(plan: RecordingPlan, verification: VerifyReport, mp4: dict[str, Any], gaps: list[dict],
@@ -39,7 +41,7 @@ def build_report(plan: RecordingPlan, verification: VerifyReport, mp4: dict[str,
         "export": {"partial": plan.partial, "best_effort": best_effort,
                    "kind": "partial" if plan.partial else "complete"},
         "device_id": first.device_id, "device_key_sha256": segments[0].device_key_fp,
-        "device_certificate": None,
+        "device_certificate": device_certificate(segments),
         "recording_id": first.recording_id,
         "recording": {"trigger": rec.get("trigger"), "stop_reason": rec.get("stop_reason"),
                       "segments_begun": rec.get("segments")},
@@ -77,7 +79,7 @@ def evidence_assertion(plan: RecordingPlan, verification: VerifyReport, gaps: li
     first, last = segments[0].manifest, segments[-1].manifest
     return {
         "device": {"device_id": first.device_id, "device_key_sha256": segments[0].device_key_fp,
-                   "device_certificate": None},
+                   "device_certificate": device_certificate(segments)},
         "recording_id": first.recording_id,
         "start_utc": iso_utc(first.first_utc_us), "end_utc": iso_utc(last.last_utc_us),
         "clock": [{"source": s.manifest.clock_source, "utc_offset_us": s.manifest.utc_offset_us,
@@ -106,6 +108,35 @@ def segment_entry(s: VerifiedSegment) -> dict[str, Any]:
             "first_utc": iso_utc(m.first_utc_us), "last_utc": iso_utc(m.last_utc_us), "utc_offset_us": m.utc_offset_us,
             "clock_source": m.clock_source, "recovered": m.recovered, "storage_full": m.storage_full,
             "manifest_sha256": m.digest.hex()}
+
+
+def device_certificate(segments: list[VerifiedSegment]) -> dict[str, Any] | None:
+    """The certificate in ``certs/`` beside the evidence whose key is the one that signed it, if any.
+
+    Only named here: whether it chains to the agency root is the verifier's finding
+    (``verification.device_trust``).
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    directory = Path(segments[0].path).parent / "certs"
+    raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    for path in sorted(directory.glob("*.pem")) if directory.is_dir() else []:
+        try:
+            certs = x509.load_pem_x509_certificates(path.read_bytes()[:MAX_CERT_FILE])
+        except (OSError, ValueError):
+            continue
+        for cert in certs:
+            try:
+                key_fp = hashlib.sha256(cert.public_key().public_bytes(*raw)).hexdigest()
+            except (ValueError, TypeError):  # not a raw-encodable (Ed25519) key: not a device certificate
+                continue
+            if key_fp == segments[0].device_key_fp:
+                der = cert.public_bytes(serialization.Encoding.DER)
+                return {"file": f"certs/{path.name}", "subject": cert.subject.rfc4514_string(),
+                        "issuer": cert.issuer.rfc4514_string(), "sha256": hashlib.sha256(der).hexdigest(),
+                        "pem": cert.public_bytes(serialization.Encoding.PEM).decode()}
+    return None
 
 
 def _pre_event(plan: RecordingPlan) -> dict[str, Any] | None:

@@ -193,8 +193,7 @@ def _segments(report: dict[str, Any]) -> str:
 def _trust(report: dict[str, Any]) -> str:
     c2pa, root = report["c2pa"], report["c2pa"].get("trust_root")
     rows = [["Device key SHA-256", _hash(report["device_key_sha256"])],
-            ["Device certificate", escape(report.get("device_certificate") or "none beside the evidence: the "
-                                          "device is identified by its public key")],
+            ["Device certificate", _device_cert(report.get("device_certificate"))],
             ["Device key rests on", escape("; ".join(t.get("source", "") for t in
                                                    (report["verification"].get("device_trust") or {}).values())
                                           or "the device public key given or found beside the evidence")],
@@ -203,6 +202,13 @@ def _trust(report: dict[str, Any]) -> str:
                             else "none given: the signature was not checked against an agency root")],
             ["C2PA check at export", escape(c2pa.get("check") or "not signed")]]
     return "<table id='trust'>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _device_cert(cert: dict[str, Any] | None) -> str:
+    if not cert:
+        return "none beside the evidence: the device is identified by its public key"
+    return (f"{escape(cert['subject'])}, issued by {escape(cert['issuer'])} ({escape(cert['file'])})<br>"
+            f"SHA-256 {_hash(cert['sha256'])}")
 
 
 def _hashes(report: dict[str, Any], outputs: list[dict[str, Any]]) -> str:

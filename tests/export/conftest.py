@@ -93,6 +93,7 @@ class AgencyPki:
         if es256:  # an ECDSA P-256 export key under the Ed25519 agency CA
             self.export_key = ec.generate_private_key(ec.SECP256R1())
         self.root = _cert(root_key, root_name, root_key, None, ca=True)
+        self._root_key = root_key
         inter = _cert(inter_key, "Test Agency Export CA", root_key, self.root, ca=True)
         if intermediate:
             export = _cert(self.export_key, "Test Agency Evidence Export", inter_key, inter, ca=False)
@@ -105,6 +106,21 @@ class AgencyPki:
         self.key.write_bytes(self.export_key.private_bytes(serialization.Encoding.PEM,
                                                            serialization.PrivateFormat.PKCS8,
                                                            serialization.NoEncryption()))
+
+
+    def device_certificate(self, device_key, device_id: str) -> bytes:
+        """A device certificate (PEM) for ``device_key``, issued by the root (enough to be named)."""
+        return _pem(_cert(_PublicOnly(device_key), device_id, self._root_key, self.root, ca=False))
+
+
+class _PublicOnly:
+    """A public key where ``_cert`` expects a key pair: it only needs ``public_key()``."""
+
+    def __init__(self, key) -> None:
+        self._key = key
+
+    def public_key(self):
+        return self._key
 
 
 def _pem(cert: x509.Certificate) -> bytes:

@@ -165,3 +165,21 @@ def test_other_export_certificates(recorded, make_pki, tmp_path: Path, kind: str
                              signer=ExportSigner.from_files(flat.chain, flat.key),
                              trust_root=flat.root_pem.read_bytes()).recordings
     assert check_mp4(rec.mp4, flat.root_pem.read_text()).trusted
+
+
+def test_a_device_certificate_beside_the_evidence_is_named(recorded, pki, tmp_path: Path) -> None:
+    device, pulled, _ = recorded
+    evidence = tmp_path / "evidence"
+    shutil.copytree(pulled, evidence)
+    (evidence / "certs").mkdir()
+    (evidence / "certs" / "CAM-0042.pem").write_bytes(
+        pki.device_certificate(device.signing_key.public_key(), "CAM-0042"))
+    segment = sorted(evidence.glob("seg-*.seg"))[-1]
+    (rec,) = export_evidence(segment, device.agency_key, tmp_path / "out",
+                             signer=ExportSigner.from_files(pki.chain, pki.key)).recordings
+    report = json.loads(rec.report.read_text())
+    cert = report["device_certificate"]
+    assert cert["file"] == "certs/CAM-0042.pem" and "CN=CAM-0042" in cert["subject"]
+    check = check_mp4(rec.mp4, pki.root_pem.read_text())
+    assert check.trusted and check.evidence["device"]["device_certificate"]["sha256"] == cert["sha256"]
+    assert cert["sha256"] in rec.html.read_text()
