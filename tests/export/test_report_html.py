@@ -92,3 +92,20 @@ def test_report_lists_hashes_markers_and_how_to_verify(exported) -> None:
     assert "bodycam verify" in html and "bodycam export-check" in html
     assert report["pre_event"]["seconds"] == 1.0 and report["recording"]["trigger"] == "button"
     assert "1.0 s before the press" in html
+
+
+def test_chromium_shows_a_best_effort_export_as_damaged_and_partial(recorded, browser: str, tmp_path: Path) -> None:
+    device, pulled, _ = recorded
+    bad = tmp_path / "bad"
+    shutil.copytree(pulled, bad)
+    segment = sorted(bad.glob("seg-*.seg"))[2]
+    data = bytearray(segment.read_bytes())
+    data[-200] ^= 0x01
+    segment.write_bytes(bytes(data))
+    rec = export_evidence(bad, device.agency_key, tmp_path / "out", best_effort=True).recordings[0]
+    dom = chromium(browser, rec.html, "--dump-dom").stdout.decode()
+    verdict = re.search(r"<div class=\"verdict bad\" id=\"verdict\">(.*?)</div>", dom, re.S)
+    assert verdict and "Damaged evidence, exported on a best-effort basis" in verdict.group(1)
+    assert "The MP4 is not signed" in verdict.group(1)
+    assert 'id="partial-badge">PARTIAL<' in dom and ">BEST EFFORT<" in dom
+    assert f"{segment.name} chunk 0" in dom and "does not match the signed manifest" in dom
