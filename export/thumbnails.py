@@ -38,6 +38,7 @@ def thumbnails(mp4: Path, wanted: list[tuple[str, float]]) -> list[Thumbnail]:
     stills = []
     with av.open(str(mp4)) as container:
         stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame threads: a still may need a whole GOP decoded
         for label, offset_s in wanted:
             image = _frame_at(container, stream, max(offset_s, 0.0))
             if image is None:
