@@ -94,6 +94,12 @@ def _verdict(report: dict[str, Any]) -> str:
         lines.append(f"<b>Damaged evidence, exported on a best-effort basis.</b> {len(v['problems'])} verification "
                      "problem(s) were found; only segments that verified are in this MP4, and every gap is listed "
                      "below. Do not treat it as the complete recording.")
+    trust = list((v.get("device_trust") or {}).values())
+    if trust and all(t.get("anchored") for t in trust):
+        lines.append("The camera's key is certified by the agency root the verifier was given.")
+    elif trust:
+        lines.append("<b>The camera's key is not anchored to an agency root</b>: "
+                     + escape("; ".join(t.get("source", "") for t in trust if not t.get("anchored"))) + ".")
     if c2pa["signed"]:
         root = c2pa.get("trust_root")
         trusted = root and c2pa.get("check") == "Trusted"

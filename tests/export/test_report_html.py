@@ -109,3 +109,18 @@ def test_chromium_shows_a_best_effort_export_as_damaged_and_partial(recorded, br
     assert "The MP4 is not signed" in verdict.group(1)
     assert 'id="partial-badge">PARTIAL<' in dom and ">BEST EFFORT<" in dom
     assert f"{segment.name} chunk 0" in dom and "does not match the signed manifest" in dom
+
+
+def test_the_verdict_says_what_the_camera_key_rests_on(exported) -> None:
+    """When the verifier reports per-device trust, the verdict says whether the key is anchored."""
+    import json
+
+    from export import report_html
+
+    report = json.loads(exported.report.read_text())
+    report["verification"]["device_trust"] = {"dock/CAM-0042": {"anchored": False, "source": "device key taken "
+                                                                "from identity.json beside the evidence"}}
+    assert "is not anchored to an agency root</b>: device key taken from identity.json" in report_html.render(
+        report, [], [])
+    report["verification"]["device_trust"]["dock/CAM-0042"]["anchored"] = True
+    assert "certified by the agency root" in report_html.render(report, [], [])
