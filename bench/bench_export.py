@@ -118,8 +118,8 @@ def run() -> str:
 
         unsigned_mp4 = result.recordings[0].mp4 if not result.recordings[0].signed else None
         unsigned_mp4 = unsigned_mp4 or next((Path(d) / "out-0").glob("*.mp4"))
-        manifest = provenance.manifest_definition("bench.mp4", {"segments": [], "start_utc": "", "device": {
-            "device_id": "CAM-BENCH"}})
+        facts = {"segments": [], "start_utc": "2026-01-01T00:00:00Z", "device": {"device_id": "CAM-BENCH"}}
+        manifest = provenance.manifest_definition("bench.mp4", facts)
         sign_times, check_times = [], []
         for i in range(5):  # C2PA alone, on the same MP4: what signing adds per MB
             signed_mp4 = Path(d) / f"c2pa-{i}.mp4"
