@@ -91,9 +91,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Verify everything under PATH with the device public key, then decrypt it with the agency "
                     "private key and remux each recording, without re-encoding, into a fast-start MP4 (markers "
                     "as chapters), signed with the agency export certificate (C2PA) when one is given, plus a JSON "
-                    "and a self-contained HTML report. Exits 1 and exports nothing if anything fails to verify, "
-                    "unless --best-effort. A recording that cannot be exported is skipped and named (exit 1); "
-                    "the others are still exported.")
+                    "and a self-contained HTML report. A recording that does not verify, or cannot be exported, is "
+                    "skipped and named (exit 1); the others are still exported. A problem that could concern any "
+                    "recording (the audit log, a segment without its manifest, the device key) exports nothing. "
+                    "--best-effort also exports what verifies of damaged recordings.")
     p.add_argument("path", type=Path, metavar="PATH", help="a segment, a recording or a directory tree of evidence")
     p.add_argument("--agency-key", required=True, type=Path, metavar="FILE", help="agency X25519 private key (PEM)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the MP4s and reports")
@@ -106,7 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-root", "--trust", type=Path, metavar="ROOT.pem",
                    help="agency root certificate: named in the reports, and each signed MP4 is checked against it")
     p.add_argument("--best-effort", action="store_true",
-                   help="export what verifies from damaged evidence, flag every gap, exit 1")
+                   help="also export what verifies of damaged recordings, flag every gap, exit 1")
     p.set_defaults(func=_export)
 
     c = subparsers.add_parser(

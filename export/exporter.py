@@ -1,9 +1,13 @@
 """Export sealed evidence for court: verify, decrypt, remux each recording to a signed MP4, report.
 
 Everything under the path is verified with the device public key first
-(``secure_store.verify``). If anything fails, nothing is exported, unless ``best_effort``:
-then each segment that verifies on its own is exported, and every segment left out, every
-gap and every problem is named in the MP4's chapters, its C2PA manifest and both reports.
+(``secure_store.verify``). A recording that a problem concerns is skipped (named, with the
+problem) and the others are exported; a problem that could concern any recording (the audit
+log, a segment without its manifest or missing from the log, the device key) exports
+nothing (``ExportRefused``). With ``best_effort`` the damaged recordings are exported too,
+with every chunk that still matches its signed manifest, and every chunk or segment left
+out, every gap and every problem is named in the MP4's chapters, its C2PA manifest and both
+reports.
 
 Each recording is then exported on its own: its segments are decrypted with the agency
 private key in chain order (pre-event footage included: it is the recording's first
@@ -40,7 +44,7 @@ from secure_store.verify import VerifiedSegment, VerifyReport, decrypt_chunks, v
 from export import provenance, report_html
 from export.errors import ExportError, ExportRefused
 from export.mp4 import Chapter, Mp4Remuxer, iso_utc
-from export.plan import RecordingPlan, group_recordings, plan_recordings
+from export.plan import RecordingPlan, attribute_problems, group_recordings, plan_recordings
 from export.report import build_report, evidence_assertion, markers
 from export.salvage import salvage_chunks
 from export.thumbnails import thumbnails
@@ -102,8 +106,9 @@ def export_evidence(path: Path, agency_key: x25519.X25519PrivateKey, out_dir: Pa
         verification = verify_path(path, device_key)
     except StoreError as exc:
         raise ExportError(str(exc)) from None
-    if verification.problems and not best_effort:
-        raise ExportRefused([str(p) for p in verification.problems])
+    if verification.problems and not best_effort and (attribute_problems(verification)[1]
+                                                      or not verification.segments):
+        raise ExportRefused([str(p) for p in verification.problems])  # nothing can be vouched for
     if not verification.segments:
         raise ExportError(f"{path}: no sealed segments to export")
     root = _trust_root(trust_root) if trust_root else None
@@ -113,6 +118,9 @@ def export_evidence(path: Path, agency_key: x25519.X25519PrivateKey, out_dir: Pa
     result = ExportResult(verification, best_effort=best_effort)
     for plan in plans:
         try:
+            if plan.problems and not best_effort:
+                raise ExportError(f"does not verify ({len(plan.problems)} problem(s), first: {plan.problems[0]}); "
+                                  "--best-effort exports what of it verifies")
             if any(s.path in foreign for s in plan.segments):
                 raise ExportError(next(foreign[s.path] for s in plan.segments if s.path in foreign))
             result.recordings.append(_export_recording(plan, agency_key, device_key, out_dir, verification,

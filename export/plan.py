@@ -37,6 +37,7 @@ class RecordingPlan:
     damaged: dict[str, str] = field(default_factory=dict)  # path -> why: exported chunk by chunk (best effort)
     missing: list[dict[str, Any]] = field(default_factory=list)
     audit: dict[str, Any] = field(default_factory=dict)  # record_start / record_stop details, if logged
+    problems: list[str] = field(default_factory=list)  # the verification problems that concern it
 
     @property
     def recording_id(self) -> str:
@@ -65,17 +66,53 @@ def plan_recordings(path: Path, verification: VerifyReport, device_key: TrustedK
     bad, damaged = _damaged_segments(verification, device_key) if best_effort else ({}, {})
     known = _sibling_manifests(path, device_key) if Path(path).is_file() else []
     logged = _audit_recordings(verification)
+    per, apart = attribute_problems(verification)
     plans = []
     for group in group_recordings(verification.segments):
         good = [s for s in group if s.path not in bad]
         plan = RecordingPlan(good, [(s, bad[s.path]) for s in group if s.path in bad],
                              {s.path: damaged[s.path] for s in good if s.path in damaged},
-                             audit=logged.get(group[0].manifest.recording_id, {}))
+                             audit=logged.get(group[0].manifest.recording_id, {}),
+                             problems=per.get((group[0].device_key_fp, group[0].manifest.recording_id), []) + apart)
         rec = group[0].manifest
         context = [m for m in known if m.recording_id == rec.recording_id and m.device_id == rec.device_id]
         plan.missing = _missing(plan, context)
         plans.append(plan)
     return plans
+
+
+def attribute_problems(verification: VerifyReport) -> tuple[dict[tuple[str, str], list[str]], list[str]]:
+    """Verification problems by the recording they concern, ``(device key, recording ID)``, and the rest.
+
+    A problem in a segment's chunks concerns its recording. Any other problem naming a segment
+    (its header, its place in the chain: a segment missing or swapped before it) also concerns
+    the recording of the segment before it in the chain, which may be the one that lost its
+    tail. A problem naming no verified segment (the audit log, a segment with no manifest, a
+    segment the audit log says is missing) could concern any recording: it is returned apart.
+    """
+    by_name: dict[str, list[VerifiedSegment]] = {}
+    chains: dict[str, list[VerifiedSegment]] = {}
+    for s in verification.segments:
+        for name in (Path(s.path).name, Path(s.path).with_suffix(MANIFEST_SUFFIX).name):
+            by_name.setdefault(name, []).append(s)
+        chains.setdefault(s.manifest.device_id, []).append(s)
+    per: dict[tuple[str, str], list[str]] = {}
+    apart: list[str] = []
+    for p in verification.problems:
+        named = by_name.get(p.file)
+        if not named:
+            apart.append(str(p))
+            continue
+        concerned = set()
+        for s in named:  # several only when two devices' files share a name: all of them, to be safe
+            concerned.add((s.device_key_fp, s.manifest.recording_id))
+            before = [x for x in chains[s.manifest.device_id] if x.manifest.segment_seq < s.manifest.segment_seq]
+            if p.chunk is None and before:
+                prev = max(before, key=lambda x: x.manifest.segment_seq)
+                concerned.add((prev.device_key_fp, prev.manifest.recording_id))
+        for key in sorted(concerned):
+            per.setdefault(key, []).append(str(p))
+    return per, apart
 
 
 def group_recordings(segments: Iterable[VerifiedSegment]) -> list[list[VerifiedSegment]]:

@@ -45,7 +45,8 @@ def build_report(plan: RecordingPlan, verification: VerifyReport, mp4: dict[str,
         "recording_id": first.recording_id,
         "recording": {"trigger": rec.get("trigger"), "stop_reason": rec.get("stop_reason"),
                       "segments_begun": rec.get("segments")},
-        "verification": {"ok": not verification.problems, "problems": [str(p) for p in verification.problems],
+        "verification": {"ok": not plan.problems, "problems": plan.problems,
+                         "other_problems": [str(p) for p in verification.problems if str(p) not in plan.problems],
                          "segments_checked": len(verification.segments),
                          "audit_logs_checked": verification.audit_logs,
                          "device_trust": getattr(verification, "trust", None) or None},  # what the keys rest on
@@ -89,7 +90,7 @@ def evidence_assertion(plan: RecordingPlan, verification: VerifyReport, gaps: li
         "partial": plan.partial, "best_effort": best_effort,
         "missing": plan.missing,
         "gaps": gaps,
-        "verification_problems": [{"problem": str(p)} for p in verification.problems],
+        "verification_problems": [{"problem": p} for p in plan.problems],
         "remuxed_not_reencoded": True,
     }
 

@@ -94,6 +94,10 @@ def _verdict(report: dict[str, Any]) -> str:
         lines.append(f"<b>Damaged evidence, exported on a best-effort basis.</b> {len(v['problems'])} verification "
                      "problem(s) were found; only segments that verified are in this MP4, and every gap is listed "
                      "below. Do not treat it as the complete recording.")
+    others = v.get("other_problems") or []
+    if others:
+        lines.append(f"Other evidence beside it did not verify ({len(others)} problem(s), listed below); it does not "
+                     "concern this recording, and was not exported with it.")
     trust = list((v.get("device_trust") or {}).values())
     if trust and all(t.get("anchored") for t in trust):
         lines.append("The camera's key is certified by the agency root the verifier was given.")
@@ -182,10 +186,13 @@ def _missing(report: dict[str, Any]) -> str:
              for name in report["recovered_segments"]]
     rows += [[f"muted {m['from_utc']}", m["from_utc"], m["to_utc"], m.get("reason", "muted")]
              for m in report.get("muted_spans", [])]
-    problems = "".join(f"<li>{escape(p)}</li>" for p in report["verification"]["problems"])
+    v = report["verification"]
+    problems = "".join(f"<li>{escape(p)}</li>" for p in v["problems"])
+    others = "".join(f"<li>{escape(p)}</li>" for p in v.get("other_problems") or [])
     table = _table(["What", "From (UTC)", "To (UTC)", "Why"], rows,
                    "Nothing is missing: no gaps, no skipped or recovered segments, no muted spans.")
-    return table + (f"<p>Verification problems:</p><ul id='problems'>{problems}</ul>" if problems else "")
+    return (table + (f"<p>Verification problems:</p><ul id='problems'>{problems}</ul>" if problems else "")
+            + (f"<p>Problems elsewhere in the evidence (other recordings):</p><ul>{others}</ul>" if others else ""))
 
 
 def _segments(report: dict[str, Any]) -> str:

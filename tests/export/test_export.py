@@ -142,18 +142,14 @@ def tamper_copy(pulled: Path, dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("tamper", ["bit_flip", "segment_deleted", "audit_altered", "wrong_device_key"])
+@pytest.mark.parametrize("tamper", ["segment_deleted", "audit_altered", "wrong_device_key"])
 def test_tampered_evidence_is_not_exported(recorded, tmp_path: Path, capsys, tamper: str) -> None:
+    """Problems that could concern any recording (a segment the audit log misses, the log itself, the key)."""
     device, pulled, agency = recorded
     bad = tamper_copy(pulled, tmp_path / "bad")
     segs = sorted(bad.glob("seg-*.seg"))
     args = ["export", str(bad), "--agency-key", str(agency), "--out", str(tmp_path / "out")]
-    if tamper == "bit_flip":
-        data = bytearray(segs[1].read_bytes())
-        data[-200] ^= 0x01
-        segs[1].write_bytes(bytes(data))
-        expect = f"{segs[1].name}: chunk"
-    elif tamper == "segment_deleted":
+    if tamper == "segment_deleted":
         segs[1].unlink()
         segs[1].with_suffix(".manifest").unlink()
         expect = "missing"
@@ -172,14 +168,39 @@ def test_tampered_evidence_is_not_exported(recorded, tmp_path: Path, capsys, tam
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_a_tampered_recording_is_skipped_and_the_others_exported(recorded, tmp_path: Path, capsys) -> None:
+    device, pulled, agency = recorded
+    bad = tamper_copy(pulled, tmp_path / "bad")
+    segs = sorted(bad.glob("seg-*.seg"))
+    data = bytearray(segs[1].read_bytes())  # rec-1
+    data[-200] ^= 0x01
+    segs[1].write_bytes(bytes(data))
+    assert main(["export", str(bad), "--agency-key", str(agency), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"FAIL {segs[1].name}: chunk" in err and "SKIPPED rec-1: does not verify" in err and "--best-effort" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "CAM-0042_rec-2.html", "CAM-0042_rec-2.json", "CAM-0042_rec-2.mp4"]
+    assert mp4_frame_numbers(tmp_path / "out" / "CAM-0042_rec-2.mp4")[0] == list(range(100, 112))
+    report = json.loads((tmp_path / "out" / "CAM-0042_rec-2.json").read_text())
+    assert report["verification"]["ok"] is True and report["verification"]["problems"] == []
+    assert [p.split(":")[0] for p in report["verification"]["other_problems"]] == [segs[1].name]
+
+
 def test_library_refusal_names_each_problem(recorded, tmp_path: Path) -> None:
     device, pulled, _ = recorded
     bad = tamper_copy(pulled, tmp_path / "bad")
     segs = sorted(bad.glob("seg-*.seg"))
-    segs[0].write_bytes(segs[0].read_bytes()[:-100])  # truncated
+    segs[0].write_bytes(segs[0].read_bytes()[:-100])  # truncated: rec-1 is skipped, rec-2 exported
+    result = export_evidence(bad, device.agency_key, tmp_path / "out")
+    assert [r.recording_id for r in result.recordings] == ["rec-2"]
+    (skipped,) = result.skipped
+    assert skipped.recording_id == "rec-1" and "truncated" in skipped.reason
+    segs[-1].with_suffix(".manifest").unlink()  # and now a segment with no manifest: could be anyone's
     with pytest.raises(ExportRefused) as exc:
-        export_evidence(bad, device.agency_key, tmp_path / "out")
+        export_evidence(bad, device.agency_key, tmp_path / "out2")
     assert any(p.startswith(segs[0].name) and "truncated" in p for p in exc.value.problems)
+    assert any(p.startswith(segs[-1].name) and "no manifest" in p for p in exc.value.problems)
+    assert not (tmp_path / "out2").exists()
     with pytest.raises(ExportError, match="no sealed segments"):
         (tmp_path / "empty").mkdir()
         export_evidence(tmp_path / "empty", device.agency_key, tmp_path / "out")

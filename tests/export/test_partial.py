@@ -11,7 +11,6 @@ from pathlib import Path
 import av
 import pytest
 
-from export.errors import ExportRefused
 from export.exporter import export_evidence
 from export.provenance import check_mp4
 from firmware.cli import main
@@ -48,7 +47,7 @@ def test_one_segment_of_a_recording_is_named_and_reported_partial(recorded, tmp_
     assert "PARTIAL" in html and "Verified, but partial" in html and missing[1]["from_utc"] in html
 
 
-def test_damaged_evidence_is_refused_unless_best_effort(recorded, pki, tmp_path: Path, capsys) -> None:
+def test_a_damaged_recording_is_skipped_unless_best_effort(recorded, pki, tmp_path: Path, capsys) -> None:
     device, pulled, agency = recorded
     bad = tmp_path / "bad"
     shutil.copytree(pulled, bad)
@@ -56,9 +55,9 @@ def test_damaged_evidence_is_refused_unless_best_effort(recorded, pki, tmp_path:
     data = bytearray(segs[2].read_bytes())  # rec-1, index 2: frames 20-29
     data[-200] ^= 0x01
     segs[2].write_bytes(bytes(data))
-    with pytest.raises(ExportRefused):
-        export_evidence(bad, device.agency_key, tmp_path / "refused")
-    assert not (tmp_path / "refused").exists()
+    plain = export_evidence(bad, device.agency_key, tmp_path / "plain")
+    assert [r.recording_id for r in plain.recordings] == ["rec-2"]  # the damaged one never blocks the others
+    assert [s.recording_id for s in plain.skipped] == ["rec-1"] and "--best-effort" in plain.skipped[0].reason
 
     args = ["export", str(bad), "--agency-key", str(agency), "--out", str(tmp_path / "out"), "--best-effort",
             "--export-cert", str(pki.chain), "--export-key", str(pki.key), "--trust-root", str(pki.root_pem)]
