@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench clean browser
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,15 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/bodycam demo --out demo-output
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest
+
+# The export report is checked as a person sees it, in headless Chromium (Debian's package).
+# Installed when missing and we may (root with apt-get, as in CI); otherwise that test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ; } || \
+	  echo "note: no chromium (not root, or no apt-get): the HTML report's browser test will be skipped"
 
 bench: $(STAMP)
 	$(PY) -m bench

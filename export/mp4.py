@@ -1,4 +1,11 @@
-"""Mp4Remuxer: H.264 access units into an MP4 with PyAV, copied, never re-encoded."""
+"""Mp4Remuxer: H.264 access units into an MP4 with PyAV, copied, never re-encoded.
+
+The MP4 is fast-start (``moov`` before ``mdat``: a player starts before the whole file has
+arrived) and carries the markers as chapters (a QuickTime chapter track and a Nero ``chpl``
+box: what VLC, mpv, QuickTime and ffprobe show). Chapters must be known when the file is
+opened, because the muxer reserves the chapter track in the header; the exporter knows them
+from the signed manifests before it decrypts anything.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ import hashlib
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from buffer.frame import Frame
 from secure_store.durable import fsync_dir
@@ -26,6 +33,35 @@ def iso_utc(utc_us: float) -> str:
     return dt.datetime.fromtimestamp(utc_us / 1e6, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class Chapter(NamedTuple):
+    """A named span of the MP4, in µs from its first frame."""
+
+    start_us: int
+    end_us: int
+    title: str
+
+
+def box_order(path: Path) -> list[str]:
+    """The top-level ISO BMFF box types of a file, in order (``ftyp``, ``moov``, ``mdat``, ...)."""
+    order = []
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        offset = 0
+        while offset + 8 <= size:
+            f.seek(offset)
+            head = f.read(16)
+            length, kind = int.from_bytes(head[:4], "big"), head[4:8].decode("latin-1")
+            if length == 1:
+                length = int.from_bytes(head[8:16], "big")
+            elif length == 0:
+                length = size - offset
+            if length < 8:
+                break
+            order.append(kind)
+            offset += length
+    return order
+
+
 class Mp4Remuxer:
     """Copy H.264 Annex B access units into an MP4 (PyAV, no re-encode), streaming.
 
@@ -34,10 +70,12 @@ class Mp4Remuxer:
     first frame) and lasts until the next frame; the last lasts one nominal interval.
     """
 
-    def __init__(self, partial_path: Path, rate: Fraction, metadata: dict[str, str] | None = None) -> None:
+    def __init__(self, partial_path: Path, rate: Fraction, metadata: dict[str, str] | None = None,
+                 chapters: list[Chapter] = ()) -> None:
         self.partial_path = Path(partial_path)
         self.rate = rate
         self.metadata = dict(metadata or {})
+        self.chapters = list(chapters)
         self.frames = 0
         self.previous_ts = 0
         self._container: Any = None
@@ -60,8 +98,14 @@ class Mp4Remuxer:
         self._pending, self.previous_ts = frame, prev.timestamp_us
         return delta
 
-    def finish(self, final_path: Path, first_utc_us: int) -> dict:
-        """Flush, close, fsync and move into place (never over an existing file); returns facts."""
+    def finish(self, final_path: Path, first_utc_us: int, seal: Callable[[Path, Path], Any] | None = None,
+               chapters: list[Chapter] | None = None) -> dict:
+        """Flush, close, fsync and move into place (never over an existing file); returns facts.
+
+        ``chapters``: the final list, if it differs from the one given at the start (the file is
+        then copied once more, packets unchanged, to write them). ``seal(source, dest)`` writes a
+        signed copy (C2PA) of the finished MP4 to a new file; that copy lands at ``final_path``.
+        """
         import av
 
         if self._pending is None:
@@ -69,13 +113,29 @@ class Mp4Remuxer:
         self._mux(self._pending, round(1_000_000 / self.rate))
         self._container.close()
         self._container = None
-        _fsync_file(self.partial_path)
+        if chapters is not None and list(chapters) != self.chapters:
+            self._rewrite_chapters(list(chapters))
+        done = self.partial_path
+        if seal is not None:
+            done = self.partial_path.with_name(self.partial_path.name + ".signed")
+            done.unlink(missing_ok=True)
+            try:
+                seal(self.partial_path, done)
+            except BaseException:
+                done.unlink(missing_ok=True)
+                raise
+            self.partial_path.unlink()
+        _fsync_file(done)
         try:
-            os.link(self.partial_path, final_path)
+            os.link(done, final_path)
         except FileExistsError:
+            done.unlink()
             raise ExportError(f"{final_path} already exists; refusing to overwrite an export") from None
-        self.partial_path.unlink()
+        done.unlink()
         fsync_dir(final_path.parent)
+        boxes = box_order(final_path)
+        if "moov" not in boxes or "mdat" not in boxes or boxes.index("moov") > boxes.index("mdat"):
+            raise ExportError(f"{final_path.name}: not fast-start (boxes {' '.join(boxes)})")
         with av.open(str(final_path)) as check:  # read back: the file is an MP4 with every frame in it
             stream = check.streams.video[0]
             packets = sum(1 for p in check.demux(stream) if p.size)
@@ -85,7 +145,31 @@ class Mp4Remuxer:
             raise ExportError(f"{final_path.name}: holds {packets} packets, {self.frames} were written")
         return {"sha256": sha256_file(final_path), "size": final_path.stat().st_size, "frames": self.frames,
                 "width": width, "height": height, "duration_s": round(duration, 6),
-                "time_base": "1/1000000", "first_frame_utc": iso_utc(first_utc_us)}
+                "time_base": "1/1000000", "first_frame_utc": iso_utc(first_utc_us), "file": final_path.name,
+                "boxes": boxes, "chapters": [c._asdict() for c in self.chapters]}
+
+    def _rewrite_chapters(self, chapters: list[Chapter]) -> None:
+        """Copy the finished file's packets into a new one whose header holds ``chapters``."""
+        import av
+
+        copy = self.partial_path.with_name(self.partial_path.name + ".chapters")
+        copy.unlink(missing_ok=True)
+        try:
+            with av.open(str(self.partial_path)) as src, \
+                    av.open(str(copy), "w", format="mp4", options={"movflags": "+faststart"}) as dst:
+                dst.metadata.update(self.metadata)
+                dst.set_chapters(_av_chapters(chapters))
+                video = src.streams.video[0]
+                out = dst.add_stream_from_template(video)
+                for packet in src.demux(video):
+                    if packet.size:
+                        packet.stream = out
+                        dst.mux(packet)
+            os.replace(copy, self.partial_path)
+        except BaseException:
+            copy.unlink(missing_ok=True)
+            raise
+        self.chapters = chapters
 
     def abort(self) -> None:
         """Drop the partial file after a failure."""
@@ -96,6 +180,8 @@ class Mp4Remuxer:
                 pass
             self._container = None
         self.partial_path.unlink(missing_ok=True)
+        for leftover in (".signed", ".chapters"):
+            self.partial_path.with_name(self.partial_path.name + leftover).unlink(missing_ok=True)
 
     def _open(self, frame: Frame) -> None:
         import av
@@ -104,10 +190,16 @@ class Mp4Remuxer:
             raise ExportError("recording does not start with a keyframe")
         width, height = _frame_size(frame.data)
         self.partial_path.unlink(missing_ok=True)  # left by an earlier crash: never evidence
-        self._container = av.open(str(self.partial_path), "w", format="mp4")
+        self._container = av.open(str(self.partial_path), "w", format="mp4", options={"movflags": "+faststart"})
         self._container.metadata.update(self.metadata)
+        if self.chapters:
+            self._container.set_chapters(_av_chapters(self.chapters))
         self._stream = self._container.add_mux_stream("h264", rate=self.rate, width=width, height=height)
         self._stream.time_base = TIME_BASE
+        # Audio goes here once chunks carry it: an AAC stream added beside the video
+        # (``add_mux_stream("aac", ...)`` from the first audio packet's parameters) and an
+        # ``add_audio(packet)`` that muxes each packet on it with its own timestamp, copied
+        # like the video. Fast start and chapters need nothing more.
 
     def _mux(self, frame: Frame, duration_us: int) -> None:
         import av
@@ -120,6 +212,11 @@ class Mp4Remuxer:
         packet.is_keyframe = frame.keyframe
         self._container.mux(packet)
         self.frames += 1
+
+
+def _av_chapters(chapters: list[Chapter]) -> list[dict]:
+    return [{"id": i + 1, "start": c.start_us, "end": c.end_us, "time_base": TIME_BASE, "metadata": {"title": c.title}}
+            for i, c in enumerate(chapters)]
 
 
 def _frame_size(keyframe: bytes) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from firmware import __version__
 # Sub-command modules; import cost matters, so each keeps heavy imports inside handlers.
 COMMAND_MODULES = (
     "secure_store.cli",   # keys, verify
-    "export.cli",    # export
+    "export.cli",    # export, export-check
     "dock.cli",           # dock pull / watch
     "firmware.device_cli",  # device, demo
     "firmware.update.cli",  # provision, firmware build / inspect / install / flash

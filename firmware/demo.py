@@ -6,7 +6,7 @@
 3. double-press record on the MockFactory pin, record 20 s with a marker (function
    button), hold record to stop;
 4. dock (dock-detect pin): the dock pulls over the pty link, verifies, confirms;
-5. verify and export the dock's copy with the sim agency key: MP4s and JSON reports.
+5. verify and export the dock's copy with the sim agency key: MP4s with JSON and HTML reports.
 
 The camera's clock is "fast": it encodes as fast as the CPU allows, so every wait here is
 in sensor time (frame timestamps), never wall time; only the finger uses the wall clock,
@@ -198,6 +198,7 @@ def run_demo(
     summary.verified = result.verification.ok and anchored.ok and anchored.anchored
     summary.problems += [str(p) for p in anchored.problems]
     summary.problems += [str(p) for p in result.verification.problems]
+    summary.problems += [f"not exported: {s.recording_id}: {s.reason}" for s in result.skipped]
     for recording in result.recordings:
         summary.mp4s.append(recording.mp4)
         summary.reports.append(recording.report)

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from secure_store.durable import write_atomic
 
-KINDS = ("agency", "device", "dock", "vendor")
+KINDS = ("agency", "device", "dock", "vendor", "export")  # export: signs C2PA manifests of court exports
 PrivateKey = Union[ed25519.Ed25519PrivateKey, x25519.X25519PrivateKey]
 PublicKey = Union[ed25519.Ed25519PublicKey, x25519.X25519PublicKey]
 

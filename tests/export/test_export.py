@@ -27,83 +27,9 @@ from hw_sim.camera import SimCamera, read_frame_number
 from recorder.encoders import PyAVEncoder
 from recorder.segmenter import Segmenter
 from secure_store import keys
-from secure_store.audit import AuditLog, Event
-from secure_store.layout import DeviceRoot
-from secure_store.store import EvidenceStore
 
-WIDTH, HEIGHT, FPS = 256, 144, 10
-DEVICE = "CAM-0042"
+WIDTH, HEIGHT, FPS = 256, 144, 10  # as conftest.Device records
 UTC0 = 1_760_000_000.0  # the device clock at frame timestamp 0
-
-
-class Device:
-    """A provisioned device root with its keys, store and audit log."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = DeviceRoot(root)
-        self.signing_key = Ed25519PrivateKey.generate()
-        self.agency_key = X25519PrivateKey.generate()
-        self.root.keys.mkdir(parents=True)
-        self.now = UTC0
-        self.audit = AuditLog(self.root.audit, self.signing_key, DEVICE, clock=lambda: self.now)
-        self.store = EvidenceStore(self.root, device_id=DEVICE, signing_key=self.signing_key,
-                                   agency_public_key=self.agency_key.public_key(), audit=self.audit,
-                                   clock=lambda: self.now, reserve_bytes=0)
-
-    def record(self, recording_id: str, first: int, count: int, markers: dict[int, str] = {}) -> None:
-        self.record_frames(recording_id, range(first, first + count), markers)
-
-    def record_frames(self, recording_id: str, numbers, markers: dict[int, str] = {}, *,
-                      segment_s: float = 1.0, power_cut: bool = False) -> None:
-        """Sim camera frames ``numbers`` → libx264 → segmenter → sealer (→ power cut: never closed)."""
-        camera = SimCamera(WIDTH, HEIGHT, FPS)
-        segmenter = Segmenter(self.store.open_sealer(), recording_id, segment_s=segment_s)
-        self.audit.append(Event.RECORD_START, recording=recording_id)
-        encoder = PyAVEncoder(segmenter, WIDTH, HEIGHT, FPS, bitrate=300_000)
-        for number in numbers:
-            ts = camera.timestamp_us(number)
-            self.now = UTC0 + ts / 1e6
-            encoder.encode(camera.render(number), ts)
-            if number in markers:
-                segmenter.add_marker(markers[number], ts)
-        if power_cut:
-            return  # the GOP in flight and the open segment's manifest are lost with the power
-        encoder.close()
-        segmenter.close()
-        self.audit.append(Event.RECORD_STOP, recording=recording_id)
-
-    def reboot(self) -> list[str]:
-        """A new store and audit log over the same root, as after a power cut; runs recovery."""
-        self.audit = AuditLog(self.root.audit, self.signing_key, DEVICE, clock=lambda: self.now)
-        self.store = EvidenceStore(self.root, device_id=DEVICE, signing_key=self.signing_key,
-                                   agency_public_key=self.agency_key.public_key(), audit=self.audit,
-                                   clock=lambda: self.now, reserve_bytes=0)
-        return self.store.recover()
-
-    def offload(self, dest: Path) -> Path:
-        """What a dock holds after a pull: evidence files, the audit log, the device public key."""
-        dest.mkdir()
-        for item in self.store.list_evidence():
-            target = dest / item.name
-            target.parent.mkdir(exist_ok=True)
-            shutil.copyfile(self.store.evidence_path(item.name), target)
-        (dest / "device.pub").write_bytes(keys.public_pem(self.signing_key.public_key()))
-        return dest
-
-
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
-    """One device, two recordings (the first with markers and a pre-event-sized start)."""
-    base = tmp_path_factory.mktemp("export")
-    device = Device(base / "device")
-    device.audit.append(Event.CLOCK_SYNC, dock="dock-1", step_us=-1200)  # an older sync, then the one in force
-    device.audit.append(Event.CLOCK_SYNC, dock="dock-1", step_us=350)
-    device.record("rec-1", 0, 35, {4: "door opened", 22: "arrest"})
-    device.record("rec-2", 100, 12)
-    pulled = device.offload(base / "pulled")
-    agency = base / "agency.key"
-    agency.write_bytes(keys.private_pem(device.agency_key))
-    return device, pulled, agency
 
 
 def mp4_frame_numbers(path: Path) -> tuple[list[int], list[float], float]:
@@ -173,7 +99,8 @@ def test_cli_export_and_refusals(recorded, tmp_path: Path, capsys) -> None:
     printed = capsys.readouterr().out
     assert "rec-1" in printed and "35 frames" in printed
     assert sorted(p.name for p in out.iterdir()) == [
-        "CAM-0042_rec-1.json", "CAM-0042_rec-1.mp4", "CAM-0042_rec-2.json", "CAM-0042_rec-2.mp4"]
+        "CAM-0042_rec-1.html", "CAM-0042_rec-1.json", "CAM-0042_rec-1.mp4",
+        "CAM-0042_rec-2.html", "CAM-0042_rec-2.json", "CAM-0042_rec-2.mp4"]
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     # a second export never overwrites the first
     assert main(["export", str(pulled), "--agency-key", str(agency), "--out", str(out)]) == 1
@@ -215,18 +142,14 @@ def tamper_copy(pulled: Path, dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("tamper", ["bit_flip", "segment_deleted", "audit_altered", "wrong_device_key"])
+@pytest.mark.parametrize("tamper", ["segment_deleted", "audit_altered", "wrong_device_key"])
 def test_tampered_evidence_is_not_exported(recorded, tmp_path: Path, capsys, tamper: str) -> None:
+    """Problems that could concern any recording (a segment the audit log misses, the log itself, the key)."""
     device, pulled, agency = recorded
     bad = tamper_copy(pulled, tmp_path / "bad")
     segs = sorted(bad.glob("seg-*.seg"))
     args = ["export", str(bad), "--agency-key", str(agency), "--out", str(tmp_path / "out")]
-    if tamper == "bit_flip":
-        data = bytearray(segs[1].read_bytes())
-        data[-200] ^= 0x01
-        segs[1].write_bytes(bytes(data))
-        expect = f"{segs[1].name}: chunk"
-    elif tamper == "segment_deleted":
+    if tamper == "segment_deleted":
         segs[1].unlink()
         segs[1].with_suffix(".manifest").unlink()
         expect = "missing"
@@ -245,22 +168,47 @@ def test_tampered_evidence_is_not_exported(recorded, tmp_path: Path, capsys, tam
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_a_tampered_recording_is_skipped_and_the_others_exported(recorded, tmp_path: Path, capsys) -> None:
+    device, pulled, agency = recorded
+    bad = tamper_copy(pulled, tmp_path / "bad")
+    segs = sorted(bad.glob("seg-*.seg"))
+    data = bytearray(segs[1].read_bytes())  # rec-1
+    data[-200] ^= 0x01
+    segs[1].write_bytes(bytes(data))
+    assert main(["export", str(bad), "--agency-key", str(agency), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"FAIL {segs[1].name}: chunk" in err and "SKIPPED rec-1: does not verify" in err and "--best-effort" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "CAM-0042_rec-2.html", "CAM-0042_rec-2.json", "CAM-0042_rec-2.mp4"]
+    assert mp4_frame_numbers(tmp_path / "out" / "CAM-0042_rec-2.mp4")[0] == list(range(100, 112))
+    report = json.loads((tmp_path / "out" / "CAM-0042_rec-2.json").read_text())
+    assert report["verification"]["ok"] is True and report["verification"]["problems"] == []
+    assert [p.split(":")[0] for p in report["verification"]["other_problems"]] == [segs[1].name]
+
+
 def test_library_refusal_names_each_problem(recorded, tmp_path: Path) -> None:
     device, pulled, _ = recorded
     bad = tamper_copy(pulled, tmp_path / "bad")
     segs = sorted(bad.glob("seg-*.seg"))
-    segs[0].write_bytes(segs[0].read_bytes()[:-100])  # truncated
+    segs[0].write_bytes(segs[0].read_bytes()[:-100])  # truncated: rec-1 is skipped, rec-2 exported
+    result = export_evidence(bad, device.agency_key, tmp_path / "out")
+    assert [r.recording_id for r in result.recordings] == ["rec-2"]
+    (skipped,) = result.skipped
+    assert skipped.recording_id == "rec-1" and "truncated" in skipped.reason
+    segs[-1].with_suffix(".manifest").unlink()  # and now a segment with no manifest: could be anyone's
     with pytest.raises(ExportRefused) as exc:
-        export_evidence(bad, device.agency_key, tmp_path / "out")
+        export_evidence(bad, device.agency_key, tmp_path / "out2")
     assert any(p.startswith(segs[0].name) and "truncated" in p for p in exc.value.problems)
+    assert any(p.startswith(segs[-1].name) and "no manifest" in p for p in exc.value.problems)
+    assert not (tmp_path / "out2").exists()
     with pytest.raises(ExportError, match="no sealed segments"):
         (tmp_path / "empty").mkdir()
         export_evidence(tmp_path / "empty", device.agency_key, tmp_path / "out")
 
 
-def test_pre_event_footage_is_exported(tmp_path: Path) -> None:
+def test_pre_event_footage_is_exported(tmp_path: Path, make_device) -> None:
     """The officer presses record at frame 45: the 2 s held before the press are in the MP4."""
-    device = Device(tmp_path / "device")
+    device = make_device(tmp_path / "device")
     camera = SimCamera(WIDTH, HEIGHT, FPS)
     buffer = PreEventBuffer(duration_s=2.0)
     segmenter = Segmenter(device.store.open_sealer(), "rec-pre", segment_s=1.0)
@@ -281,8 +229,8 @@ def test_pre_event_footage_is_exported(tmp_path: Path) -> None:
     assert [(m["label"], m["offset_s"]) for m in report["markers"]] == [("record pressed", (45 - first) / FPS)]
 
 
-def test_recovered_segment_and_gap_are_exported_and_reported(tmp_path: Path) -> None:
-    device = Device(tmp_path / "device")
+def test_recovered_segment_and_gap_are_exported_and_reported(tmp_path: Path, make_device) -> None:
+    device = make_device(tmp_path / "device")
     device.record_frames("rec-cut", range(25), segment_s=3.0, power_cut=True)
     assert device.reboot() == ["seg-0000000001"]
     device.record_frames("rec-gap", [*range(40, 55), *range(70, 85)])
@@ -301,6 +249,11 @@ def test_recovered_segment_and_gap_are_exported_and_reported(tmp_path: Path) -> 
     assert times[15] - times[14] == pytest.approx(1.6, abs=1e-6)
     report = json.loads(gap.report.read_text())
     assert [(g["after_timestamp_us"], g["gap_us"]) for g in report["gaps"]] == [(5_400_000, 1_600_000)]
+    # ... and, although it lies inside a segment, it is a chapter of the MP4 (written once frames showed it).
+    with av.open(str(gap.mp4)) as container:
+        chapters = [(float(c["start"] * c["time_base"]), c["metadata"]["title"]) for c in container.chapters()]
+    assert chapters == [(0.0, "start"), (1.5, "GAP: 1.5 s without video")]
+    assert mp4_frame_numbers(gap.mp4)[0] == [*range(40, 55), *range(70, 85)]  # packets unchanged by the rewrite
 
 
 @settings(max_examples=25)
