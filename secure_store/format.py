@@ -17,6 +17,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from secure_store.clock_bound import CLOCK_BLOCK, ClockBound
 from secure_store.errors import FormatError, TornRecordError, VerifyError
 
 SEGMENT_MAGIC = b"BCAMSEG\n"
@@ -343,6 +344,7 @@ class Manifest:
     prev_digest: bytes
     chunk_digests: tuple[bytes, ...]
     markers: tuple[Marker, ...] = field(default=())
+    clock: ClockBound = field(default_factory=ClockBound)  # the clock error bound (secure_store.clock_bound)
     signature: bytes = b""
 
     def signed_bytes(self) -> bytes:
@@ -366,6 +368,7 @@ class Manifest:
             struct.pack(">I", len(self.markers)),
             *(struct.pack(">Q", m.timestamp_us) + _text(m.label, "marker label", "H", MAX_LABEL)
               for m in self.markers),
+            self.clock.encode(),
         ]
         body = b"".join(parts)
         return MANIFEST_MAGIC + struct.pack(">HI", VERSION, len(body)) + body
@@ -412,11 +415,15 @@ class Manifest:
             raise FormatError(f"{what}: marker_count {n_markers} out of range")
         markers = tuple(Marker(c.unpack("Q", "marker timestamp"), c.text("marker label", "H", MAX_LABEL))
                         for _ in range(n_markers))
+        try:
+            clock = ClockBound.decode(c.take(CLOCK_BLOCK.size, "clock block"))
+        except ValueError as exc:
+            raise FormatError(f"{what}: clock block: {exc}") from None
         signature = c.take(SIGNATURE_LEN, "signature")
         c.end()
         m = cls(device_id, device_fp, seq, recording_id, index, header_digest,
                 bool(flags & MANIFEST_RECOVERED), bool(flags & MANIFEST_STORAGE_FULL), frames, first, last,
-                offset, clock_source, first_utc, last_utc, prev, chunks, markers, signature)
+                offset, clock_source, first_utc, last_utc, prev, chunks, markers, clock, signature)
         if m.signed_bytes() != data[:-SIGNATURE_LEN]:
             raise FormatError(f"{what}: not in canonical encoding")
         return m
