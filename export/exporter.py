@@ -23,6 +23,7 @@ from typing import Iterable
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from recorder.chunk import ChunkFormatError, decode_chunk
+from recorder.location import LocationFormatError
 from secure_store import keys
 from secure_store.audit import Event, read_entries
 from secure_store.durable import fsync_dir, write_atomic
@@ -31,6 +32,7 @@ from secure_store.format import read_header, sha256
 from secure_store.verify import VerifiedSegment, VerifyReport, decrypt_chunks, verify_path
 
 from export.errors import ExportError, ExportRefused
+from export.gpx import RecordingTrack, clock_entry
 from export.mp4 import Mp4Remuxer, iso_utc, sha256_file
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,7 @@ def export_evidence(path: Path, agency_key: x25519.X25519PrivateKey, out_dir: Pa
         fsync_dir(out_dir.parent)
     for segments in recordings:
         stem = _output_stem(segments[0])
-        for suffix in (".mp4", ".json"):
+        for suffix in (".mp4", ".json", ".gpx"):
             if (out_dir / (stem + suffix)).exists():
                 raise ExportError(f"{out_dir / (stem + suffix)} already exists; refusing to overwrite an export")
     result = ExportResult(verification)
@@ -129,13 +131,15 @@ def _export_recording(segments: list[VerifiedSegment], agency_key: x25519.X25519
                        metadata=metadata)
     audit = _audit_context(verification, segments)  # before writing: it may refuse
     gaps: list[dict] = []
+    track = RecordingTrack()  # the GPS fixes sealed in the chunks (export.gpx)
     try:
         for s in segments:
             decoded = 0
             for plaintext in decrypt_chunks(Path(s.path), agency_key, device_key):
                 try:
                     frames = decode_chunk(plaintext)
-                except ChunkFormatError as exc:
+                    track.add_chunk(plaintext, s.manifest.utc_offset_us)
+                except (ChunkFormatError, LocationFormatError) as exc:
                     raise ExportError(f"{Path(s.path).name}: chunk plaintext does not parse: {exc}") from None
                 for frame in frames:
                     gap = muxer.add(frame)
@@ -149,6 +153,9 @@ def _export_recording(segments: list[VerifiedSegment], agency_key: x25519.X25519
     except BaseException:
         muxer.abort()
         raise
+    gpx_path = out_dir / (stem + ".gpx") if track.fixes else None
+    if gpx_path is not None:
+        track.write_gpx(gpx_path, f"{first.device_id} {first.recording_id}")
     report = {
         "format": REPORT_FORMAT, "version": REPORT_VERSION,
         "exported_utc": iso_utc(dt.datetime.now(dt.timezone.utc).timestamp() * 1e6),
@@ -162,15 +169,18 @@ def _export_recording(segments: list[VerifiedSegment], agency_key: x25519.X25519
         "frame_count": mp4["frames"],
         "segments": [_segment_entry(s) for s in segments],
         "markers": [{"timestamp_us": mk.timestamp_us, "utc": iso_utc(mk.timestamp_us + s.manifest.utc_offset_us),
-                     "offset_s": (mk.timestamp_us - first.first_ts_us) / 1e6, "label": mk.label}
+                     "offset_s": (mk.timestamp_us - first.first_ts_us) / 1e6, "label": mk.label,
+                     "position": track.position_at(mk.timestamp_us + s.manifest.utc_offset_us)}
                     for s in segments for mk in s.manifest.markers],
         "gaps": gaps,
+        "location": track.report(gpx_path.name if gpx_path else None),
         "recovered_segments": [Path(s.path).name for s in segments if s.manifest.recovered],
         "storage_full_segments": [Path(s.path).name for s in segments if s.manifest.storage_full],
         "audit": audit,
         "clock": {"utc_offset_us": sorted({s.manifest.utc_offset_us for s in segments}),
                   "sources": sorted({s.manifest.clock_source for s in segments}),
-                  "note": "utc = frame timestamp_us + utc_offset_us of its segment"},
+                  "note": "utc = frame timestamp_us + utc_offset_us of its segment",
+                  "error_bounds": [{"file": Path(s.path).name, **clock_entry(s.manifest.clock)} for s in segments]},
     }
     write_atomic(report_path, json.dumps(report, indent=2, sort_keys=True).encode() + b"\n", 0o644,
                  overwrite=False)

@@ -105,7 +105,7 @@ def encode_fix(fix: Fix) -> bytes:
         lat = lon = 0
         alt, hdop, speed, course = ALT_UNKNOWN, U16_UNKNOWN, U16_UNKNOWN, U16_UNKNOWN
     utc = UTC_UNKNOWN if fix.gps_utc_us is None else int(fix.gps_utc_us)
-    if not UTC_UNKNOWN < utc < 2**63:
+    if fix.gps_utc_us is not None and not UTC_UNKNOWN < utc < 2**63:
         raise LocationFormatError(f"GPS UTC {fix.gps_utc_us!r} out of range")
     return _FIX.pack(FIX_VERSION, fix.quality, fix.mode, fix.satellites, lat, lon, alt, hdop, speed, course, 0, utc)
 

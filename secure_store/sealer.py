@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from buffer.frame import Frame
 from recorder.chunk import encode_chunk
+from recorder.location import encode_records
 from secure_store import keys
 from secure_store.chain import ChainHead, save_head
 from secure_store.clock_bound import ClockBound
@@ -58,6 +59,7 @@ class SealingStore(Protocol):
     def utc_offset_us(self, written_ts_us: int) -> int: ...
     def clock_source(self) -> str: ...
     def clock_bound(self, start: ClockBound | None) -> ClockBound: ...
+    def locations_for(self, first_us: int, last_us: int) -> list: ...
 
 
 def new_data_key() -> bytes:
@@ -167,7 +169,8 @@ class SegmentSealer:
                 return
             if not all(0 <= f.timestamp_us < 2**63 for f in (frames[0], frames[-1])):
                 raise FormatError("frame timestamp out of range (0 .. 2**63 µs)")
-            plaintext = encode_chunk(frames)
+            plaintext = encode_chunk(frames) + encode_records(  # GPS fixes ride inside the encrypted chunk
+                self._store.locations_for(frames[0].timestamp_us, frames[-1].timestamp_us))
             needed = len(plaintext) + 64 + MANIFEST_HEADROOM + 32 * len(self._tally.chunk_digests)
             if not self._store.has_room(needed):
                 self._finish(storage_full=True)

@@ -69,6 +69,7 @@ class EvidenceStore:
         clock_source: str | Callable[[], str] | None = None,
         sensor_clock: Callable[[], int | None] | None = None,
         clock_bound: Callable[[ClockBound | None], ClockBound] | None = None,
+        locations: Callable[[int, int], list] | None = None,
         quota_bytes: int | None = None,
         reserve_bytes: int = DEFAULT_RESERVE,
     ) -> None:
@@ -85,6 +86,7 @@ class EvidenceStore:
         self._clock_source = clock_source
         self._sensor_clock = sensor_clock
         self._clock_bound = clock_bound
+        self._locations = locations
         self.quota_bytes = quota_bytes
         self.reserve_bytes = reserve_bytes
         for d in (self.root.evidence, self.root.state):
@@ -222,6 +224,10 @@ class EvidenceStore:
     def clock_bound(self, start: ClockBound | None) -> ClockBound:
         """How wrong a segment's UTC may be (``firmware.clock``); ``start``: the bound when it began."""
         return self._clock_bound(start) if self._clock_bound is not None else ClockBound()
+
+    def locations_for(self, first_us: int, last_us: int) -> list:
+        """The GPS fixes to seal with a chunk of frames ``first_us`` .. ``last_us`` (``firmware.gps``)."""
+        return self._locations(first_us, last_us) if self._locations is not None else []
 
     def clock_source(self) -> str:
         """What set the clock: ``clock_source`` if given, else the clock's ``source`` attribute, else "system"."""
