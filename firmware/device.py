@@ -178,7 +178,8 @@ class Device:
         if self.sim:
             from hw_sim.gps import Route, SimGps
 
-            sim_gps = SimGps(self.root.state / "gps.tty", Route(start_utc=dt.datetime.now(dt.timezone.utc)))
+            sim_gps = SimGps(self.root.state / "gps.tty", Route(),
+                             utc=lambda: dt.datetime.fromtimestamp(time.time(), dt.timezone.utc))
             port = str(sim_gps.path)
         return sim_gps, SerialGps(port, self.config.gps.baud, self._on_fix,
                                   stamp=lambda: (self.tap.newest_us, self.clock.base()))
@@ -206,7 +207,7 @@ class Device:
         if self.gps is not None:
             self.gps.start()
             if self.sim_gps is not None:
-                self.sim_gps.start(rate_hz=1.0)
+                self.sim_gps.start(rate_hz=1.0, sensor_clock=lambda: self.tap.newest_us)
         self._ticker.start()
 
     def stop(self, reason: str = "shutdown") -> None:

@@ -11,8 +11,9 @@ moves with a speed and heading. Faults, each on demand and deterministic:
 - ``unplug()`` / ``plug()``: the receiver vanishes (the pty closes: the reader sees an
   error, the symlink disappears) and comes back on a fresh pty behind the same path.
 
-Tests drive it with ``emit(t)`` (sim seconds, no sleeping); ``start(rate_hz)`` runs it in
-real time for the demo.
+Tests drive it with ``emit(t)`` (sim seconds, no sleeping); ``start(rate_hz, sensor_clock)``
+runs it on a thread, paced by the camera's sensor clock (so a "fast" sim camera gets a
+fast GPS too), or by the wall clock without one.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import threading
 import tty
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from pynmeagps import GET, NMEAMessage
 
@@ -90,9 +92,9 @@ def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 def nmea_epoch(route: Route, t: float, *, noise_m: float = 0.0, rng: random.Random | None = None,
-               satellites: int = 9, hdop: float = 0.8) -> list[bytes]:
-    """The RMC, GGA and GSA sentences a receiver sends for sim time ``t``."""
-    utc = route.utc(t)
+               satellites: int = 9, hdop: float = 0.8, utc: dt.datetime | None = None) -> list[bytes]:
+    """The RMC, GGA and GSA sentences a receiver sends for sim time ``t`` (its UTC: ``utc``, or the route's)."""
+    utc = route.utc(t) if utc is None else utc
     time, date = utc.time().replace(tzinfo=None), utc.date()
     if route.in_tunnel(t):
         return [
@@ -119,10 +121,11 @@ class SimGps:
     """A GPS receiver on a pty behind the symlink ``path``; ``emit(t)`` writes one epoch."""
 
     def __init__(self, path: str | Path, route: Route | None = None, *, seed: int = 1, noise_m: float = 2.0,
-                 hdop: float = 0.8) -> None:
+                 hdop: float = 0.8, utc: Callable[[], dt.datetime] | None = None) -> None:
         self.path = Path(path)
         self.route = route or Route()
         self.noise_m, self.hdop = noise_m, hdop
+        self.utc = utc  # "true" UTC now (the simulated device's system time); default: the route's
         self.rng = random.Random(seed)
         self.corrupt_next = 0   # sentences still to send with a wrong checksum
         self.garbage = 0        # random bytes to send before the next epoch
@@ -167,7 +170,8 @@ class SimGps:
 
     def emit(self, t: float) -> list[bytes]:
         """Write the epoch at sim time ``t`` (with any faults due); returns the sentences sent."""
-        sentences = nmea_epoch(self.route, t, noise_m=self.noise_m, rng=self.rng, hdop=self.hdop)
+        sentences = nmea_epoch(self.route, t, noise_m=self.noise_m, rng=self.rng, hdop=self.hdop,
+                               utc=self.utc() if self.utc is not None else None)
         out = []
         if self.garbage:
             out.append(bytes(self.rng.randrange(256) for _ in range(self.garbage)))
@@ -195,13 +199,20 @@ class SimGps:
             except (BlockingIOError, OSError):
                 pass  # the reader is not keeping up or has gone: the receiver does not wait
 
-    def start(self, rate_hz: float = 1.0) -> None:
-        """Emit epochs in real time on a thread (the demo); sim time is seconds since start."""
+    def start(self, rate_hz: float = 1.0, sensor_clock: Callable[[], int | None] | None = None) -> None:
+        """Emit epochs on a thread: one per 1/``rate_hz`` s of ``sensor_clock`` (µs), or of wall time."""
         def run() -> None:
             n = 0
-            while not self._stop.wait(1.0 / rate_hz):
-                self.emit(n / rate_hz)
-                n += 1
+            if sensor_clock is None:
+                while not self._stop.wait(1.0 / rate_hz):
+                    self.emit(n / rate_hz)
+                    n += 1
+                return
+            while not self._stop.wait(0.01):
+                now = sensor_clock()
+                while now is not None and n * 1e6 / rate_hz <= now and not self._stop.is_set():
+                    self.emit(n / rate_hz)
+                    n += 1
         self._thread = threading.Thread(target=run, name="sim-gps", daemon=True)
         self._thread.start()
 
