@@ -83,7 +83,9 @@ class RecordingTrack:
             if fix.alt_m is not None:
                 parts.append(f"<ele>{fix.alt_m:.3f}</ele>")
             parts.append(f"<time>{_iso(when)}</time>")
-            parts.append(f"<fix>{_GPX_FIX.get(fix.mode, 'none') if fix.quality != 2 else 'dgps'}</fix>")
+            kind = "dgps" if fix.quality == 2 else _GPX_FIX.get(fix.mode)
+            if kind:
+                parts.append(f"<fix>{kind}</fix>")
             parts.append(f"<sat>{fix.satellites}</sat>")
             if fix.hdop is not None:
                 parts.append(f"<hdop>{fix.hdop:.2f}</hdop>")
@@ -94,7 +96,7 @@ class RecordingTrack:
         write_atomic(path, "\n".join(lines).encode(), 0o644, overwrite=False)
 
 
-_GPX_FIX = {0: "none", 1: "none", 2: "2d", 3: "3d"}
+_GPX_FIX = {2: "2d", 3: "3d"}  # GSA mode; unknown (0) is left out
 
 
 def fix_entry(fix: Fix) -> dict[str, Any]:

@@ -69,7 +69,6 @@ class NmeaAssembler:
         self.stamp = stamp
         self.counts = collections.Counter()
         self._epoch: _Epoch | None = None
-        self._date: dt.date | None = None
 
     def feed(self, line: bytes) -> None:
         """One line from the port (with or without CR LF); never raises on bad input."""
@@ -127,15 +126,18 @@ class NmeaAssembler:
             log.debug("gps: skipped an epoch with bad fields (%s)", exc)
             return
         self.counts["fixes" if fix.has_fix else "no_fix"] += 1
-        self.on_fix(fix, epoch.base_s)
+        try:
+            self.on_fix(fix, epoch.base_s)
+        except Exception:  # noqa: BLE001 - a failing listener must not stop the receiver
+            self.counts["listener_errors"] += 1
+            log.exception("gps: fix listener failed")
 
     def _fix(self, e: _Epoch) -> Fix:
         rmc, gga, gsa = e.rmc, e.gga, e.gsa
-        if rmc is not None and isinstance(getattr(rmc, "date", None), dt.date):
-            self._date = rmc.date
+        date = getattr(rmc, "date", None)
         utc = None
-        if rmc is not None and e.time is not None and self._date is not None:
-            moment = dt.datetime.combine(rmc.date, e.time, tzinfo=dt.timezone.utc)
+        if isinstance(date, dt.date) and e.time is not None:  # only RMC carries the date
+            moment = dt.datetime.combine(date, e.time.replace(tzinfo=None), tzinfo=dt.timezone.utc)
             utc = round(moment.timestamp() * 1_000_000)
         mode = _int(getattr(gsa, "navMode", None)) or 0 if gsa is not None else 0
         quality = _int(getattr(gga, "quality", None)) if gga is not None else (1 if rmc.status == "A" else 0)
