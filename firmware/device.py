@@ -182,7 +182,8 @@ class Device:
                              utc=lambda: dt.datetime.fromtimestamp(time.time(), dt.timezone.utc))
             port = str(sim_gps.path)
         return sim_gps, SerialGps(port, self.config.gps.baud, self._on_fix,
-                                  stamp=lambda: (self.tap.newest_us, self.clock.base()))
+                                  stamp=lambda: (self.tap.newest_us, self.clock.base()),
+                                  on_status=lambda what: self.audit.append("gps_receiver", status=what, port=port))
 
     def _on_fix(self, fix, base_s: float) -> None:
         self.location.add(fix)
@@ -269,6 +270,9 @@ class Device:
         status = self.machine.status()
         status.update(device_id=self.device_id, sensor_s=round(self.sensor_seconds, 2),
                       frames=self.tap.frames, storage_free_bytes=self.store.storage_status().free_bytes)
+        if self.gps is not None:
+            status["gps"] = {"connected": self.gps.connected.is_set(), **self.gps.stats()}
+        status["clock_error"] = self.clock_tracker.bound().describe()
         return status
 
     def _dock_status(self) -> dict[str, Any]:

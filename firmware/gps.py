@@ -39,6 +39,7 @@ class GpsError(Exception):
 class GpsReceiver(Protocol):
     """What the device needs of a receiver: start, stop, and how it is doing."""
 
+    connected: threading.Event
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def stats(self) -> dict[str, int]: ...
@@ -201,7 +202,8 @@ class SerialGps:
                 port = serial.Serial(self.port, self.baud, timeout=0.2)
             except (serial.SerialException, OSError, ValueError) as exc:
                 self.assembler.counts["open_failures"] += 1
-                log.debug("gps: cannot open %s: %s", self.port, exc)
+                if self.assembler.counts["open_failures"] == 1:
+                    log.warning("gps: no receiver on %s yet (%s); retrying every %g s", self.port, exc, self.retry_s)
                 self._stop.wait(self.retry_s)
                 continue
             self.assembler.counts["connects"] += 1

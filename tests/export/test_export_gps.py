@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,10 +18,12 @@ from firmware.offload import OffsetClock
 from hw_sim.camera import SimCamera
 from hw_sim.gps import UERE_M, Route, SimGps, distance_m
 from recorder.encoders import PyAVEncoder
+from recorder.location import decode_locations, encode_records
 from recorder.segmenter import Segmenter
 from secure_store.audit import AuditLog
 from secure_store.layout import DeviceRoot
 from secure_store.store import EvidenceStore
+from secure_store.verify import decrypt_chunks
 
 WIDTH, HEIGHT, FPS = 256, 144, 10
 SECONDS = 30
@@ -92,6 +93,12 @@ def exported(tmp_path_factory):
     finally:
         reader.stop()
         sim.close()
+    # the fixes are inside the ciphertext: no record and no NMEA text is readable on the device's disk
+    sealed = b"".join(p.read_bytes() for p in root.evidence.glob("*.seg"))
+    records = [encode_records([f]) for path in sorted(root.evidence.glob("*.seg"))
+               for pt in decrypt_chunks(path, agency_key, device_key.public_key()) for f in decode_locations(pt)]
+    assert len(records) >= 20 and not any(r in sealed or r[13:] in sealed for r in records)
+    assert b"$GP" not in sealed
     result = export_evidence(root.evidence, agency_key, tmp / "out", device_key.public_key())
     [recording] = result.recordings
     report = json.loads(recording.report.read_text())

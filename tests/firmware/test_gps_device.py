@@ -64,4 +64,6 @@ def test_sim_device_seals_location_and_states_its_clock_error(tmp_path):
     assert len(points) == report["location"]["fixes"]
     for bound in report["clock"]["error_bounds"]:
         assert bound["reference"] == 1 and 20_000 <= bound["error_us"] < 1_000_000, bound
-    assert any(e.event == "clock_reference" for e in read_entries(root / "audit"))
+    entries = read_entries(root / "audit")
+    assert any(e.event == "clock_reference" and e.details["source"] == "dock" for e in entries)
+    assert any(e.event == "gps_receiver" and e.details["status"] == "connected" for e in entries)
