@@ -4,7 +4,9 @@ The fixes come out of the decrypted chunk plaintexts (``recorder.location``), so
 was signed with the footage it was sealed beside. A fix is placed on the recording's
 timeline by its sensor timestamp plus its segment's ``utc_offset_us``, like a frame. The
 GPX file (GPX 1.1, one ``trkseg`` per stretch with a fix; a no-fix record ends a stretch)
-is for a map; the JSON report gives the position at each marker and says "no fix" where
+is for a map: each point's ``time`` is on the recording's timeline (the clock the video's
+UTC comes from, so the track lines up with the footage), the receiver's own UTC in
+``desc``. The JSON report gives the position at each marker and says "no fix" where
 there was none.
 """
 
@@ -78,11 +80,12 @@ class RecordingTrack:
             if not open_seg:
                 lines.append("    <trkseg>")
                 open_seg = True
-            when = fix.gps_utc_us if fix.gps_utc_us is not None else utc_us
             parts = [f'      <trkpt lat="{fix.lat:.7f}" lon="{fix.lon:.7f}">']
             if fix.alt_m is not None:
                 parts.append(f"<ele>{fix.alt_m:.3f}</ele>")
-            parts.append(f"<time>{_iso(when)}</time>")
+            parts.append(f"<time>{_iso(utc_us)}</time>")
+            if fix.gps_utc_us is not None:
+                parts.append(f"<desc>GPS UTC {_iso(fix.gps_utc_us)}</desc>")
             kind = "dgps" if fix.quality == 2 else _GPX_FIX.get(fix.mode)
             if kind:
                 parts.append(f"<fix>{kind}</fix>")
