@@ -11,7 +11,9 @@ carries a bound on how wrong its UTC may be (``secure_store.clock_bound``):
   device's own base clock, with an uncertainty from the references' own errors over their
   time span; until two references are far enough apart a crystal tolerance is assumed;
 - bound = reference error + |offset the segment uses - offset measured| + (|drift| +
-  uncertainty) x time since the reference; the smallest over the references is taken;
+  uncertainty + margin) x time since the reference; the smallest over the references is
+  taken. The margin (5 ppm) is for what a measured average hides: a crystal's rate moves
+  with temperature (a car in summer, a winter street);
 - a base clock that jumps (set by hand, by NTP, a dead RTC) is audit-logged with its size,
   and the references before it are forgotten: the bound is "unknown" until the next one.
   Sealed segments keep the UTC offset they were sealed with: nothing earlier is rewritten.
@@ -53,6 +55,7 @@ class ClockConfig:
     gps_latency_ms: float = 500.0     # NMEA arrives up to this long after the epoch it names
     gps_interval_s: float = 600.0     # measure GPS time at most this often (audit log size)
     default_drift_ppm: float = 50.0   # crystal tolerance assumed until the drift is measured
+    drift_margin_ppm: float = 5.0     # added to a measured drift: its rate moves with temperature
     min_span_s: float = 600.0         # references closer than this do not give a drift
     jump_s: float = 1.0               # a base clock step larger than this is a jump
     max_references: int = 64
@@ -170,7 +173,8 @@ class ClockTracker:
             drift, uncertainty = self.drift, self.drift_uncertainty
         if not refs:
             return ClockBound(applied_offset_us=applied)
-        rate = self.config.default_drift_ppm * 1e-6 if drift is None else abs(drift) + uncertainty
+        rate = (self.config.default_drift_ppm * 1e-6 if drift is None
+                else abs(drift) + uncertainty + self.config.drift_margin_ppm * 1e-6)
         now = self.clock.base()
         best: ClockBound | None = None
         for r in refs:

@@ -88,7 +88,7 @@ def test_bound_grows_with_time_and_shrinks_after_a_dock_sync(rig) -> None:
     b = tracker.bound()
     true_error_us = abs((fake.true - (fake.base() + clock.offset_us / 1e6)) * 1e6)
     assert b.drift_ppb == pytest.approx(20_000, rel=0.10)
-    assert true_error_us <= b.error_us < 20_000 + 25e-6 * 3 * 3600 * 1e6
+    assert true_error_us <= b.error_us < 20_000 + 30e-6 * 3 * 3600 * 1e6  # 20 ppm + its uncertainty + 5 ppm
     assert "dock sync" in b.describe() and "ppm" in b.describe()
 
 
