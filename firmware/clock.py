@@ -31,12 +31,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from secure_store.clock_bound import REF_DOCK, REF_GPS, ClockBound, worse
+from secure_store.clock_bound import CLOCK_JUMP, CLOCK_REFERENCE, REF_DOCK, REF_GPS, ClockBound, worse
 
 log = logging.getLogger(__name__)
-
-CLOCK_REFERENCE = "clock_reference"
-CLOCK_JUMP = "clock_jump"
 
 
 @dataclass(frozen=True)

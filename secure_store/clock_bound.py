@@ -20,6 +20,7 @@ CLOCK_BLOCK = struct.Struct(">BQiQ")
 REF_NONE, REF_DOCK, REF_GPS = 0, 1, 2
 REF_NAMES = {REF_NONE: "none", REF_DOCK: "dock sync", REF_GPS: "GPS time"}
 UNKNOWN_U64 = 2**64 - 1
+CLOCK_REFERENCE, CLOCK_JUMP = "clock_reference", "clock_jump"  # audit events (firmware.clock writes them)
 DRIFT_UNKNOWN = -(2**31)
 
 
