@@ -43,6 +43,7 @@ from secure_store.verify import VerifiedSegment, VerifyReport, decrypt_chunks, v
 
 from export import provenance, report_html
 from export.errors import ExportError, ExportRefused
+from export.gpx import RecordingTrack
 from export.mp4 import Chapter, Mp4Remuxer, iso_utc
 from export.plan import RecordingPlan, attribute_problems, group_recordings, plan_recordings
 from export.report import build_report, evidence_assertion, markers
@@ -52,7 +53,7 @@ from export.thumbnails import thumbnails
 log = logging.getLogger(__name__)
 
 GAP_FACTOR = 1.5  # a frame interval this much longer than the nominal one is a gap
-OUTPUT_SUFFIXES = (".mp4", ".json", ".html")
+OUTPUT_SUFFIXES = (".mp4", ".json", ".html", ".gpx")
 
 __all__ = ["export_evidence", "ExportResult", "ExportedRecording", "SkippedRecording", "group_recordings"]
 
@@ -211,6 +212,7 @@ def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
         facts = evidence_assertion(plan, verification, gaps, best_effort)
         provenance.sign_mp4(src, dst, signer, provenance.manifest_definition(title, facts))
         c2pa = _c2pa_facts(dst, signer, root, title)
+    track = RecordingTrack()  # the GPS fixes sealed in the chunks (export.gpx)
     try:
         lost: list[dict] = []  # chunks of damaged segments left out (best effort)
         last_utc = iso_utc(first.first_utc_us)
@@ -221,6 +223,7 @@ def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
                     frames = decode_chunk(plaintext)
                 except ChunkFormatError as exc:
                     raise ExportError(f"{Path(s.path).name}: chunk plaintext does not parse: {exc}") from None
+                track.add_chunk(plaintext, s.manifest.utc_offset_us)
                 for frame in frames:
                     gap = muxer.add(frame)
                     if gap > GAP_FACTOR * nominal_us:
@@ -247,7 +250,12 @@ def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
     written = [paths[".mp4"]]
     try:  # an MP4 never stays without its reports
         stills = thumbnails(paths[".mp4"], _still_times(mp4["duration_s"], markers(segments)))
-        report = build_report(plan, verification, mp4, gaps, c2pa, best_effort)
+        gpx_name = None
+        if track.fixes:
+            track.write_gpx(paths[".gpx"], f"{first.device_id} {first.recording_id}")
+            written.append(paths[".gpx"])
+            gpx_name = paths[".gpx"].name
+        report = build_report(plan, verification, mp4, gaps, c2pa, best_effort, track, gpx_name)
         report_bytes = json.dumps(report, indent=2, sort_keys=True).encode() + b"\n"
         write_atomic(paths[".json"], report_bytes, 0o644, overwrite=False)
         written.append(paths[".json"])

@@ -18,6 +18,7 @@ from secure_store.errors import AuditError
 from secure_store.verify import VerifiedSegment, VerifyReport
 
 from export.errors import ExportError
+from export.gpx import RecordingTrack, clock_entry
 from export.mp4 import iso_utc, sha256_file
 from export.plan import RecordingPlan
 
@@ -30,8 +31,10 @@ MAX_CERT_FILE = 64 * 1024
 
 
 def build_report(plan: RecordingPlan, verification: VerifyReport, mp4: dict[str, Any], gaps: list[dict],
-                 c2pa: dict[str, Any], best_effort: bool) -> dict[str, Any]:
-    """The report of one exported recording (``mp4``: the remuxer's facts; ``c2pa``: what signed it)."""
+                 c2pa: dict[str, Any], best_effort: bool, track: RecordingTrack | None = None,
+                 gpx_name: str | None = None) -> dict[str, Any]:
+    """The report of one exported recording (``mp4``: the remuxer's facts; ``c2pa``: what signed it;
+    ``track``: the GPS fixes sealed in its chunks, written to ``gpx_name``)."""
     segments = plan.segments
     first, last = segments[0].manifest, segments[-1].manifest
     rec = plan.audit
@@ -55,7 +58,8 @@ def build_report(plan: RecordingPlan, verification: VerifyReport, mp4: dict[str,
         "start_utc": iso_utc(first.first_utc_us), "end_utc": iso_utc(last.last_utc_us),
         "frame_count": mp4["frames"],
         "segments": [segment_entry(s) for s in segments],
-        "markers": markers(segments),
+        "markers": markers(segments, track),
+        "location": track.report(gpx_name) if track is not None else None,
         "pre_event": _pre_event(plan),
         "gaps": gaps,
         "missing": plan.missing,
@@ -66,7 +70,8 @@ def build_report(plan: RecordingPlan, verification: VerifyReport, mp4: dict[str,
         "audit": audit_context(verification, segments),
         "clock": {"utc_offset_us": sorted({s.manifest.utc_offset_us for s in segments}),
                   "sources": sorted({s.manifest.clock_source for s in segments}),
-                  "note": "utc = frame timestamp_us + utc_offset_us of its segment"},
+                  "note": "utc = frame timestamp_us + utc_offset_us of its segment",
+                  "error_bounds": [{"file": Path(s.path).name, **clock_entry(s.manifest.clock)} for s in segments]},
         "c2pa": c2pa,
     }
     report["verify_commands"] = verify_commands(report, plan)
@@ -95,11 +100,19 @@ def evidence_assertion(plan: RecordingPlan, verification: VerifyReport, gaps: li
     }
 
 
-def markers(segments: list[VerifiedSegment]) -> list[dict[str, Any]]:
+def markers(segments: list[VerifiedSegment], track: RecordingTrack | None = None) -> list[dict[str, Any]]:
+    """Each marker with its UTC and, given the recording's GPS track, where the camera was."""
     first = segments[0].manifest
-    return [{"timestamp_us": mk.timestamp_us, "utc": iso_utc(mk.timestamp_us + s.manifest.utc_offset_us),
-             "offset_s": (mk.timestamp_us - first.first_ts_us) / 1e6, "label": mk.label}
-            for s in segments for mk in s.manifest.markers]
+    out = []
+    for s in segments:
+        for mk in s.manifest.markers:
+            utc_us = mk.timestamp_us + s.manifest.utc_offset_us
+            entry = {"timestamp_us": mk.timestamp_us, "utc": iso_utc(utc_us),
+                     "offset_s": (mk.timestamp_us - first.first_ts_us) / 1e6, "label": mk.label}
+            if track is not None:
+                entry["position"] = track.position_at(utc_us)
+            out.append(entry)
+    return out
 
 
 def segment_entry(s: VerifiedSegment) -> dict[str, Any]:
@@ -120,9 +133,10 @@ def device_certificate(segments: list[VerifiedSegment]) -> dict[str, Any] | None
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    directory = Path(segments[0].path).parent / "certs"
+    evidence = Path(segments[0].path).parent  # a flat copy holds certs/ itself; a device directory beside evidence/
+    directory = next((d / "certs" for d in (evidence, evidence.parent) if (d / "certs").is_dir()), None)
     raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    for path in sorted(directory.glob("*.pem")) if directory.is_dir() else []:
+    for path in sorted(directory.glob("*.pem")) if directory is not None else []:
         try:
             certs = x509.load_pem_x509_certificates(path.read_bytes()[:MAX_CERT_FILE])
         except (OSError, ValueError):

@@ -17,6 +17,11 @@ unknown key is refused too, so a typo never silently falls back to a default::
 
     [controls]
     record_start = "double"   # or "single"
+
+    [gps]                     # NMEA 0183 receiver on a UART (firmware.gps)
+    enabled = true
+    port = "/dev/ttyAMA0"
+    baud = 9600
 """
 
 from __future__ import annotations
@@ -97,6 +102,22 @@ class PowerConfig:
 
 
 @dataclass(frozen=True)
+class GpsConfig:
+    enabled: bool = False
+    port: str = "/dev/ttyAMA0"
+    baud: int = 9600
+    interval_s: float = 1.0       # at most one fix sealed per interval
+    pre_event: bool = False       # False: location only while recording; True: the pre-event window too
+
+
+@dataclass(frozen=True)
+class ClockSettings:
+    dock_error_ms: float = 20.0       # how wrong a dock's time may be when it arrives
+    gps_latency_ms: float = 500.0     # how late NMEA may arrive after the epoch it names
+    drift_ppm: float = 50.0           # crystal tolerance assumed until the drift is measured
+
+
+@dataclass(frozen=True)
 class PathsConfig:
     root: str = "/var/lib/bodycam"
     serial_port: str = "/dev/ttyGS0"
@@ -111,6 +132,8 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     power: PowerConfig = field(default_factory=PowerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    gps: GpsConfig = field(default_factory=GpsConfig)
+    clock: ClockSettings = field(default_factory=ClockSettings)
 
 
 def _number(lo: float, hi: float, *, integer: bool = False):
@@ -182,6 +205,13 @@ _SECTIONS: dict[str, tuple[type, dict[str, Any]]] = {
         "battery_shutdown_percent": _number(0, 20, integer=True),
     }),
     "paths": (PathsConfig, {"root": _text, "serial_port": _text}),
+    "gps": (GpsConfig, {
+        "enabled": _boolean, "port": _text, "baud": _choice((4800, 9600, 19200, 38400, 57600, 115200)),
+        "interval_s": _number(0.1, 60), "pre_event": _boolean,
+    }),
+    "clock": (ClockSettings, {
+        "dock_error_ms": _number(0, 60_000), "gps_latency_ms": _number(0, 5_000), "drift_ppm": _number(0.1, 1000),
+    }),
 }
 
 

@@ -103,6 +103,7 @@ def demo_config(resolution: str, fps: int, pre_event_s: float, bitrate: int) -> 
         video={"resolution": resolution, "fps": fps, "pre_event_s": pre_event_s, "segment_s": 10.0,
                "bitrate": bitrate},
         storage={"reserve_mb": 0},
+        gps={"enabled": True},  # the sim GPS twin: location in the export report and a GPX track
     )
 
 

@@ -18,8 +18,10 @@ from typing import Any, Callable
 
 from buffer.prebuffer import PreEventBuffer
 from firmware import update
+from firmware.clock import ClockConfig, ClockTracker
 from firmware.config import Config
 from firmware.controls import Controls
+from firmware.gps import LocationLog, SerialGps
 from firmware.machine import DeviceMachine, State
 from firmware.offload import OffloadServer, OffsetClock, load_enrolled_docks
 from firmware import rootlock
@@ -92,6 +94,11 @@ class Device:
             raise DeviceError(f"device {self.root.root} cannot start: {exc}") from None
         self.audit = AuditLog(self.root.audit, self.device_key, self.device_id)
         self.clock = OffsetClock(self.root.state / "clock.json")
+        self.clock_tracker = ClockTracker(self.clock, self.audit, ClockConfig(
+            dock_error_ms=config.clock.dock_error_ms, gps_latency_ms=config.clock.gps_latency_ms,
+            default_drift_ppm=config.clock.drift_ppm))
+        self.location = LocationLog(pre_event=config.gps.pre_event, interval_s=config.gps.interval_s,
+                                    window_s=config.video.pre_event_s + 10)
         storage = config.storage
         self.store = EvidenceStore(
             self.root, device_id=self.device_id, signing_key=self.device_key,
@@ -99,6 +106,8 @@ class Device:
             quota_bytes=storage.quota_mb * MIB if storage.quota_mb else None,
             reserve_bytes=storage.reserve_mb * MIB,
             sensor_clock=lambda: self.tap.newest_us,  # UTC of pre-event frames is their own, not the press's
+            clock_bound=self.clock_tracker.segment_bound,
+            locations=self.location.take if config.gps.enabled else None,
         )
         video = config.video
         held_bytes = int(video.pre_event_s * video.bitrate / 8 * 1.5) + 8 * MIB
@@ -122,7 +131,7 @@ class Device:
                 port, self.store, self.audit, self.device_key, self.device_id,
                 enrolled_docks=lambda: load_enrolled_docks(self.root.docks),
                 status_provider=self._dock_status, clock=self.clock,
-                on_clock_set=lambda offset: self.machine.handle("clock_set", offset_us=offset),
+                on_clock_set=self._on_clock_set,
                 trust=DeviceTrustAnchor(self.root.root, self.device_key.public_key()),
             )
         self.machine = DeviceMachine(
@@ -140,6 +149,7 @@ class Device:
                                      begin_update=self.machine.begin_update, end_update=self.machine.end_update)
         self.controls = Controls(config.pins, config.controls, self.machine.handle, pin_factory=pin_factory)
         self.camera = self._camera(camera_clock)
+        self.sim_gps, self.gps = self._gps() if config.gps.enabled else (None, None)
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_loop, name="device-tick", daemon=True)
         self._healthy = False
@@ -165,6 +175,28 @@ class Device:
         return PiCameraSource(self.tap, width, height, video.fps, video.bitrate, device_id=self.device_id,
                               utc_clock=utc)
 
+    def _gps(self):
+        """The GPS receiver: the configured UART, or in simulation a hw_sim twin on a pty."""
+        sim_gps, port = None, self.config.gps.port
+        if self.sim:
+            from hw_sim.gps import Route, SimGps
+
+            sim_gps = SimGps(self.root.state / "gps.tty", Route(),
+                             utc=lambda: dt.datetime.fromtimestamp(time.time(), dt.timezone.utc))
+            port = str(sim_gps.path)
+        return sim_gps, SerialGps(port, self.config.gps.baud, self._on_fix,
+                                  stamp=lambda: (self.tap.newest_us, self.clock.base()),
+                                  on_status=lambda what: self.audit.append("gps_receiver", status=what, port=port))
+
+    def _on_fix(self, fix, base_s: float) -> None:
+        self.location.add(fix)
+        if fix.has_fix and fix.gps_utc_us is not None:
+            self.clock_tracker.gps_time(fix.gps_utc_us, base_s)
+
+    def _on_clock_set(self, offset_us: int) -> None:
+        self.clock_tracker.dock_synced(offset_us)
+        self.machine.handle("clock_set", offset_us=offset_us)
+
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> None:
         """Boot: choose the firmware slot, recover the store, start the camera and the machine."""
@@ -180,6 +212,10 @@ class Device:
         if self.offload is not None and self.config.pins.dock_detect is None:
             self.offload.start()  # no dock-detect pin: serve the link whenever the port is there
         self.camera.start()
+        if self.gps is not None:
+            self.gps.start()
+            if self.sim_gps is not None:
+                self.sim_gps.start(rate_hz=1.0, sensor_clock=lambda: self.tap.newest_us)
         self._ticker.start()
 
     def stop(self, reason: str = "shutdown") -> None:
@@ -189,6 +225,10 @@ class Device:
             self._ticker.join(timeout=2)
         self.controls.close()  # first: no press may start a recording while we shut down
         self.machine.shutdown(reason)
+        if self.gps is not None:
+            self.gps.stop()
+            if self.sim_gps is not None:
+                self.sim_gps.close()
         try:
             getattr(self.camera, "close", self.camera.stop)()  # a Pi camera is also released
         except Exception as exc:  # noqa: BLE001 - already a FAULT (audit-logged); shutdown goes on
@@ -214,6 +254,7 @@ class Device:
             if percent != self._last_battery:
                 self._last_battery = percent
                 self.machine.handle("battery", percent=percent)
+        self.clock_tracker.check_jump()
         self.machine.tick()
         if not self._healthy and self.tap.frames >= self.config.video.fps and self.machine.state in (
                 State.BUFFERING, State.DOCKED, State.RECORDING):
@@ -223,6 +264,7 @@ class Device:
     def _on_transition(self, old: State, new: State, event: str) -> None:
         if new is State.RECORDING and self.machine.recording is not None:
             self.recording_started_us = self.tap.newest_us
+            self.location.recording_started(self.tap.newest_us)
             update.set_recording(self.root, self.machine.recording.recording_id)
         elif old is State.RECORDING:
             update.clear_recording(self.root)
@@ -237,6 +279,9 @@ class Device:
         status = self.machine.status()
         status.update(device_id=self.device_id, sensor_s=round(self.sensor_seconds, 2),
                       frames=self.tap.frames, storage_free_bytes=self.store.storage_status().free_bytes)
+        if self.gps is not None:
+            status["gps"] = {"connected": self.gps.connected.is_set(), **self.gps.stats()}
+        status["clock_error"] = self.clock_tracker.bound().describe()
         return status
 
     def _dock_status(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 A chunk is the frames back to back, each as::
 
-    u8  flags          bit 0: keyframe; other bits zero
+    u8  flags          bit 0: keyframe; bit 2: a location record (recorder.location); others zero
     u64 timestamp_us   big-endian, sensor clock
     u32 length         big-endian, bytes of data that follow
     ..  data           H.264 Annex B access unit
@@ -16,6 +16,7 @@ import struct
 from typing import Iterable
 
 from buffer.frame import Frame
+from recorder.location import FIX_LEN, LOCATION_FLAG
 
 _HEAD = struct.Struct(">BQI")
 MAX_FRAME_BYTES = 16 * 1024 * 1024
@@ -43,6 +44,11 @@ def decode_chunk(data: bytes) -> list[Frame]:
         if len(view) - pos < _HEAD.size:
             raise ChunkFormatError(f"truncated frame header at byte {pos}")
         flags, ts, length = _HEAD.unpack_from(view, pos)
+        if flags == LOCATION_FLAG:  # a GPS fix: recorder.location.decode_locations reads it
+            if length != FIX_LEN or len(view) - pos - _HEAD.size < length:
+                raise ChunkFormatError(f"bad location record at byte {pos}")
+            pos += _HEAD.size + length
+            continue
         if flags & ~1:
             raise ChunkFormatError(f"unknown frame flags {flags:#x} at byte {pos}")
         if length > MAX_FRAME_BYTES:

@@ -17,11 +17,14 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from secure_store.clock_bound import CLOCK_BLOCK, ClockBound
 from secure_store.errors import FormatError, TornRecordError, VerifyError
 
 SEGMENT_MAGIC = b"BCAMSEG\n"
 MANIFEST_MAGIC = b"BCAMMAN\n"
 VERSION = 1
+MANIFEST_VERSION = 2          # manifests gained the clock block (docs/FORMAT.md, "Clock error bound")
+MANIFEST_VERSIONS = (1, 2)    # what a reader accepts: old evidence keeps verifying
 SUITE_HPKE_X25519_AES256GCM = 1
 HPKE_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 HPKE_INFO = b"bodycam segment data key v1"
@@ -111,9 +114,10 @@ def check_marker(marker: "Marker") -> None:
     _text(marker.label, "marker label", "H", MAX_LABEL)
 
 
-def _check_version(version: int, what: str) -> None:
-    if version != VERSION:
-        raise FormatError(f"{what}: format version {version} is not supported (this reader knows {VERSION})")
+def _check_version(version: int, what: str, known: tuple[int, ...] = (VERSION,)) -> None:
+    if version not in known:
+        knows = ", ".join(map(str, known))
+        raise FormatError(f"{what}: format version {version} is not supported (this reader knows {knows})")
 
 
 # --- segment header -------------------------------------------------------------------------
@@ -343,7 +347,9 @@ class Manifest:
     prev_digest: bytes
     chunk_digests: tuple[bytes, ...]
     markers: tuple[Marker, ...] = field(default=())
+    clock: ClockBound = field(default_factory=ClockBound)  # the clock error bound (secure_store.clock_bound)
     signature: bytes = b""
+    version: int = MANIFEST_VERSION  # 1: before the clock block (still read: old evidence verifies); 2: with it
 
     def signed_bytes(self) -> bytes:
         """Everything before the signature: the exact Ed25519 message."""
@@ -367,8 +373,10 @@ class Manifest:
             *(struct.pack(">Q", m.timestamp_us) + _text(m.label, "marker label", "H", MAX_LABEL)
               for m in self.markers),
         ]
+        if self.version >= 2:
+            parts.append(self.clock.encode())
         body = b"".join(parts)
-        return MANIFEST_MAGIC + struct.pack(">HI", VERSION, len(body)) + body
+        return MANIFEST_MAGIC + struct.pack(">HI", self.version, len(body)) + body
 
     def encode(self) -> bytes:
         if len(self.signature) != SIGNATURE_LEN:
@@ -387,7 +395,8 @@ class Manifest:
         c = _Cursor(data, what)
         if c.take(8, "magic") != MANIFEST_MAGIC:
             raise FormatError(f"{what}: not a bodycam manifest (bad magic)")
-        _check_version(c.unpack("H", "version"), what)
+        version = c.unpack("H", "version")
+        _check_version(version, what, MANIFEST_VERSIONS)
         body_len = c.unpack("I", "body_len")
         if body_len != len(data) - 14 - SIGNATURE_LEN:
             raise FormatError(f"{what}: body_len {body_len} does not match the file size {len(data)}")
@@ -412,11 +421,17 @@ class Manifest:
             raise FormatError(f"{what}: marker_count {n_markers} out of range")
         markers = tuple(Marker(c.unpack("Q", "marker timestamp"), c.text("marker label", "H", MAX_LABEL))
                         for _ in range(n_markers))
+        clock = ClockBound()  # version 1: no clock block, the error is unknown
+        if version >= 2:
+            try:
+                clock = ClockBound.decode(c.take(CLOCK_BLOCK.size, "clock block"))
+            except ValueError as exc:
+                raise FormatError(f"{what}: clock block: {exc}") from None
         signature = c.take(SIGNATURE_LEN, "signature")
         c.end()
         m = cls(device_id, device_fp, seq, recording_id, index, header_digest,
                 bool(flags & MANIFEST_RECOVERED), bool(flags & MANIFEST_STORAGE_FULL), frames, first, last,
-                offset, clock_source, first_utc, last_utc, prev, chunks, markers, signature)
+                offset, clock_source, first_utc, last_utc, prev, chunks, markers, clock, signature, version)
         if m.signed_bytes() != data[:-SIGNATURE_LEN]:
             raise FormatError(f"{what}: not in canonical encoding")
         return m

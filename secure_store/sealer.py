@@ -20,8 +20,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from buffer.frame import Frame
 from recorder.chunk import encode_chunk
+from recorder.location import encode_records
 from secure_store import keys
 from secure_store.chain import ChainHead, save_head
+from secure_store.clock_bound import ClockBound
 from secure_store.durable import fsync_dir, write_atomic
 from secure_store.errors import FormatError, SealerStateError, StorageFull
 from secure_store.format import (
@@ -56,6 +58,8 @@ class SealingStore(Protocol):
     def clock_us(self) -> int: ...
     def utc_offset_us(self, written_ts_us: int) -> int: ...
     def clock_source(self) -> str: ...
+    def clock_bound(self, start: ClockBound | None) -> ClockBound: ...
+    def locations_for(self, first_us: int, last_us: int) -> list: ...
 
 
 def new_data_key() -> bytes:
@@ -86,7 +90,8 @@ class SegmentTally:
 
 
 def seal_manifest(store: "SealingStore", header: SegmentHeader, header_digest: bytes, tally: SegmentTally,
-                  markers: Sequence[Marker], *, recovered: bool, storage_full: bool) -> Manifest:
+                  markers: Sequence[Marker], *, recovered: bool, storage_full: bool,
+                  clock: ClockBound | None = None) -> Manifest:
     """Sign the manifest, write it durably next to its segment, advance the chain head."""
     head = store.chain_head
     if header.segment_seq != head.next_seq:
@@ -99,7 +104,7 @@ def seal_manifest(store: "SealingStore", header: SegmentHeader, header_digest: b
         first_ts_us=first, last_ts_us=tally.last_ts_us, utc_offset_us=header.utc_offset_us,
         clock_source=header.clock_source, first_utc_us=first + header.utc_offset_us,
         last_utc_us=tally.last_ts_us + header.utc_offset_us, prev_digest=head.digest,
-        chunk_digests=tuple(tally.chunk_digests), markers=tuple(markers),
+        chunk_digests=tuple(tally.chunk_digests), markers=tuple(markers), clock=clock or ClockBound(),
     )
     manifest = Manifest(**{**unsigned.__dict__, "signature": store.signing_key.sign(unsigned.signed_bytes())})
     data = manifest.encode()
@@ -164,7 +169,8 @@ class SegmentSealer:
                 return
             if not all(0 <= f.timestamp_us < 2**63 for f in (frames[0], frames[-1])):
                 raise FormatError("frame timestamp out of range (0 .. 2**63 µs)")
-            plaintext = encode_chunk(frames)
+            plaintext = encode_chunk(frames) + encode_records(  # GPS fixes ride inside the encrypted chunk
+                self._store.locations_for(frames[0].timestamp_us, frames[-1].timestamp_us))
             needed = len(plaintext) + 64 + MANIFEST_HEADROOM + 32 * len(self._tally.chunk_digests)
             if not self._store.has_room(needed):
                 self._finish(storage_full=True)
@@ -212,6 +218,7 @@ class SegmentSealer:
             utc_offset_us=utc_offset_us, clock_source=self._store.clock_source(), wrapped_key=self._wrapped,
         )
         raw = self._header.encode()
+        self._clock_bound = self._store.clock_bound(None)  # the clock error as the segment starts
         self._header_digest = sha256(raw)
         path = self._store.root.evidence / (segment_stem(self._header.segment_seq) + SEGMENT_SUFFIX)
         try:
@@ -261,7 +268,8 @@ class SegmentSealer:
             os.close(self._fd)
             self._fd = None
             seal_manifest(self._store, self._header, self._header_digest, self._tally, self._markers,
-                          recovered=False, storage_full=storage_full)
+                          recovered=False, storage_full=storage_full,
+                          clock=self._store.clock_bound(self._clock_bound))
         finally:
             if self._fd is not None:
                 os.close(self._fd)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Literal
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from secure_store.chain import ChainHead, load_head
+from secure_store.clock_bound import ClockBound
 from secure_store.durable import fsync_dir
 from secure_store.errors import KeyMissing, ReleaseRefused, StorageFull, StoreError
 from secure_store.layout import DeviceRoot
@@ -67,6 +68,8 @@ class EvidenceStore:
         clock: Callable[[], float] = time.time,
         clock_source: str | Callable[[], str] | None = None,
         sensor_clock: Callable[[], int | None] | None = None,
+        clock_bound: Callable[[ClockBound | None], ClockBound] | None = None,
+        locations: Callable[[int, int], list] | None = None,
         quota_bytes: int | None = None,
         reserve_bytes: int = DEFAULT_RESERVE,
     ) -> None:
@@ -82,6 +85,8 @@ class EvidenceStore:
         self._clock = clock
         self._clock_source = clock_source
         self._sensor_clock = sensor_clock
+        self._clock_bound = clock_bound
+        self._locations = locations
         self.quota_bytes = quota_bytes
         self.reserve_bytes = reserve_bytes
         for d in (self.root.evidence, self.root.state):
@@ -215,6 +220,14 @@ class EvidenceStore:
         """
         sensor_now = self._sensor_clock() if self._sensor_clock is not None else None
         return self.clock_us() - (written_ts_us if sensor_now is None else max(sensor_now, written_ts_us))
+
+    def clock_bound(self, start: ClockBound | None) -> ClockBound:
+        """How wrong a segment's UTC may be (``firmware.clock``); ``start``: the bound when it began."""
+        return self._clock_bound(start) if self._clock_bound is not None else ClockBound()
+
+    def locations_for(self, first_us: int, last_us: int) -> list:
+        """The GPS fixes to seal with a chunk of frames ``first_us`` .. ``last_us`` (``firmware.gps``)."""
+        return self._locations(first_us, last_us) if self._locations is not None else []
 
     def clock_source(self) -> str:
         """What set the clock: ``clock_source`` if given, else the clock's ``source`` attribute, else "system"."""

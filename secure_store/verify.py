@@ -52,6 +52,7 @@ class VerifiedSegment:
                 "index": m.index, "chunks": len(m.chunk_digests), "frames": m.frame_count,
                 "first_utc_us": m.first_utc_us, "last_utc_us": m.last_utc_us, "recovered": m.recovered,
                 "storage_full": m.storage_full, "markers": [asdict(x) for x in m.markers],
+                "clock_error_us": m.clock.error_us, "clock": m.clock.describe(),
                 "manifest_sha256": m.digest.hex()}
 
 

@@ -108,21 +108,6 @@ class AgencyPki:
                                                            serialization.NoEncryption()))
 
 
-    def device_certificate(self, device_key, device_id: str) -> bytes:
-        """A device certificate (PEM) for ``device_key``, issued by the root (enough to be named)."""
-        return _pem(_cert(_PublicOnly(device_key), device_id, self._root_key, self.root, ca=False))
-
-
-class _PublicOnly:
-    """A public key where ``_cert`` expects a key pair: it only needs ``public_key()``."""
-
-    def __init__(self, key) -> None:
-        self._key = key
-
-    def public_key(self):
-        return self._key
-
-
 def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 

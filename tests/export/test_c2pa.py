@@ -13,6 +13,8 @@ from export.exporter import export_evidence
 from export.mp4 import box_order
 from export.provenance import ExportSigner, SignerError, check_mp4
 from firmware.cli import main
+from secure_store import keys
+from secure_store.pki import CertificateAuthority, chain_pem
 
 
 @pytest.fixture(scope="module")
@@ -169,17 +171,20 @@ def test_other_export_certificates(recorded, make_pki, tmp_path: Path, kind: str
 
 def test_a_device_certificate_beside_the_evidence_is_named(recorded, pki, tmp_path: Path) -> None:
     device, pulled, _ = recorded
-    evidence = tmp_path / "evidence"
+    evidence = tmp_path / "copy"  # a flat copy: certs/ and device.pub beside the segments
     shutil.copytree(pulled, evidence)
     (evidence / "certs").mkdir()
-    (evidence / "certs" / "CAM-0042.pem").write_bytes(
-        pki.device_certificate(device.signing_key.public_key(), "CAM-0042"))
+    agency = CertificateAuthority(tmp_path / "ca")  # the agency PKI's own CA: a certificate verify accepts
+    agency.init("Test Constabulary")
+    name = f"device-{keys.fingerprint(device.signing_key.public_key())[:16]}.pem"
+    (evidence / "certs" / name).write_bytes(
+        chain_pem(agency.issue("device", "CAM-0042", device.signing_key.public_key())))
     segment = sorted(evidence.glob("seg-*.seg"))[-1]
     (rec,) = export_evidence(segment, device.agency_key, tmp_path / "out",
                              signer=ExportSigner.from_files(pki.chain, pki.key)).recordings
     report = json.loads(rec.report.read_text())
     cert = report["device_certificate"]
-    assert cert["file"] == "certs/CAM-0042.pem" and "CN=CAM-0042" in cert["subject"]
+    assert cert["file"] == f"certs/{name}" and "CN=CAM-0042" in cert["subject"]
     check = check_mp4(rec.mp4, pki.root_pem.read_text())
     assert check.trusted and check.evidence["device"]["device_certificate"]["sha256"] == cert["sha256"]
     assert cert["sha256"] in rec.html.read_text()

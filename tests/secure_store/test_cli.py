@@ -41,7 +41,7 @@ def test_keys_new_refuses_overwrite_and_wrong_kind(tmp_path, capsys) -> None:
     assert code == 1 and "refusing to overwrite" in err and err.count("\n") == 1
     assert (tmp_path / "d.key").read_bytes() == before
     code, _, err = run(capsys, "keys", "new", "root", "--out", str(tmp_path / "r"))
-    assert code == 2 and err == "bodycam: unknown key kind 'root' (expected one of agency, device, dock, vendor)\n"
+    assert code == 2 and err == "bodycam: unknown key kind 'root' (expected one of agency, device, dock, vendor, export)\n"
     assert not list(tmp_path.glob("r.*"))
     code, _, err = run(capsys, "keys", "new", "dock", "--out", str(tmp_path / "missing" / "x"))
     assert code == 1 and "does not exist" in err and err.count("\n") == 1

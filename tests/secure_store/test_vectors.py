@@ -157,8 +157,34 @@ def test_spec_vectors_follow_the_written_rules() -> None:
         assert [r.meta.final for r in iter_records(f, len(header.encode()))] == [False, False, True]
 
 
+def test_version_1_manifest_without_clock_block_still_parses() -> None:
+    """Evidence sealed before the clock block existed (manifest version 1) stays readable."""
+    import dataclasses
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    import pytest
+
+    from secure_store.errors import FormatError
+    from secure_store.format import Manifest
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    m = Manifest("CAM-1", b"\x01" * 32, 5, "rec-1", 0, b"\x02" * 32, False, False, 30, 0, 966_666, 10, "system",
+                 10, 966_676, b"\x00" * 32, (b"\x03" * 32,), version=1)
+    signed = dataclasses.replace(m, signature=key.sign(m.signed_bytes()))
+    data = signed.encode()
+    assert data[8:10] == b"\x00\x01"                       # version 1 on the wire
+    v2 = dataclasses.replace(signed, version=2).signed_bytes()
+    assert len(v2) - len(signed.signed_bytes()) == 21      # the clock block is what version 2 adds
+    parsed = Manifest.parse(data)
+    assert parsed.version == 1 and parsed.clock.error_us is None and parsed.encode() == data
+    with pytest.raises(FormatError):
+        Manifest.parse(data[:8] + b"\x00\x02" + data[10:])  # a v1 body relabelled v2 lacks the block
+
+
 if __name__ == "__main__":
     agency_key = x25519.X25519PrivateKey.from_private_bytes(bytes.fromhex(INPUTS["agency_private_key"]))
     wrapped_key = HPKE_SUITE.encrypt(bytes.fromhex(INPUTS["data_key"]), agency_key.public_key(), info=HPKE_INFO)
     lines = [f"{k} = {v}" for k, v in {**INPUTS, **seal_vector(INPUTS, wrapped_key)}.items()]
     print("<!-- vectors:begin -->\n```text\n" + "\n".join(lines) + "\n```\n<!-- vectors:end -->")
+
