@@ -94,7 +94,11 @@ def _sim_ca(key_dir: Path, dock_pub: Path) -> dict[str, Path]:
     ca.init("Simulated Agency")
     chain = ca.issue("dock", "Sim Dock 1", keys.load_public_key(dock_pub, "dock"))
     (key_dir / "sim-dock-chain.pem").write_bytes(pki.chain_pem(chain))
-    return {"ca": ca.dir, "agency_root": ca.dir / "root.pem", "dock_chain": key_dir / "sim-dock-chain.pem"}
+    export_key, export_pub = keys.write_keypair("export", key_dir / "sim-export")  # signs the MP4s' C2PA
+    chain = ca.issue("export", "Sim Court Exports", keys.load_public_key(export_pub, "export"))
+    (key_dir / "sim-export-chain.pem").write_bytes(pki.chain_pem(chain))
+    return {"ca": ca.dir, "agency_root": ca.dir / "root.pem", "dock_chain": key_dir / "sim-dock-chain.pem",
+            "export_key": export_key, "export_chain": key_dir / "sim-export-chain.pem"}
 
 
 def demo_config(resolution: str, fps: int, pre_event_s: float, bitrate: int) -> Config:
@@ -122,6 +126,7 @@ def run_demo(
     from dock.client import pull
     from dock.trust import DockTrust
     from export.exporter import export_evidence
+    from export.provenance import ExportSigner
     from secure_store import pki
     from secure_store.verify import verify_path
     from firmware.device import Device
@@ -192,7 +197,9 @@ def run_demo(
 
     agency_key = keys.load_private_key(made["agency"], "agency")
     device_key = keys.load_public_key(root / "keys" / "device.pub", "device")
-    result = export_evidence(out / "dock" / DEVICE_ID, agency_key, out / "export", device_key)
+    signer = ExportSigner.from_files(made["export_chain"], made["export_key"])
+    result = export_evidence(out / "dock" / DEVICE_ID, agency_key, out / "export", device_key,
+                             signer=signer, trust_root=made["agency_root"].read_bytes())
     anchored = verify_path(out / "dock" / DEVICE_ID, trust_root=pki.read_certs(made["agency_root"])[0])
     say(f"verified against the agency root: {'OK' if anchored.ok else 'FAILED'}, "
         f"{len(anchored.segments)} segment(s), receipts and audit log checked")
