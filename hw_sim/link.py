@@ -9,6 +9,9 @@ between the two pty masters and can damage them on the way, as a noisy cable wou
 
 Faults: bit errors at a given rate, dropped bytes, stalls, and a disconnect after N bytes
 (both masters closed: each end then sees EOF / ``SerialException``, as when a cable is yanked).
+Bit errors are independent (random gaps between them), or ``spread`` evenly over every read
+(each read gets its share, evenly spaced: no frame longer than the spacing ever passes clean,
+the worst case for a protocol that sizes its frames by the error rate).
 Optional symlinks (``link_a``/``link_b``) appear while the cable is plugged in and vanish
 when it is pulled, like udev's ``/dev/serial/by-id`` names.
 """
@@ -41,6 +44,7 @@ class Faults:
     stall_every: int = 0             # after every N bytes ...
     stall_s: float = 0.0             # ... hold the line for this long
     seed: int | None = None
+    spread: bool = False             # bit errors evenly spaced within every read, not at random
 
 
 class _Injector:
@@ -54,6 +58,7 @@ class _Injector:
         self._to_flip = self._gap(faults.bit_error_rate)
         self._to_drop = self._gap(faults.drop_rate)
         self._to_stall = faults.stall_every or math.inf
+        self._owed = self.rng.random()   # spread: fraction of a bit error carried to the next read
 
     def _gap(self, rate: float) -> float:
         """Units until the next event for a Bernoulli process of ``rate`` (geometric)."""
@@ -63,6 +68,18 @@ class _Injector:
             return 0
         return int(math.log(1.0 - self.rng.random()) / math.log(1.0 - rate))
 
+    def _spread_errors(self, buf: bytearray) -> None:
+        """Flip this read's share of bit errors (rate × its bits, the fraction carried on),
+        evenly spaced across it."""
+        bits = len(buf) * 8
+        self._owed += bits * self.faults.bit_error_rate
+        count = int(self._owed)
+        self._owed -= count
+        for i in range(count):
+            bit = int((i + 0.5) * bits / count)
+            buf[bit // 8] ^= 1 << (bit % 8)
+        self.bit_errors += count
+
     def apply(self, data: bytes) -> tuple[bytes, float]:
         """Damaged copy of ``data`` and how long to stall before sending it."""
         stall = 0.0
@@ -71,17 +88,20 @@ class _Injector:
             if self._to_stall <= 0:
                 stall = self.faults.stall_s
                 self._to_stall = self.faults.stall_every
-        if self._to_flip >= len(data) * 8 and self._to_drop >= len(data):
+        if self._to_flip >= len(data) * 8 and self._to_drop >= len(data) and not self.faults.spread:
             self._to_flip -= len(data) * 8
             self._to_drop -= len(data)
             return data, stall
         buf = bytearray(data)
-        bit = self._to_flip
-        while bit < len(buf) * 8:
-            buf[int(bit) // 8] ^= 1 << (int(bit) % 8)
-            self.bit_errors += 1
-            bit += 1 + self._gap(self.faults.bit_error_rate)
-        self._to_flip = bit - len(buf) * 8
+        if self.faults.spread:
+            self._spread_errors(buf)
+        else:
+            bit = self._to_flip
+            while bit < len(buf) * 8:
+                buf[int(bit) // 8] ^= 1 << (int(bit) % 8)
+                self.bit_errors += 1
+                bit += 1 + self._gap(self.faults.bit_error_rate)
+            self._to_flip = bit - len(buf) * 8
         drops = []
         pos = self._to_drop
         while pos < len(buf):
@@ -241,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m hw_sim.link", description=main.__doc__)
     parser.add_argument("--ber", type=float, default=0.0, help="bit error rate")
+    parser.add_argument("--spread", action="store_true",
+                        help="bit errors evenly spaced within every read instead of independent")
     parser.add_argument("--drop", type=float, default=0.0, help="probability of dropping each byte")
     parser.add_argument("--stall-every", type=int, default=0, help="stall after every N bytes")
     parser.add_argument("--stall", type=float, default=0.0, help="stall length in seconds")
@@ -249,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--link-a", help="symlink for the device end")
     parser.add_argument("--link-b", help="symlink for the dock end")
     args = parser.parse_args(argv)
-    faults = Faults(args.ber, args.drop, args.stall_every, args.stall, args.seed)
+    faults = Faults(args.ber, args.drop, args.stall_every, args.stall, args.seed, args.spread)
     with LinkedPtys(faults, disconnect_after=args.disconnect_after, link_a=args.link_a, link_b=args.link_b) as link:
         print(link.a_path, link.b_path, flush=True)
         while link.connected:

@@ -10,7 +10,7 @@ import collections
 import math
 import struct
 
-from link.protocol import FRAME_OVERHEAD, FrameType, encode_frame
+from link.protocol import FRAME_OVERHEAD, HEADER_SIZE, MAX_PAYLOAD, REPAIR_LIMIT, FrameType, encode_frame
 
 ACK = struct.Struct(">I")    # receive window edge; then the selective bits for seq+1 .. seq+256
 SACK_BITS = 256
@@ -18,13 +18,16 @@ MAX_MESSAGE = 1 << 20        # a message is cut into as many DATA frames as it t
 MIN_FRAME = 128
 # Per-frame cost in byte-equivalents for choosing the frame size: wire overhead plus the
 # CPU a frame costs at both ends (roughly 500 bytes' worth at pty speeds).
-COST_BYTES = FRAME_OVERHEAD + 512
-ADAPT_EVERY = 32             # known outcomes between frame-size decisions ...
-GROW_EVERY = 8               # ... or this many while the line has never lost a frame
+COST_BYTES = FRAME_OVERHEAD + 2000
+DECIDE_EVERY = 16           # outcomes between frame-size decisions ...
+GROW_EVERY = 8              # ... or this many while the line has never lost a frame
+MEMORY = 64                 # the loss estimate forgets with this time constant (in outcomes)
+HALVE_AFTER = 4             # a frame lost this often in a row at one size is re-cut in halves
 MIN_RTO, MAX_RTO = 0.1, 2.0
 MIN_PROBE = 0.01
 ACK_DELAY = 0.004            # an in-order frame is acknowledged within this long ...
 ACK_EVERY = 4                # ... or as soon as this many frames have arrived
+PART = struct.Struct(">II")  # PART payload: offset in the frame's payload, the frame's payload length
 
 
 class ArqError(Exception):
@@ -32,32 +35,102 @@ class ArqError(Exception):
 
 
 class _Unacked:
-    __slots__ = ("frame", "sent_at", "tx_order", "sends", "lost", "epoch")
+    __slots__ = ("payload", "more", "wire", "piece", "sent_at", "tx_order", "sends", "failed")
 
-    def __init__(self, frame: bytes, now: float, tx_order: int, epoch: int) -> None:
-        self.frame, self.sent_at, self.tx_order, self.sends, self.lost = frame, now, tx_order, 1, False
-        self.epoch = epoch   # which frame-size decision cut it
+    def __init__(self, payload: bytes, more: bool, wire: list[bytes], now: float, tx_order: int) -> None:
+        self.payload, self.more, self.wire = payload, more, wire
+        self.piece = len(payload)   # the largest piece it goes out in: the whole payload until re-cut
+        self.sent_at, self.tx_order, self.sends = now, tx_order, 1
+        self.failed = 0             # sends lost in a row at the current piece size
+
+
+def survival(ber: float, wire_bytes: float, repaired: bool) -> float:
+    """Chance a frame of this size arrives usable: no bit error (exp(-λ), λ = 8·b·bytes),
+    or, where the receiver repairs one flipped bit, at most one (exp(-λ)·(1+λ))."""
+    lam = 8 * ber * wire_bytes
+    return math.exp(-lam) * (1 + lam if repaired and wire_bytes <= REPAIR_LIMIT + HEADER_SIZE + 4 else 1)
+
+
+class LossEstimate:
+    """The line's bit error rate, smoothed over the last ~MEMORY frame outcomes.
+
+    Every send is one outcome, lost or delivered, weighted by its size on the wire: frames
+    of any size feed the same estimate, and one unlucky frame moves it by 1/MEMORY only.
+    """
+
+    def __init__(self) -> None:
+        self.outcomes = self.losses = self.bits = 0.0
+
+    def add(self, wire_bytes: int, lost: bool) -> None:
+        keep = 1.0 - 1.0 / MEMORY
+        self.outcomes = self.outcomes * keep + 1.0
+        self.losses = self.losses * keep + lost
+        self.bits = self.bits * keep + 8 * wire_bytes
+
+    @property
+    def loss_rate(self) -> float:
+        return self.losses / self.outcomes if self.outcomes else 0.0
+
+    def bit_error_rate(self, repaired: bool) -> float:
+        """The b for which frames of the mean size seen would be lost as often as they were."""
+        if not self.losses:
+            return 0.0
+        size = self.bits / self.outcomes / 8
+        target = 1.0 - min(self.loss_rate, 0.99)
+        low, high = 0.0, 1.0 / size             # bisection: survival falls as b grows
+        while survival(high, size, repaired) > target:
+            high *= 2
+        for _ in range(40):
+            mid = (low + high) / 2
+            low, high = (mid, high) if survival(mid, size, repaired) > target else (low, mid)
+        return (low + high) / 2
+
+
+def best_frame_size(ber: float, repaired: bool, largest: int) -> int:
+    """The payload size L (up to ``largest``) with the best goodput L/(L+C)·survival(L+H),
+    C the cost of a frame in bytes' worth, H its framing."""
+    if ber <= 0:
+        return largest
+    best, best_rate, size = MIN_FRAME, 0.0, float(MIN_FRAME)
+    while size <= largest:
+        rate = size / (size + COST_BYTES) * survival(ber, size + FRAME_OVERHEAD, repaired)
+        if rate > best_rate:
+            best, best_rate = int(size), rate
+        size *= 1.04
+    return best
 
 
 class Sender:
-    """Cuts messages into DATA frames, keeps up to ``window`` in flight and resends the lost."""
+    """Cuts messages into DATA frames, keeps up to ``window`` in flight and resends the lost.
 
-    def __init__(self, window: int, stats: collections.Counter, *, rto: float, max_sends: int,
+    A resend never goes out much larger than the current frame size: a frame cut before the
+    size came down is re-cut into PART frames (if the peer takes them, ``recut``), so a
+    frame too long for the line is not sent again and again until the link gives up.
+    The link fails when nothing has been acknowledged for ``give_up`` seconds while frames
+    wait, however many sends that took.
+    """
+
+    def __init__(self, window: int, stats: collections.Counter, *, rto: float, give_up: float,
                  frame_size: int, max_frame: int) -> None:
         self.window, self.stats = window, stats
-        self.rto, self.max_sends = rto, max_sends     # rto: initial, then from measured round trips
+        self.rto, self.give_up = rto, give_up     # rto: initial, then from measured round trips
         self.frame_size, self.max_frame = frame_size, max_frame
+        self.recut = False                         # the peer accepts PART frames
+        self.peer_repairs = False                  # the peer repairs frames with one bit error
         self.srtt: float | None = None
         self.rttvar = 0.0
         self.pending: collections.deque[bytes] = collections.deque()   # messages without a seq yet
         self.peer_window_end = window
+        self.loss = LossEstimate()
         self._current: memoryview | None = None                        # the message being cut up
-        self._unacked: dict[int, _Unacked] = {}
+        self._unacked: dict[int, _Unacked] = {}                        # by seq, oldest first
+        self._in_flight: dict[int, int] = {}   # tx_order -> seq of the last send of each unacked frame
+        self._lost: dict[int, None] = {}       # seqs known lost (a later send was acknowledged)
         self._next_seq = 0
         self._tx_counter = 0
-        self._sent_count = self._lost_count = 0
-        self._epoch = 0    # bumped at every frame-size decision
-        self._clean = True  # no frame lost yet this session: grow faster
+        self._since_decision = 0
+        self._clean = True          # no frame lost yet this session: grow faster
+        self._progress_at = 0.0     # when a frame was last acknowledged (or the line went busy)
 
     @property
     def idle(self) -> bool:
@@ -69,27 +142,50 @@ class Sender:
         return self._next_seq
 
     def on_ack(self, cumulative: int, sack: int, window_end: int, now: float) -> None:
-        acked = [seq for seq in self._unacked if seq < cumulative or
-                 (seq > cumulative and seq - cumulative - 1 < SACK_BITS and sack >> (seq - cumulative - 1) & 1)]
+        unacked = self._unacked
+        acked = []
+        for seq in unacked:                    # oldest first: stop at the cumulative edge
+            if seq >= cumulative:
+                break
+            acked.append(seq)
+        while sack:
+            low = sack & -sack
+            seq = cumulative + low.bit_length()   # bit i stands for cumulative + 1 + i
+            if seq in unacked:
+                acked.append(seq)
+            sack ^= low
         newest: _Unacked | None = None
         for seq in acked:
-            entry = self._unacked.pop(seq)
+            entry = unacked.pop(seq)
+            self._in_flight.pop(entry.tx_order, None)
+            self._lost.pop(seq, None)
             if newest is None or entry.tx_order > newest.tx_order:
                 newest = entry
-            if entry.sends > 1:
-                self._clean = False
-            if entry.epoch == self._epoch:       # judge the size by frames cut at that size only
-                self._sent_count += entry.sends  # known outcomes: sends - 1 of them were lost
-                self._lost_count += entry.sends - 1
+            self._outcome(entry, lost=False)
         if newest is not None:
+            self._progress_at = now
             if newest.sends == 1:  # Karn: a retransmitted frame's round trip is ambiguous
                 self._sample_rtt(now - newest.sent_at)
-            for entry in self._unacked.values():  # the line is FIFO: anything sent before it is lost
-                if entry.tx_order < newest.tx_order:
-                    entry.lost = True
-        if self._sent_count >= (GROW_EVERY if self._clean else ADAPT_EVERY):
-            self._adapt()
+            # the line is FIFO: every frame sent before the newest acknowledged one was lost
+            for tx_order in list(self._in_flight):
+                if tx_order > newest.tx_order:
+                    break
+                seq = self._in_flight.pop(tx_order)
+                self._lost[seq] = None
+                self._outcome(unacked[seq], lost=True)
         self.peer_window_end = max(self.peer_window_end, window_end)
+
+    def _outcome(self, entry: _Unacked, lost: bool) -> None:
+        """One send's fate, for the size estimate (a re-cut frame counts as one frame of its
+        piece size: roughly right, and it keeps the estimate learning while only re-cut
+        frames are in flight)."""
+        if lost:
+            self._clean = False
+            entry.failed += 1
+        self.loss.add(entry.piece + FRAME_OVERHEAD, lost)
+        self._since_decision += 1
+        if self._since_decision >= (GROW_EVERY if self._clean else DECIDE_EVERY):
+            self._adapt()
 
     def _sample_rtt(self, rtt: float) -> None:
         if self.srtt is None:
@@ -100,66 +196,112 @@ class Sender:
         self.rto = min(MAX_RTO, max(MIN_RTO, self.srtt + 4 * self.rttvar))
 
     def _adapt(self) -> None:
-        """Pick the frame size that maximises goodput for the loss rate just seen.
-
-        With a bit error rate b a frame of L payload bytes arrives with probability
-        exp(-8b(L+H)); goodput L/(L+H)·exp(-8b(L+H)) peaks at L² + HL = H/(8b).
-        """
-        loss = self._lost_count / self._sent_count
-        size = self.frame_size
-        if loss == 0:
-            size *= 2
-        elif loss >= 0.9:
-            size //= 4
-        else:
-            ber = -math.log(1.0 - loss) / (8 * (size + COST_BYTES))
-            size = int((-COST_BYTES + math.sqrt(COST_BYTES * COST_BYTES + COST_BYTES / (2 * ber))) / 2)
+        """Move the frame size towards the best size for the smoothed error rate: down at
+        once (a frame too long for the line only wastes it), up at most twofold per decision."""
+        size = best_frame_size(self.loss.bit_error_rate(self.peer_repairs), self.peer_repairs, self.max_frame)
+        # grow only past sizes the line was seen to carry (short messages say little about long frames)
+        seen = self.loss.bits / self.loss.outcomes / 8 if self.loss.outcomes else self.frame_size
+        if size > self.frame_size:
+            size = min(size, 2 * self.frame_size, int(2 * max(MIN_FRAME, seen)))
         self.frame_size = max(MIN_FRAME, min(self.max_frame, size))
         self.stats["frame_size"] = self.frame_size
-        self._sent_count = self._lost_count = 0
-        self._epoch += 1
+        self._since_decision = 0
+
+    def _cut(self, seq: int, entry: _Unacked, key: bytes, most: int) -> None:
+        """Re-cut a frame into equal PART frames of at most ``most`` bytes."""
+        total = len(entry.payload)
+        pieces = -(-total // max(MIN_FRAME, most - PART.size))
+        step = -(-total // pieces)
+        entry.wire = [encode_frame(FrameType.PART, seq, PART.pack(offset, total) + entry.payload[offset:offset + step],
+                                   key, more=entry.more) for offset in range(0, total, step)]
+        entry.piece, entry.failed = step, 0
+        self.stats["recut"] += 1
+
+    def _resend(self, seq: int, entry: _Unacked, now: float, key: bytes, out: list[bytes]) -> int:
+        if self.recut and entry.piece > MIN_FRAME:
+            if entry.piece > 1.5 * self.frame_size:
+                self._cut(seq, entry, key, self.frame_size)
+            elif entry.failed >= HALVE_AFTER:   # whatever the estimate says, this size does not pass
+                self._cut(seq, entry, key, entry.piece // 2)
+        self._in_flight.pop(entry.tx_order, None)
+        self._lost.pop(seq, None)
+        self._tx_counter += 1
+        entry.tx_order, entry.sent_at = self._tx_counter, now
+        self._in_flight[self._tx_counter] = seq
+        entry.sends += 1
+        self.stats["retransmits"] += 1
+        out += entry.wire
+        return sum(map(len, entry.wire))
 
     def frames(self, now: float, key: bytes, budget: int) -> list[bytes]:
         """Resends first, then new frames, up to about ``budget`` bytes."""
         out: list[bytes] = []
         size = 0
-        base = min(self._unacked, default=self._next_seq)
-        blocked = (not (self.pending or self._current is not None) or self._next_seq >= base + self.window
-                   or self._next_seq >= self.peer_window_end)
-        # nothing new can go out: rather than idle the line, resend what is overdue by a round trip
-        probe = max(MIN_PROBE, 1.5 * (self.srtt or self.rto)) if blocked else math.inf
-        oldest = True
-        for seq, entry in self._unacked.items():   # in sequence order
+        unacked = self._unacked
+        if not unacked:
+            self._progress_at = now   # the clock for giving up starts with the first frame in flight
+        elif now - self._progress_at > self.give_up:
+            raise ArqError(f"no frame acknowledged for {self.give_up:.0f} s")
+        for seq in list(self._lost):
             if size >= budget:
                 break
+            size += self._resend(seq, unacked[seq], now, key, out)
+        base = next(iter(unacked), self._next_seq)
+        if unacked and size < budget:
             # a timeout only for the oldest frame: later losses show up as soon as it is acked
-            timed_out = oldest and now - entry.sent_at >= self.rto * min(8, 1 << min(entry.sends - 1, 3))
-            oldest = False
-            if entry.lost or timed_out or now - entry.sent_at >= probe:
-                if entry.sends >= self.max_sends:
-                    raise ArqError(f"frame {seq} unacknowledged after {entry.sends} sends")
-                self._tx_counter += 1
-                entry.tx_order, entry.sent_at, entry.lost = self._tx_counter, now, False
-                entry.sends += 1
-                self.stats["retransmits"] += 1
-                out.append(entry.frame)
-                size += len(entry.frame)
+            entry = unacked[base]
+            if now - entry.sent_at >= self.rto * min(8, 1 << min(entry.sends - 1, 3)):
+                self._outcome(entry, lost=True)
+                size += self._resend(base, entry, now, key, out)
+        blocked = (not (self.pending or self._current is not None) or self._next_seq >= base + self.window
+                   or self._next_seq >= self.peer_window_end)
+        if blocked and unacked and size < budget:
+            # nothing new can go out: rather than idle the line, resend what is overdue by a round trip
+            probe = max(MIN_PROBE, 1.5 * (self.srtt or self.rto))
+            for seq, entry in unacked.items():
+                if size >= budget:
+                    break
+                if now - entry.sent_at >= probe:
+                    size += self._resend(seq, entry, now, key, out)
         while ((self.pending or self._current is not None) and size < budget
                and self._next_seq < base + self.window and self._next_seq < self.peer_window_end):
             if self._current is None:
                 self._current = memoryview(self.pending.popleft())
-            piece, rest = self._current[:self.frame_size], self._current[self.frame_size:]
+            piece, rest = bytes(self._current[:self.frame_size]), self._current[self.frame_size:]
             self._current = rest if len(rest) else None
             self._tx_counter += 1
-            entry = _Unacked(encode_frame(FrameType.DATA, self._next_seq, bytes(piece), key, more=bool(len(rest))),
-                             now, self._tx_counter, self._epoch)
-            self._unacked[self._next_seq] = entry
+            wire = encode_frame(FrameType.DATA, self._next_seq, piece, key, more=bool(len(rest)))
+            unacked[self._next_seq] = _Unacked(piece, bool(len(rest)), [wire], now, self._tx_counter)
+            self._in_flight[self._tx_counter] = self._next_seq
             self._next_seq += 1
             self.stats["frames_sent"] += 1
-            self.stats["max_in_flight"] = max(self.stats["max_in_flight"], len(self._unacked))
-            out.append(entry.frame)
-            size += len(entry.frame)
+            self.stats["max_in_flight"] = max(self.stats["max_in_flight"], len(unacked))
+            out.append(wire)
+            size += len(wire)
         return out
+
+
+class _Pieces:
+    """The parts of one re-cut frame received so far (cuts of different sizes may overlap)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.data = bytearray(total)
+        self.have: list[tuple[int, int]] = []   # received byte ranges, merged
+
+    def add(self, offset: int, data: bytes) -> bool:
+        """Keep a part; True once every byte of the frame is here."""
+        end = offset + len(data)
+        self.data[offset:end] = data
+        ranges = sorted(self.have + [(offset, end)])
+        merged = [ranges[0]]
+        for start, stop in ranges[1:]:
+            if start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
+            else:
+                merged.append((start, stop))
+        self.have = merged
+        return merged == [(0, self.total)] or self.total == 0
 
 
 class Receiver:
@@ -172,9 +314,11 @@ class Receiver:
         self._buffer: dict[int, tuple[bytes, bool]] = {}
         self._partial: list[bytes] = []
         self._partial_size = 0
+        self._pieces: dict[int, _Pieces] = {}       # frames resent as PARTs, not yet whole
         self.ack_due = False                        # acknowledge now (gap, duplicate, window)
         self.ack_pending_since: float | None = None  # in-order frames not yet acknowledged
         self._since_ack = 0
+        self._highest = -1    # the highest sequence number seen
 
     @property
     def window_end(self) -> int:
@@ -183,8 +327,14 @@ class Receiver:
     def on_data(self, seq: int, payload: bytes, more: bool, now: float) -> None:
         # ACKs are delayed a little and coalesced (fewer frames back up the line), but a gap
         # or a duplicate is reported at once so the sender can resend without waiting
+        # A new gap (a frame lost just before this one), a duplicate (our ACK was lost) and
+        # a filled gap are reported at once; frames arriving behind a known gap are not,
+        # or a lossy line would cost an ACK per frame
         self._since_ack += 1
-        if seq != self._next or self._buffer or self._since_ack >= ACK_EVERY:
+        new_gap = seq > self._highest + 1
+        self._highest = max(self._highest, seq)
+        if (new_gap or seq < self._next or seq in self._buffer or (seq == self._next and self._buffer)
+                or self._since_ack >= ACK_EVERY):
             self.ack_due = True
         elif self.ack_pending_since is None:
             self.ack_pending_since = now
@@ -195,6 +345,7 @@ class Receiver:
             self.stats["beyond_window"] += 1
             return
         self._buffer[seq] = (payload, more)
+        self._pieces.pop(seq, None)   # a whole copy overtook its parts
         while self._next in self._buffer:
             fragment, more = self._buffer.pop(self._next)
             self._next += 1
@@ -205,6 +356,26 @@ class Receiver:
             if not more:
                 self.delivered.append(b"".join(self._partial))
                 self._partial, self._partial_size = [], 0
+
+    def on_part(self, seq: int, payload: bytes, more: bool, now: float) -> None:
+        """A piece of frame ``seq`` (PART): the frame counts as received once whole."""
+        if len(payload) < PART.size:
+            raise ArqError("the peer sent a PART frame without its header")
+        offset, total = PART.unpack_from(payload)
+        data = payload[PART.size:]
+        if total > MAX_PAYLOAD or offset + len(data) > total:
+            raise ArqError("the peer sent a PART frame outside its frame")
+        if seq < self._next or seq in self._buffer or seq >= self.window_end:
+            self.on_data(seq, b"", more, now)   # duplicate or beyond the window: counted, acknowledged
+            return
+        pieces = self._pieces.setdefault(seq, _Pieces(total))
+        if pieces.total != total:
+            raise ArqError(f"the peer sent PART frames of different lengths for frame {seq}")
+        if pieces.add(offset, data):
+            del self._pieces[seq]
+            self.on_data(seq, bytes(pieces.data), more, now)
+        else:
+            self.ack_due = True   # tell the sender the frame is still missing
 
     def take(self) -> bytes:
         message = self.delivered.popleft()

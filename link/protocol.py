@@ -14,6 +14,8 @@ A frame (all integers big-endian)::
 
 The header CRC lets a receiver trust ``length`` before it has the payload, so after a
 bit error or a dropped byte it skips at most to the next magic and loses one frame.
+A tagged frame whose payload CRC shows exactly one flipped bit is repaired (the CRC-32
+syndrome names the bit); its HMAC tag, checked next, proves the repair right.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ TAG_SIZE = 16                  # HMAC-SHA256 truncated to 128 bits
 FLAG_TAG = 0x01
 FLAG_MORE = 0x02                # DATA: more fragments of this message follow
 FRAME_OVERHEAD = 16 + TAG_SIZE + 4
+REPAIR_LIMIT = 8192 + TAG_SIZE  # payload + tag bytes within which a single bit error is repaired
 
 _HEAD = struct.Struct(">2sBBII")   # magic, type, flags, seq, length
 _HCRC = struct.Struct(">I")
@@ -54,7 +57,8 @@ class FrameType(enum.IntEnum):
     REJECT = 0x05       # either way, before the session: why the handshake failed
     DATA = 0x10         # one message of the reliable stream
     ACK = 0x11          # cumulative + selective acknowledgement, receive window
-    CLOSE = 0x12        # orderly end of the session
+    CLOSE = 0x12        # end of the session (payload: why, if it failed)
+    PART = 0x13         # a piece of DATA frame ``seq``, resent smaller (offset, length, bytes)
 
 
 class LinkFrame(NamedTuple):
@@ -87,6 +91,24 @@ def encode_frame(ftype: int, seq: int, payload: bytes = b"", key: bytes | None =
     return b"".join((head, _HCRC.pack(zlib.crc32(head)), payload, tag, _HCRC.pack(pcrc)))
 
 
+_syndromes: dict[int, int] = {}
+
+
+def _bit_from_end(syndrome: int) -> int | None:
+    """How many bits before the end of a CRC-32'd message a single flipped bit lies, or None.
+
+    For the reflected CRC-32 a single bit error d bits before the end changes the CRC by
+    x^d mod P, whatever the message: one table, built on first use, serves every frame.
+    """
+    if not _syndromes:
+        table, s = {}, 0xEDB88320            # the change for the very last bit
+        for d in range(8 * REPAIR_LIMIT):
+            table[s] = d
+            s = (s >> 1) ^ (0xEDB88320 if s & 1 else 0)
+        _syndromes.update(table)
+    return _syndromes.get(syndrome)
+
+
 class FrameDecoder:
     """Turns a damaged byte stream back into whole, CRC-checked frames.
 
@@ -101,6 +123,7 @@ class FrameDecoder:
         self.garbage_bytes = 0
         self.bad_headers = 0
         self.bad_payloads = 0
+        self.repaired = 0    # tagged frames with one bit error, put right (the tag then checks them)
 
     def feed(self, data: bytes) -> list[LinkFrame]:
         buf = self._buf
@@ -136,16 +159,31 @@ class FrameDecoder:
                     need = body_end + TRAILER_SIZE - start
                     break
                 (pcrc,) = _HCRC.unpack_from(buf, body_end)
-                if zlib.crc32(view[body_start:body_end]) != pcrc:
-                    self.bad_payloads += 1
-                    pos = start + 1
-                    continue
+                crc = zlib.crc32(view[body_start:body_end])
+                if crc != pcrc:
+                    if not (flags & FLAG_TAG and self._repair(buf, body_start, body_end, crc ^ pcrc)):
+                        self.bad_payloads += 1
+                        pos = start + 1
+                        continue
+                    self.repaired += 1
                 frames.append(LinkFrame(ftype, flags, seq, bytes(view[body_start:body_start + length]),
                                         bytes(view[body_start + length:body_end]), head))
                 pos = body_end + TRAILER_SIZE
         del buf[:pos]
         self._need = need
         return frames
+
+    @staticmethod
+    def _repair(buf: bytearray, start: int, end: int, syndrome: int) -> bool:
+        """Flip the one bit the syndrome names; False if it names none (more damage, a drop)."""
+        if syndrome & (syndrome - 1) == 0:   # one bit of the stored CRC itself flipped
+            return True
+        d = _bit_from_end(syndrome)
+        if d is None or d >= 8 * (end - start):
+            return False
+        bit = 8 * (end - start) - 1 - d      # CRC-32 takes each byte's bits low bit first
+        buf[start + bit // 8] ^= 1 << (bit % 8)
+        return True
 
 
 # --- messages: what the reliable stream carries ------------------------------------------

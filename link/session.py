@@ -37,6 +37,15 @@ log = logging.getLogger(__name__)
 
 LABEL = b"bodycam-dock-handshake"
 _SIG = 64
+# Optional protocol features, agreed in HELLO / HELLO_REPLY (a peer that does not list one
+# never gets it; docs/PROTOCOL.md §3): "part" = PART frames, resends re-cut smaller;
+# "repair1" = the receiver repairs frames with a single bit error.
+FEATURES = ("part", "repair1")
+
+
+def _features(info: dict[str, Any]) -> list[str]:
+    offered = info.get("features")
+    return sorted(set(FEATURES) & set(f for f in offered if isinstance(f, str))) if isinstance(offered, list) else []
 
 
 class AuthError(LinkError):
@@ -119,6 +128,7 @@ def dock_handshake(
         "dock_key": raw_public(dock_key.public_key()).hex(),
         "max_payload": max_payload,
         "window": link.window,
+        "features": list(FEATURES),
     }, sort_keys=True).encode()
     deadline = time.monotonic() + timeout
     reply = _exchange(link, FrameType.HELLO, hello, FrameType.HELLO_REPLY, deadline, retry)
@@ -143,7 +153,8 @@ def dock_handshake(
     payload = payload if isinstance(payload, int) else DEFAULT_PAYLOAD
     window = info.get("window")
     agreed = max(1024, min(max_payload, payload, MAX_PAYLOAD))
-    link.establish(to_device, to_dock, window if isinstance(window, int) else None, agreed)
+    link.establish(to_device, to_dock, window if isinstance(window, int) else None, agreed,
+                   features=_features(info))
     session = Session(
         version=version,
         peer_key=device_key,
@@ -237,6 +248,7 @@ def device_handshake(
             "ephemeral": raw_public(ephemeral.public_key()).hex(),
             "max_payload": payload,
             "window": link.window,
+            "features": _features(info),
         }, sort_keys=True).encode()
         transcript = _transcript(hello, body)
         signed = body + device_key.sign(b"device" + transcript)
@@ -261,7 +273,8 @@ def device_handshake(
             raise AuthError("the dock's signature does not verify") from None
         to_device, to_dock = _session_keys(ephemeral, _hex(info, "ephemeral", 32, "dock hello"), transcript)
         window = info.get("window")
-        link.establish(to_dock, to_device, window if isinstance(window, int) else None, payload)
+        link.establish(to_dock, to_device, window if isinstance(window, int) else None, payload,
+                       features=_features(info))
         ok = encode_frame(FrameType.AUTH_OK, 0, b"ok", to_dock)
         link.remember_reply(FrameType.AUTH, auth, ok)
         link.send_frame(FrameType.AUTH_OK, b"ok", to_dock)

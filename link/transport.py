@@ -13,13 +13,14 @@ neither end can deadlock the other); one writer thread owns every write. The han
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import os
 import queue
 import select
 import threading
 import time
-from typing import Any
+from typing import Any, Iterable
 
 import serial
 
@@ -43,11 +44,26 @@ class LinkTimeout(LinkError):
     """Nothing arrived in time."""
 
 
+class PortBusy(LinkError):
+    """Another program already has the port open (a second pull, a terminal, a daemon)."""
+
+
 def open_port(url: str, timeout: float = 0.1) -> serial.SerialBase:
-    """Open a serial port by path or pyserial URL (``/dev/ttyACM0``, ``loop://`` ...)."""
+    """Open a serial port by path or pyserial URL (``/dev/ttyACM0``, ``loop://`` ...), exclusively.
+
+    Two programs on one tty would each read half of the other's frames (a second pull would
+    look like an impostor to the first), so the port is locked (``flock``, pyserial's
+    ``exclusive``) and a second opener gets PortBusy at once.
+    """
     try:
-        return serial.serial_for_url(url, baudrate=115200, timeout=timeout, write_timeout=None)
+        return serial.serial_for_url(url, baudrate=115200, timeout=timeout, write_timeout=None, exclusive=True)
     except (serial.SerialException, OSError, ValueError) as exc:
+        code = getattr(exc, "errno", None)
+        if code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY):
+            raise PortBusy(f"port busy: {url} is already open in another program (another pull or a "
+                           "terminal?)") from None
+        if code == errno.ENOENT:
+            raise LinkError(f"cannot open {url}: no such port") from None
         raise LinkError(f"cannot open {url}: {exc}") from None
 
 
@@ -62,7 +78,7 @@ class Link:
         rto: float = 0.25,
         idle_timeout: float = 10.0,
         heartbeat: float = 1.0,
-        max_sends: int = 100,
+        give_up: float | None = None,
         frame_size: int = 1024,
     ) -> None:
         self.port = port
@@ -71,8 +87,9 @@ class Link:
         self.heartbeat = heartbeat
         self.decoder = FrameDecoder(MAX_PAYLOAD)
         self.stats: collections.Counter[str] = collections.Counter()
-        self.sender = Sender(self.window, self.stats, rto=rto, max_sends=max_sends, frame_size=frame_size,
-                             max_frame=DEFAULT_PAYLOAD)
+        # give up when nothing is acknowledged for as long as a silent peer is waited for
+        self.sender = Sender(self.window, self.stats, rto=rto, give_up=idle_timeout if give_up is None else give_up,
+                             frame_size=frame_size, max_frame=DEFAULT_PAYLOAD)
         self.receiver = Receiver(self.window, self.stats)
         self.handshake_frames: queue.Queue[LinkFrame] = queue.Queue(maxsize=64)
         self._lock = threading.RLock()
@@ -83,6 +100,10 @@ class Link:
         self._recv_key: bytes | None = None
         self._outbox: collections.deque[bytes] = collections.deque()   # unsequenced (handshake) frames
         self._close_due = False
+        self._close_reason = b""                 # why we end the session, if it failed or was abandoned
+        self._close_written = False              # the frames in hand include CLOSE
+        self._close_sent = threading.Event()
+        self._peer_reason = ""                   # why the peer ended it
         self._last_heard = time.monotonic()
         self._last_sent = 0.0
         self._error: LinkError | None = None
@@ -122,10 +143,17 @@ class Link:
             self._replies[(ftype, payload)] = reply
 
     def establish(self, send_key: bytes, recv_key: bytes, peer_window: int | None = None,
-                  max_frame: int = DEFAULT_PAYLOAD) -> None:
-        """Start the authenticated stream: from now on every frame is tagged and checked."""
+                  max_frame: int = DEFAULT_PAYLOAD, features: Iterable[str] = ()) -> None:
+        """Start the authenticated stream: from now on every frame is tagged and checked.
+
+        ``features`` the peer has: "part" (it takes PART frames, so a resend may be cut
+        smaller than it was first sent), "repair1" (it repairs frames with one bit error,
+        so frames may be longer on a noisy line).
+        """
+        features = set(features)
         with self._lock:
             self._send_key, self._recv_key = send_key, recv_key
+            self.sender.recut, self.sender.peer_repairs = "part" in features, "repair1" in features
             self.sender.max_frame = max(MIN_FRAME, min(max_frame, MAX_PAYLOAD))
             self.sender.frame_size = min(self.sender.frame_size, self.sender.max_frame)
             if peer_window is not None:
@@ -184,21 +212,27 @@ class Link:
                 self._space.wait(0.05)
         return True
 
-    def close(self, flush_timeout: float = 2.0) -> None:
-        """Flush, tell the peer, stop the threads and close the port. Never raises."""
+    def close(self, flush_timeout: float = 2.0, reason: str = "") -> None:
+        """Flush, tell the peer, stop the threads and close the port. Never raises.
+
+        With a ``reason`` (the session is abandoned: Ctrl-C, an error above the link) nothing
+        is flushed: CLOSE goes out at once with the reason, so the peer ends now rather than
+        waiting out its idle timeout, and its port is free for the next session.
+        """
         if self._stop.is_set():
             return
         try:
-            if self.established and self._error is None:
-                self.flush(flush_timeout)
+            if self.established and self._error is None and not self._peer_closed:
+                if not reason:
+                    self.flush(flush_timeout)
                 with self._lock:
+                    self._close_reason = reason.encode()[:200]
                     self._close_due = True
                     self._tx.notify()
-                deadline = time.monotonic() + 0.5
-                while self._close_due and time.monotonic() < deadline and self._error is None:
-                    time.sleep(0.01)
         except LinkError:
             pass
+        if self.established and (self._close_due or self._close_written):
+            self._close_sent.wait(0.5)   # the orderly CLOSE, or the one a failure queued
         self._stop.set()
         os.write(self._wake_reader_w, b"x")
         with self._lock:
@@ -224,7 +258,7 @@ class Link:
         if self._error is not None:
             raise self._error
         if self._peer_closed and allow_peer_closed and not self.receiver.delivered:
-            raise LinkClosed("the peer closed the session")
+            raise LinkClosed("the peer closed the session" + (f": {self._peer_reason}" if self._peer_reason else ""))
         if self._stop.is_set():
             raise LinkClosed("the link is closed")
         if self.established and time.monotonic() - self._last_heard > self.idle_timeout:
@@ -236,10 +270,15 @@ class Link:
             condition.notify_all()
 
     def _fail(self, error: LinkError) -> None:
+        """Record why the link failed; the writer then sends CLOSE with that reason (unless
+        the port itself failed), so the peer stops at once instead of timing out."""
         with self._lock:
             if self._error is None:
                 self._error = error
                 log.info("dock link failed: %s", error)
+                if self.established and not self._peer_closed and not isinstance(error, LinkClosed):
+                    self._close_reason = str(error).encode()[:200]
+                    self._close_due = True
             self._wake_all()
 
     def _write(self, data: bytes) -> None:
@@ -297,6 +336,9 @@ class Link:
         except (OSError, serial.SerialException, ValueError, TypeError) as exc:
             if not self._stop.is_set():
                 self._fail(LinkClosed(f"the port failed: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - a bug here must end the link, not silence it
+            log.exception("dock link reader failed")
+            self._fail(LinkError(f"internal error in the link reader: {exc}"))
 
     def _received(self, data: bytes) -> None:
         if data:
@@ -326,12 +368,16 @@ class Link:
                 for frame in authentic:
                     if frame.type == FrameType.DATA:
                         receiver.on_data(frame.seq, frame.payload, bool(frame.flags & FLAG_MORE), now)
+                    elif frame.type == FrameType.PART:
+                        receiver.on_part(frame.seq, frame.payload, bool(frame.flags & FLAG_MORE), now)
                     elif frame.type == FrameType.ACK and ACK.size <= len(frame.payload) <= ACK.size + SACK_BITS // 8:
                         (window_end,) = ACK.unpack_from(frame.payload)
                         self.sender.on_ack(frame.seq, int.from_bytes(frame.payload[ACK.size:], "little"),
                                            window_end, now)
                         acked = True
                     elif frame.type == FrameType.CLOSE:
+                        if not self._peer_closed:
+                            self._peer_reason = frame.payload.decode("utf-8", "replace")[:200]
                         self._peer_closed = True
             except ArqError as exc:
                 self._fail(LinkError(str(exc)))
@@ -364,19 +410,38 @@ class Link:
         if not self.established:
             return out
         key = self._send_key
+        if self._error is not None or self._close_reason:
+            # failed or abandoned: no more of the stream, only CLOSE with the reason, once
+            if self._close_due:
+                out += self._close_frames(key)
+            return out
         if self.receiver.ack_wanted(now) or now - self._last_sent >= self.heartbeat:
             out.append(self.receiver.ack_frame(key))
         try:
             out += self.sender.frames(now, key, _WRITE_BATCH)
         except ArqError as exc:
-            self._fail(LinkError(str(exc)))
+            if self._last_heard < now - self.sender.give_up:   # not a bad line: no line at all
+                self._fail(LinkTimeout(f"peer silent for {now - self._last_heard:.0f} s"))
+            else:
+                self._fail(LinkError(str(exc)))
         if self._close_due and self.sender.idle:
-            # CLOSE is not acknowledged: three copies, so one bad byte does not leave the peer waiting
-            out += [encode_frame(FrameType.CLOSE, self.sender.next_seq, b"", key)] * 3
-            self._close_due = False
+            out += self._close_frames(key)
         return out
 
+    def _close_frames(self, key: bytes) -> list[bytes]:
+        # CLOSE is not acknowledged: three copies, so one bad byte does not leave the peer waiting
+        self._close_due, self._close_written = False, True
+        return [encode_frame(FrameType.CLOSE, self.sender.next_seq, self._close_reason, key)] * 3
+
     def _write_loop(self) -> None:
+        try:
+            self._write_frames()
+        except Exception as exc:  # noqa: BLE001 - a bug here must end the link, not silence it
+            log.exception("dock link writer failed")
+            self._fail(LinkError(f"internal error in the link writer: {exc}"))
+            self._close_sent.set()
+
+    def _write_frames(self) -> None:
         while not self._stop.is_set():
             with self._lock:
                 frames = self._collect(time.monotonic())
@@ -389,6 +454,7 @@ class Link:
                 if frames:
                     self._last_sent = time.monotonic()
                     self._space.notify_all()
+                closing = self._close_written and not self._close_sent.is_set()
             if not frames:
                 continue
             try:
@@ -398,4 +464,7 @@ class Link:
             except (OSError, serial.SerialException, ValueError, TypeError) as exc:
                 if not self._stop.is_set():
                     self._fail(LinkClosed(f"the port failed: {exc}"))
+                self._close_sent.set()
                 return
+            if closing:
+                self._close_sent.set()

@@ -16,7 +16,7 @@ KEY = b"k" * 32
 def _run(messages: list[bytes], lose, rounds: int = 2000) -> tuple[list[bytes], collections.Counter]:
     """Drive a Sender and a Receiver through a FIFO line that loses the frames ``lose`` picks."""
     stats: collections.Counter = collections.Counter()
-    sender = Sender(8, stats, rto=0.2, max_sends=1000, frame_size=300, max_frame=4096)
+    sender = Sender(8, stats, rto=0.2, give_up=1e9, frame_size=300, max_frame=4096)
     receiver = Receiver(8, collections.Counter())
     decoder = FrameDecoder()
     sender.pending.extend(messages)
