@@ -23,7 +23,8 @@ def register(subparsers: Any) -> None:
         p.add_argument("--port", required=True, help="serial port path or pyserial URL, e.g. /dev/ttyACM0")
         p.add_argument("--out", required=True, help="archive directory (one subdirectory per device)")
         p.add_argument("--dock-key", required=True, help="this dock's Ed25519 private key (PEM)")
-        p.add_argument("--no-confirm", action="store_true", help="pull and verify, but let the device keep its copy")
+        p.add_argument("--no-confirm", action="store_true",
+                       help="pull and verify every segment, but do not confirm: the device keeps its copy")
         p.add_argument("--no-time-sync", action="store_true", help="do not set the device's clock offset")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.add_argument("--trust", metavar="ROOT_PEM", help="agency root: admit only devices it certifies")
@@ -55,27 +56,33 @@ def _run_pull(args: argparse.Namespace, key: Any) -> PullSummary:
     from dock.client import pull
     from dock.trust import DockTrust
     trust = DockTrust.load(args.trust, args.crl, args.cert, args.accept_new_key)
-    return pull(args.port, args.out, key, progress=not args.no_progress,
+    progress = not args.no_progress and sys.stderr.isatty()   # a bar only for a person watching, never in logs
+    return pull(args.port, args.out, key, progress=progress,
                 confirm=not args.no_confirm, sync_time=not args.no_time_sync, trust=trust)
 
 
-def _report(summary: PullSummary) -> None:
+def _report(summary: PullSummary, confirm: bool = True) -> None:
     mib = summary.bytes_fetched / 2**20
     rate = mib / summary.seconds if summary.seconds else 0.0
-    print(f"{summary.device_id}: fetched {len(summary.fetched)} files ({mib:.1f} MiB, {rate:.1f} MiB/s"
-          f"{f', {summary.bytes_resumed} bytes resumed' if summary.bytes_resumed else ''}), "
+    footage = [n for n in summary.fetched if not n.startswith("audit/")]
+    fetched = (f"fetched {len(summary.fetched)} files ({mib:.1f} MiB, {rate:.1f} MiB/s"
+               f"{f', {summary.bytes_resumed} bytes resumed' if summary.bytes_resumed else ''})" if footage
+               else "no new footage" + (", audit log updated" if summary.fetched else ""))
+    print(f"{summary.device_id}: {fetched}, "
           f"{len(summary.skipped)} already here; {len(summary.verified)} segments verified, "
-          f"{len(summary.confirmed)} confirmed and released on the device"
+          + (f"{len(summary.confirmed)} confirmed and released on the device" if confirm
+             else "none confirmed (--no-confirm): the device keeps its copy")
           + (f"; clock offset {summary.clock_offset_us / 1000:+.1f} ms" if summary.clock_offset_us is not None else "")
           + (f"; line noise: {summary.damaged_frames} frames failed their CRC and came again"
-             if summary.damaged_frames else ""))
+             + (f", {summary.repaired_frames} had one bad bit, repaired" if summary.repaired_frames else "")
+             if summary.damaged_frames or summary.repaired_frames else ""))
     for problem in summary.problems:
         print(f"  problem: {problem}")
 
 
 def _pull(args: argparse.Namespace) -> int:
     summary = _run_pull(args, _load_key(args.dock_key))
-    _report(summary)
+    _report(summary, not args.no_confirm)
     return 0 if summary.ok else 1
 
 
@@ -99,7 +106,7 @@ def _watch(args: argparse.Namespace) -> int:
             time.sleep(1.0)
             continue
         sessions += 1
-        _report(summary)
+        _report(summary, not args.no_confirm)
         sys.stdout.flush()
         if args.max_sessions and sessions >= args.max_sessions:
             break

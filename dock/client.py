@@ -94,14 +94,19 @@ class DockClient:
             raise
         return cls(link, session)
 
-    def close(self) -> None:
-        self.link.close()
+    def close(self, reason: str = "") -> None:
+        """End the session; with a ``reason`` at once (the device stops now, its port free)."""
+        self.link.close(reason=reason)
 
     def __enter__(self) -> "DockClient":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:   # Ctrl-C or a failed pull: tell the device instead of leaving it to time out
+            self.close(reason="dock interrupted" if issubclass(exc_type, KeyboardInterrupt)
+                       else f"dock stopped: {exc}")
 
     def call(self, command: str, blob: bytes = b"", on_chunk: Callable[[int, bytes], None] | None = None,
              **args: Any) -> dict[str, Any]:
@@ -218,6 +223,7 @@ class PullSummary:
     fetch_seconds: float = 0.0  # the transfer alone, without handshake, verification and confirms
     retransmits: int = 0       # frames this dock sent again
     damaged_frames: int = 0    # frames from the device that failed their CRC (the device resent them)
+    repaired_frames: int = 0   # frames from the device with one flipped bit, repaired (no resend)
     seconds: float = 0.0
 
     @property
@@ -311,8 +317,10 @@ def _fetch_items(client: DockClient, items: list[RemoteItem], device_dir: Path, 
     return held
 
 
-def _verify_and_confirm(client: DockClient, device_dir: Path, segments: list[str], summary: PullSummary) -> None:
-    """Verify each segment (and its link to the one before) with the device key; confirm the good ones."""
+def _verify_and_confirm(client: DockClient, device_dir: Path, segments: list[str], summary: PullSummary,
+                        confirm: bool = True) -> None:
+    """Verify each segment (and its link to the one before) with the device key; confirm the good
+    ones (unless ``confirm`` is False: verified, and the device keeps its copy)."""
     from secure_store.verify import check_chain, verify_segment
     evidence = device_dir / "evidence"
     key, device_id = pulled_device_keys(device_dir, client.session.peer_key), client.session.device_id
@@ -336,12 +344,26 @@ def _verify_and_confirm(client: DockClient, device_dir: Path, segments: list[str
         if name in bad:
             continue
         summary.verified.append(name)
+        if not confirm:
+            continue
         digest = hashlib.sha256((evidence / name).with_suffix(".manifest").read_bytes()).hexdigest()
         try:
             client.confirm(name, digest)
             summary.confirmed.append(name)
         except DeviceError as exc:
             summary.problems.append(f"{name}: {exc}")
+
+
+def _archive_dir(out: Path) -> Path:
+    """The archive directory, made if only its last part is missing: a typo further up is
+    refused rather than silently made into a new tree."""
+    if out.exists() and not out.is_dir():
+        raise PullError(f"archive {out} is not a directory")
+    if not out.exists():
+        if not out.parent.is_dir():
+            raise PullError(f"archive {out}: its parent directory {out.parent} does not exist")
+        out.mkdir()
+    return out
 
 
 def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *, progress: bool = False,
@@ -356,8 +378,7 @@ def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *,
     from tqdm import tqdm
     started = time.monotonic()
     summary = PullSummary()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _archive_dir(Path(out_dir))
     with DockClient.connect(port, dock_key, handshake_timeout=handshake_timeout,
                             cert_chain=trust.cert_chain) as client:
         session = client.session
@@ -384,8 +405,7 @@ def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *,
             summary.fetch_seconds = time.monotonic() - fetch_started
             segments = [i.name for i in evidence if i.kind == "segment" and i.name in good
                         and i.name.replace(".seg", ".manifest") in good]
-            if confirm:
-                _verify_and_confirm(client, device_dir, segments, summary)
+            _verify_and_confirm(client, device_dir, segments, summary, confirm)
             # the audit log last: it now holds this session's confirmations too
             audit = [i for i in client.list_evidence() if i.kind == "audit" and _NAME_RE.fullmatch(i.name)]
             _fetch_items(client, audit, device_dir, summary, _NoProgress())
@@ -400,6 +420,7 @@ def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *,
         finally:
             summary.retransmits = client.link.stats["retransmits"]
             summary.damaged_frames = client.link.decoder.bad_payloads  # (bad headers include false magics)
+            summary.repaired_frames = client.link.decoder.repaired
             summary.seconds = time.monotonic() - started
     return summary
 

@@ -185,6 +185,8 @@ def _exchange(link: Link, send_type: FrameType, payload: bytes, want: FrameType,
             if tag_key is not None and not frame.tag_ok(tag_key):
                 continue
             return frame.payload
+    if want == FrameType.HELLO_REPLY:   # nothing at all came back: most often not docked, or the wrong port
+        raise LinkTimeout("no HELLO_REPLY from the device: is the camera docked, and is this its port?")
     raise LinkTimeout(f"no {want.name} from the device")
 
 
