@@ -129,3 +129,23 @@ def test_noisy_line_retransmits_and_files_are_identical(device, keyset, tmp_path
     for name, data in before.items():
         assert _archive(out, name) == data
     assert len(summary.confirmed) == 2 and device.evidence() == {}
+
+
+@pytest.mark.parametrize("spread", [False, True], ids=["independent", "spread-over-every-read"])
+def test_a_pull_at_ber_1e4_completes_with_identical_files(device, keyset, tmp_path, spread):
+    """About 2 MB of sealed footage at one flipped bit in 10^4: every file arrives byte for byte."""
+    device.record(segments=2, chunks=4, frame_bytes=50_000)
+    before = device.evidence()
+    out = tmp_path / "archive"
+    with LinkedPtys(Faults(bit_error_rate=1e-4, spread=spread, seed=21)) as cable:
+        served = device.serve(cable.a_path)
+        summary = pull(cable.b_path, out, keyset.dock)
+        served.join()
+        damage = cable.stats()
+    assert damage["bit_errors"] > 500                       # the line really was noisy
+    assert served.error is None and served.result.ended == "the peer closed the session"   # orderly, no reason
+    assert summary.ok, summary.problems
+    assert summary.damaged_frames + summary.repaired_frames > 0
+    for name, data in before.items():
+        assert (out / DEVICE_ID / "evidence" / name).read_bytes() == data
+    assert len(summary.confirmed) == 2 and device.evidence() == {}
