@@ -197,12 +197,14 @@ class Sender:
 
     def _adapt(self) -> None:
         """Move the frame size towards the best size for the smoothed error rate: down at
-        once (a frame too long for the line only wastes it), up at most twofold per decision."""
+        once (a frame too long for the line only wastes it), up by at most a quarter per
+        decision once the line has lost a frame (twofold before), so it does not overshoot."""
         size = best_frame_size(self.loss.bit_error_rate(self.peer_repairs), self.peer_repairs, self.max_frame)
         # grow only past sizes the line was seen to carry (short messages say little about long frames)
         seen = self.loss.bits / self.loss.outcomes / 8 if self.loss.outcomes else self.frame_size
-        if size > self.frame_size:
-            size = min(size, 2 * self.frame_size, int(2 * max(MIN_FRAME, seen)))
+        if size > self.frame_size:   # doubling on a line never seen to lose, then a quarter at a time
+            growth = 2.0 if self._clean else 1.25
+            size = min(size, int(growth * self.frame_size), int(2 * max(MIN_FRAME, seen)))
         self.frame_size = max(MIN_FRAME, min(self.max_frame, size))
         self.stats["frame_size"] = self.frame_size
         self._since_decision = 0
