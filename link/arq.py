@@ -7,21 +7,16 @@ apart so the retransmission rules (docs/PROTOCOL.md §3) read on their own.
 from __future__ import annotations
 
 import collections
-import math
 import struct
 
-from link.protocol import FRAME_OVERHEAD, HEADER_SIZE, MAX_PAYLOAD, REPAIR_LIMIT, FrameType, encode_frame
+from link.framesize import MIN_FRAME, LossEstimate, best_frame_size
+from link.protocol import FRAME_OVERHEAD, MAX_PAYLOAD, FrameType, encode_frame
 
 ACK = struct.Struct(">I")    # receive window edge; then the selective bits for seq+1 .. seq+256
 SACK_BITS = 256
 MAX_MESSAGE = 1 << 20        # a message is cut into as many DATA frames as it takes
-MIN_FRAME = 128
-# Per-frame cost in byte-equivalents for choosing the frame size: wire overhead plus the
-# CPU a frame costs at both ends (roughly 500 bytes' worth at pty speeds).
-COST_BYTES = FRAME_OVERHEAD + 2000
 DECIDE_EVERY = 16           # outcomes between frame-size decisions ...
 GROW_EVERY = 8              # ... or this many while the line has never lost a frame
-MEMORY = 64                 # the loss estimate forgets with this time constant (in outcomes)
 HALVE_AFTER = 4             # a frame lost this often in a row at one size is re-cut in halves
 MIN_RTO, MAX_RTO = 0.1, 2.0
 MIN_PROBE = 0.01
@@ -42,62 +37,6 @@ class _Unacked:
         self.piece = len(payload)   # the largest piece it goes out in: the whole payload until re-cut
         self.sent_at, self.tx_order, self.sends = now, tx_order, 1
         self.failed = 0             # sends lost in a row at the current piece size
-
-
-def survival(ber: float, wire_bytes: float, repaired: bool) -> float:
-    """Chance a frame of this size arrives usable: no bit error (exp(-λ), λ = 8·b·bytes),
-    or, where the receiver repairs one flipped bit, at most one (exp(-λ)·(1+λ))."""
-    lam = 8 * ber * wire_bytes
-    return math.exp(-lam) * (1 + lam if repaired and wire_bytes <= REPAIR_LIMIT + HEADER_SIZE + 4 else 1)
-
-
-class LossEstimate:
-    """The line's bit error rate, smoothed over the last ~MEMORY frame outcomes.
-
-    Every send is one outcome, lost or delivered, weighted by its size on the wire: frames
-    of any size feed the same estimate, and one unlucky frame moves it by 1/MEMORY only.
-    """
-
-    def __init__(self) -> None:
-        self.outcomes = self.losses = self.bits = 0.0
-
-    def add(self, wire_bytes: int, lost: bool) -> None:
-        keep = 1.0 - 1.0 / MEMORY
-        self.outcomes = self.outcomes * keep + 1.0
-        self.losses = self.losses * keep + lost
-        self.bits = self.bits * keep + 8 * wire_bytes
-
-    @property
-    def loss_rate(self) -> float:
-        return self.losses / self.outcomes if self.outcomes else 0.0
-
-    def bit_error_rate(self, repaired: bool) -> float:
-        """The b for which frames of the mean size seen would be lost as often as they were."""
-        if not self.losses:
-            return 0.0
-        size = self.bits / self.outcomes / 8
-        target = 1.0 - min(self.loss_rate, 0.99)
-        low, high = 0.0, 1.0 / size             # bisection: survival falls as b grows
-        while survival(high, size, repaired) > target:
-            high *= 2
-        for _ in range(40):
-            mid = (low + high) / 2
-            low, high = (mid, high) if survival(mid, size, repaired) > target else (low, mid)
-        return (low + high) / 2
-
-
-def best_frame_size(ber: float, repaired: bool, largest: int) -> int:
-    """The payload size L (up to ``largest``) with the best goodput L/(L+C)·survival(L+H),
-    C the cost of a frame in bytes' worth, H its framing."""
-    if ber <= 0:
-        return largest
-    best, best_rate, size = MIN_FRAME, 0.0, float(MIN_FRAME)
-    while size <= largest:
-        rate = size / (size + COST_BYTES) * survival(ber, size + FRAME_OVERHEAD, repaired)
-        if rate > best_rate:
-            best, best_rate = int(size), rate
-        size *= 1.04
-    return best
 
 
 class Sender:
