@@ -223,8 +223,8 @@ class Link:
             return
         try:
             if self.established and self._error is None and not self._peer_closed:
-                if not reason:
-                    self.flush(flush_timeout)
+                if not reason and not self.flush(flush_timeout):
+                    reason = "closed with data not yet acknowledged"
                 with self._lock:
                     self._close_reason = reason.encode()[:200]
                     self._close_due = True
