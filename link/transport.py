@@ -179,11 +179,11 @@ class Link:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while len(self.sender.pending) >= self.window:
-                self._raise_if_failed()
+                self._raise_if_failed(sending=True)
                 if deadline is not None and time.monotonic() >= deadline:
                     raise LinkTimeout("send window stayed full")
                 self._space.wait(0.1)
-            self._raise_if_failed()
+            self._raise_if_failed(sending=True)
             self.sender.pending.append(message)
             self._tx.notify()
 
@@ -206,7 +206,7 @@ class Link:
         deadline = time.monotonic() + timeout
         with self._lock:
             while not self.sender.idle:
-                self._raise_if_failed()
+                self._raise_if_failed(sending=True)
                 if time.monotonic() >= deadline:
                     return False
                 self._space.wait(0.05)
@@ -254,10 +254,12 @@ class Link:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _raise_if_failed(self, allow_peer_closed: bool = True) -> None:
+    def _raise_if_failed(self, allow_peer_closed: bool = True, sending: bool = False) -> None:
+        """Raise why the link cannot go on. A closed peer still lets us read what it sent
+        before closing, but nothing more can be sent to it (it no longer reads)."""
         if self._error is not None:
             raise self._error
-        if self._peer_closed and allow_peer_closed and not self.receiver.delivered:
+        if self._peer_closed and allow_peer_closed and (sending or not self.receiver.delivered):
             raise LinkClosed("the peer closed the session" + (f": {self._peer_reason}" if self._peer_reason else ""))
         if self._stop.is_set():
             raise LinkClosed("the link is closed")
