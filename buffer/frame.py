@@ -6,11 +6,16 @@ from typing import NamedTuple, Protocol
 
 
 class Frame(NamedTuple):
-    """One encoded H.264 access unit (Annex B bytes) and when the sensor saw it."""
+    """One encoded access unit and when the sensor saw (or the microphone heard) it.
+
+    Video: an H.264 access unit (Annex B bytes). Audio (``audio=True``): one raw AAC-LC
+    access unit, stamped with its first sample's time on the same sensor clock.
+    """
 
     data: bytes
     keyframe: bool
     timestamp_us: int
+    audio: bool = False
 
 
 class Output(Protocol):

@@ -16,6 +16,15 @@ What it holds starts at the newest keyframe whose timestamp is at or before newe
 recording still starts at a keyframe (the press's own GOP) and is otherwise pure passthrough.
 Frames arriving after ``close_output()`` are held again from the next keyframe.
 
+Audio packets (``audio=True``: AAC access units on the same sensor clock) travel in the GOP
+they arrive in and count against ``max_bytes`` like video. Whether the seconds before a press
+keep their sound is policy (``hold_audio``): by default the buffer holds video only, and a
+recording's audio starts at the press — the first packet forwarded is the first one heard at
+or after the newest video frame when ``open_output`` ran (a capture loop encodes a frame's sound
+just before the frame, so the few packets already heard past that frame are kept aside until
+the next frame and handed over at the press). With ``hold_audio=True`` held audio is handed
+over with its GOPs, and the live audio follows without a gap.
+
 Threading follows ``CircularOutput2``: one lock around ``outputframe`` (the encoder thread's
 only call), taken by the control thread's ``open_output`` / ``close_output``. ``open_output`` hands over
 the held frames while holding it, so the encoder thread waits for the sink to take them
@@ -27,7 +36,11 @@ Documented handling of bad input (the frame is refused and the buffer is left un
 
 - a timestamp that is ``None`` or earlier than the previous frame's raises ``TimestampError``;
   equal timestamps are accepted (order is the order of arrival);
-- ``audio=True`` raises ``PreEventBufferError`` (this recorder carries video only).
+- an audio timestamp must be later than the previous *audio* packet's (each AAC packet starts
+  at its own sample; audio leaves its encoder a few tens of milliseconds behind the video, so
+  the two are not compared), or ``TimestampError``;
+- audio before the first held keyframe, or before the press when ``hold_audio`` is off, is
+  dropped: no GOP could carry it.
 """
 
 from __future__ import annotations
@@ -45,10 +58,11 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # 30 s at up to ~17 Mbit/s
 
 _NEVER = 1 << 63  # an expiry time no timestamp reaches
 _NO_FRAME_YET = -(1 << 63)
+_MAX_AHEAD = 64  # audio packets kept past the newest video frame when the buffer holds no sound
 
-# A held frame is a plain (data, keyframe, timestamp_us) tuple, Frame's field order:
+# A held frame is a plain (data, keyframe, timestamp_us, audio) tuple, Frame's field order:
 # Frame(...) goes through a Python-level __new__, too slow for the encoder's hot path.
-_Gop = list  # list[tuple[bytes, bool, int]], first entry a keyframe
+_Gop = list  # list[tuple[bytes, bool, int, bool]], first entry a video keyframe
 
 
 class PreEventBufferError(Exception):
@@ -76,7 +90,8 @@ class PreEventBuffer:
     needs_add_stream = False  # picamera2 encoders ask outputs these two questions
     needs_pacing = False
 
-    def __init__(self, duration_s: float = 30.0, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, duration_s: float = 30.0, max_bytes: int = DEFAULT_MAX_BYTES,
+                 hold_audio: bool = False) -> None:
         if isinstance(duration_s, bool) or not isinstance(duration_s, (int, float)) or not (
             0.0 <= duration_s <= MAX_DURATION_S
         ):
@@ -85,6 +100,10 @@ class PreEventBuffer:
             )
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
             raise PreEventBufferError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+        self._hold_audio = bool(hold_audio)
+        self._newest_audio_us = _NO_FRAME_YET
+        self._audio_from_us = _NO_FRAME_YET  # live audio before this (the press) is not forwarded
+        self._audio_ahead: deque[tuple[bytes, int]] = deque(maxlen=_MAX_AHEAD)  # heard after the newest frame
         self._duration_s = float(duration_s)
         self._duration_us = round(duration_s * 1_000_000)
         self._max_bytes = max_bytes
@@ -113,10 +132,11 @@ class PreEventBuffer:
         ``packet`` is ignored: sinks receive the bytes, keyframe flag and timestamp only.
         """
         with self._lock:
+            if audio:
+                self._take_audio(frame, timestamp)
+                return
             if timestamp is None or timestamp < self._newest_us:
                 raise TimestampError(_timestamp_problem(timestamp, self._newest_us))
-            if audio:
-                raise PreEventBufferError("audio frames are not supported by the pre-event buffer")
             self._newest_us = timestamp
 
             sink = self._sink
@@ -127,12 +147,12 @@ class PreEventBuffer:
                 return
 
             if keyframe:
-                self._tail = tail = [(frame, True, timestamp)]
+                self._tail = tail = [(frame, True, timestamp, False)]
                 self._gops.append(tail)
                 if len(self._gops) == 2:
                     self._expire_at = timestamp + self._duration_us
             elif self._tail is not None:
-                self._tail.append((frame, False, timestamp))
+                self._tail.append((frame, False, timestamp, False))
             else:
                 return  # before the first keyframe: nothing could decode it
             self._bytes += len(frame)
@@ -140,6 +160,30 @@ class PreEventBuffer:
                 self._expire(timestamp - self._duration_us)
             if self._bytes > self._max_bytes:
                 self._shed()
+
+    def _take_audio(self, frame: bytes, timestamp: int | None) -> None:
+        """One audio packet (lock held): forward it, hold it in the GOP in flight, or drop it."""
+        if timestamp is None or timestamp <= self._newest_audio_us:
+            raise TimestampError(f"audio packet timestamp {timestamp!r} µs does not follow the previous "
+                                 f"packet's {self._newest_audio_us} µs")
+        self._newest_audio_us = timestamp
+        sink = self._sink
+        if sink is not None:
+            if self._sink_synced and (self._hold_audio or timestamp >= self._audio_from_us):
+                sink.outputframe(frame, False, timestamp, None, True)
+            return
+        if not self._hold_audio:  # policy keeps the pre-event buffer silent; the press may be next
+            ahead = self._audio_ahead
+            while ahead and ahead[0][1] < self._newest_us:
+                ahead.popleft()
+            ahead.append((frame, timestamp))
+            return
+        if self._tail is None:
+            return  # no keyframe to attach it to yet
+        self._tail.append((frame, False, timestamp, True))
+        self._bytes += len(frame)
+        if self._bytes > self._max_bytes:
+            self._shed()
 
     def _expire(self, cutoff_us: int) -> None:
         """Drop oldest GOPs while the next one still starts at or before the cutoff."""
@@ -185,9 +229,18 @@ class PreEventBuffer:
             if self._sink is not None:
                 raise PreEventBufferError("a sink is already open; close_output() first")
             for gop in self._gops:
-                for data, keyframe, timestamp in gop:
-                    sink.outputframe(data, keyframe, timestamp)
+                for data, keyframe, timestamp, audio in gop:
+                    if audio:
+                        sink.outputframe(data, False, timestamp, None, True)
+                    else:
+                        sink.outputframe(data, keyframe, timestamp)
             self._sink_synced = bool(self._gops)
+            self._audio_from_us = self._newest_us  # the press: live audio from here on
+            if self._sink_synced and not self._hold_audio:
+                for data, timestamp in self._audio_ahead:
+                    if timestamp >= self._audio_from_us:
+                        sink.outputframe(data, False, timestamp, None, True)
+            self._audio_ahead.clear()
             self._sink = sink
             self._clear()
 
@@ -225,6 +278,11 @@ class PreEventBuffer:
         return self._max_bytes
 
     @property
+    def hold_audio(self) -> bool:
+        """Whether audio before a press is kept (policy ``[audio] pre_event``)."""
+        return self._hold_audio
+
+    @property
     def is_open(self) -> bool:
         """Whether a sink is open (frames go live to it rather than being held)."""
         return self._sink is not None
@@ -238,7 +296,7 @@ class PreEventBuffer:
     def _held_seconds(self) -> float:
         if not self._gops:
             return 0.0
-        return (self._gops[-1][-1][2] - self._gops[0][0][2]) / 1_000_000
+        return (self._newest_us - self._gops[0][0][2]) / 1_000_000
 
     @property
     def held_bytes(self) -> int:

@@ -42,6 +42,7 @@ from secure_store.format import read_header, sha256
 from secure_store.verify import VerifiedSegment, VerifyReport, decrypt_chunks, verify_path
 
 from export import provenance, report_html
+from export.audio import muted_spans, recording_has_audio
 from export.errors import ExportError, ExportRefused
 from export.gpx import RecordingTrack
 from export.mp4 import Chapter, Mp4Remuxer, iso_utc
@@ -201,8 +202,9 @@ def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
     metadata = {"creation_time": iso_utc(first.first_utc_us),
                 "comment": f"bodycam evidence export{' (PARTIAL)' if plan.partial else ''}: device "
                            f"{first.device_id}, recording {first.recording_id}; see {paths['.html'].name}"}
+    has_sound = recording_has_audio(p for s in segments for p in _chunks(s, plan, agency_key, device_key, []))
     muxer = Mp4Remuxer(out_dir / f".{stem}.mp4.partial", rate=Fraction(round(1_000_000 / nominal_us * 1000), 1000),
-                       metadata=metadata, chapters=chapters)
+                       metadata=metadata, chapters=chapters, audio=has_sound)
     gaps: list[dict] = []
     c2pa = _c2pa_facts(None, None, root)
 
@@ -225,6 +227,10 @@ def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
                     raise ExportError(f"{Path(s.path).name}: chunk plaintext does not parse: {exc}") from None
                 track.add_chunk(plaintext, s.manifest.utc_offset_us)
                 for frame in frames:
+                    if frame.audio:
+                        muxer.add_audio(frame)
+                        continue
+                    decoded += 1
                     gap = muxer.add(frame)
                     if gap > GAP_FACTOR * nominal_us:
                         gaps.append(_gap(s, muxer.previous_ts, gap))
@@ -233,7 +239,6 @@ def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
                         if item["to_utc"] is None:  # the loss lies between the last frame before and this one
                             item["from_utc"], item["to_utc"] = item["from_utc"] or last_utc, utc
                     last_utc = utc
-                decoded += len(frames)
             if decoded != s.manifest.frame_count and s.path not in plan.damaged:
                 raise ExportError(f"{Path(s.path).name}: decrypted {decoded} frames but the manifest says "
                                   f"{s.manifest.frame_count}")
@@ -256,6 +261,7 @@ def _export_recording(plan: RecordingPlan, agency_key: x25519.X25519PrivateKey,
             written.append(paths[".gpx"])
             gpx_name = paths[".gpx"].name
         report = build_report(plan, verification, mp4, gaps, c2pa, best_effort, track, gpx_name)
+        report["muted_spans"] = muted_spans(segments, iso_utc)  # the officer's mutes (export/audio.py)
         report_bytes = json.dumps(report, indent=2, sort_keys=True).encode() + b"\n"
         write_atomic(paths[".json"], report_bytes, 0o644, overwrite=False)
         written.append(paths[".json"])

@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple
 from buffer.frame import Frame
 from secure_store.durable import fsync_dir
 
+from export.audio import SAMPLE_RATE as AUDIO_RATE, AudioTrack, count_audio_packets
 from export.errors import ExportError
 
 TIME_BASE = Fraction(1, 1_000_000)  # frame timestamps are µs; the MP4 keeps them exactly
@@ -71,7 +72,7 @@ class Mp4Remuxer:
     """
 
     def __init__(self, partial_path: Path, rate: Fraction, metadata: dict[str, str] | None = None,
-                 chapters: list[Chapter] = ()) -> None:
+                 chapters: list[Chapter] = (), audio: bool = False) -> None:
         self.partial_path = Path(partial_path)
         self.rate = rate
         self.metadata = dict(metadata or {})
@@ -82,6 +83,8 @@ class Mp4Remuxer:
         self._stream: Any = None
         self._pending: Frame | None = None
         self._t0 = 0
+        self._with_audio = audio  # the recording has sound: an AAC track (export/audio.py)
+        self.audio_track: AudioTrack | None = None
 
     def add(self, frame: Frame) -> int:
         """Queue one frame; returns the time since the previous frame in µs (0 for the first)."""
@@ -97,6 +100,12 @@ class Mp4Remuxer:
         self._mux(prev, delta)
         self._pending, self.previous_ts = frame, prev.timestamp_us
         return delta
+
+    def add_audio(self, frame: Frame) -> None:
+        """Copy one AAC access unit into the audio track, on the video's clock."""
+        if self.audio_track is None:
+            raise ExportError("audio before the first video frame, or in a recording opened without sound")
+        self.audio_track.add(frame, self._t0)
 
     def finish(self, final_path: Path, first_utc_us: int, seal: Callable[[Path, Path], Any] | None = None,
                chapters: list[Chapter] | None = None) -> dict:
@@ -143,10 +152,14 @@ class Mp4Remuxer:
             duration = float(stream.duration * stream.time_base) if stream.duration else 0.0
         if packets != self.frames:
             raise ExportError(f"{final_path.name}: holds {packets} packets, {self.frames} were written")
+        sound = self.audio_track
+        if sound is not None and count_audio_packets(final_path) != sound.packets:
+            raise ExportError(f"{final_path.name}: its audio track does not hold the {sound.packets} packets written")
         return {"sha256": sha256_file(final_path), "size": final_path.stat().st_size, "frames": self.frames,
                 "width": width, "height": height, "duration_s": round(duration, 6),
                 "time_base": "1/1000000", "first_frame_utc": iso_utc(first_utc_us), "file": final_path.name,
-                "boxes": boxes, "chapters": [c._asdict() for c in self.chapters]}
+                "boxes": boxes, "chapters": [c._asdict() for c in self.chapters],
+                "audio": None if sound is None else sound.facts()}
 
     def _rewrite_chapters(self, chapters: list[Chapter]) -> None:
         """Copy the finished file's packets into a new one whose header holds ``chapters``."""
@@ -156,14 +169,13 @@ class Mp4Remuxer:
         copy.unlink(missing_ok=True)
         try:
             with av.open(str(self.partial_path)) as src, \
-                    av.open(str(copy), "w", format="mp4", options={"movflags": "+faststart"}) as dst:
+                    av.open(str(copy), "w", format="mp4", options=self._options()) as dst:
                 dst.metadata.update(self.metadata)
                 dst.set_chapters(_av_chapters(chapters))
-                video = src.streams.video[0]
-                out = dst.add_stream_from_template(video)
-                for packet in src.demux(video):
+                copied = {s: dst.add_stream_from_template(s) for s in (*src.streams.video[:1], *src.streams.audio[:1])}
+                for packet in src.demux(*copied):
                     if packet.size:
-                        packet.stream = out
+                        packet.stream = copied[packet.stream]
                         dst.mux(packet)
             os.replace(copy, self.partial_path)
         except BaseException:
@@ -190,16 +202,22 @@ class Mp4Remuxer:
             raise ExportError("recording does not start with a keyframe")
         width, height = _frame_size(frame.data)
         self.partial_path.unlink(missing_ok=True)  # left by an earlier crash: never evidence
-        self._container = av.open(str(self.partial_path), "w", format="mp4", options={"movflags": "+faststart"})
+        self._container = av.open(str(self.partial_path), "w", format="mp4", options=self._options())
         self._container.metadata.update(self.metadata)
         if self.chapters:
             self._container.set_chapters(_av_chapters(self.chapters))
         self._stream = self._container.add_mux_stream("h264", rate=self.rate, width=width, height=height)
         self._stream.time_base = TIME_BASE
-        # Audio goes here once chunks carry it: an AAC stream added beside the video
-        # (``add_mux_stream("aac", ...)`` from the first audio packet's parameters) and an
-        # ``add_audio(packet)`` that muxes each packet on it with its own timestamp, copied
-        # like the video. Fast start and chapters need nothing more.
+        if self._with_audio:
+            self.audio_track = AudioTrack(self._container)
+
+    def _options(self) -> dict[str, str]:
+        """Fast start; with sound, the movie's own clock (edit lists) counts audio samples, so the
+        audio track starts on its exact sample rather than the default whole millisecond."""
+        options = {"movflags": "+faststart"}
+        if self._with_audio:
+            options["movie_timescale"] = str(AUDIO_RATE)
+        return options
 
     def _mux(self, frame: Frame, duration_us: int) -> None:
         import av

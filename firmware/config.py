@@ -22,6 +22,12 @@ unknown key is refused too, so a typo never silently falls back to a default::
     enabled = true
     port = "/dev/ttyAMA0"
     baud = 9600
+
+    [audio]
+    enabled = true
+    pre_event = false         # keep sound in the pre-event buffer (default: it starts at the press)
+    bitrate = 64000           # AAC-LC, 48 kHz mono
+    device = "default"        # ALSA capture device on a Pi (e.g. "hw:1,0")
 """
 
 from __future__ import annotations
@@ -55,6 +61,16 @@ class VideoConfig:
     def size(self) -> tuple[int, int]:
         width, height = self.resolution.split("x")
         return int(width), int(height)
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Sound: AAC-LC 48 kHz mono. ``pre_event = false`` keeps the pre-event buffer silent."""
+
+    enabled: bool = True
+    pre_event: bool = False
+    bitrate: int = 64_000
+    device: str = "default"  # ALSA PCM the Pi's microphone is read from
 
 
 @dataclass(frozen=True)
@@ -126,6 +142,7 @@ class PathsConfig:
 @dataclass(frozen=True)
 class Config:
     video: VideoConfig = field(default_factory=VideoConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
     pins: PinConfig = field(default_factory=PinConfig)
     controls: ControlsConfig = field(default_factory=ControlsConfig)
     signals: SignalsConfig = field(default_factory=SignalsConfig)
@@ -184,6 +201,12 @@ _SECTIONS: dict[str, tuple[type, dict[str, Any]]] = {
         "fps": _choice(FPS_CHOICES),
         "bitrate": _number(100_000, 50_000_000, integer=True),
         "segment_s": _number(2, 3600),
+    }),
+    "audio": (AudioConfig, {
+        "enabled": _boolean,
+        "pre_event": _boolean,
+        "bitrate": _number(16_000, 256_000, integer=True),
+        "device": _text,
     }),
     "pins": (PinConfig, {name: _pin for name in (f.name for f in fields(PinConfig))}),
     "controls": (ControlsConfig, {

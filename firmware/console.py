@@ -5,6 +5,7 @@
     double record        press record twice (starts a recording)
     hold record [S]      hold record (default: the configured stop hold time)
     press function       a marker while recording
+    double function      mute / unmute the sound
     hold function [S]    toggle stealth
     bounce record        contact bounce: a knock, which must do nothing
     holster on|off       auto-trigger inputs (also: lightbar on|off)

@@ -7,6 +7,8 @@ they mean in its current state:
 ``record``   record button: a double press within 1 s (default) or a single press
 ``stop``     record button held 3 s
 ``marker``   function button: a press (released before the hold time)
+``mute``     function button: a second press within ``double_press_s`` of a first one
+             (sound off, or back on; the first press of the pair has placed a marker)
 ``stealth``  function button held 3 s (only if ``stealth_allowed``)
 ``auto``     holster or lightbar input became active (``source=...``)
 ``dock``     dock-detect became active; ``undock`` when it goes inactive
@@ -99,6 +101,7 @@ class Controls:
         self._inputs: list[SettledInput] = []
         self._last_record_press: float | None = None
         self._function_pressed_at: float | None = None
+        self._last_function_press: float | None = None
         self._function_held = False
         bounce = settings.bounce_s
 
@@ -155,6 +158,11 @@ class Controls:
             return
         pressed_at, self._function_pressed_at = self._function_pressed_at, None
         if pressed_at is not None and not self._function_held:
+            last, self._last_function_press = self._last_function_press, pressed_at
+            if last is not None and pressed_at - last <= self._settings.double_press_s:
+                self._last_function_press = None
+                self._emit("mute")
+                return
             self._emit("marker", label="officer marker")
 
     def _function_held_for_stealth(self) -> None:

@@ -28,6 +28,7 @@ from firmware import rootlock
 from secure_store.admission import DeviceTrustAnchor
 from firmware.provision import ProvisionError, load_identity
 from firmware.signals import Signals
+from recorder.audio import MuteGate
 from secure_store import keys
 from secure_store.audit import AuditLog
 from secure_store.layout import DeviceRoot
@@ -61,8 +62,9 @@ class FrameTap:
     def outputframe(self, frame: bytes, keyframe: bool = True, timestamp: int | None = None,
                     packet: object = None, audio: bool = False) -> None:
         self.output.outputframe(frame, keyframe, timestamp, packet, audio)
-        self.newest_us = timestamp
-        self.frames += 1
+        if not audio:  # sound runs a little behind the picture: the sensor time is the video's
+            self.newest_us = timestamp
+            self.frames += 1
 
 
 def _signals(config: Config, pin_factory) -> Signals:
@@ -110,9 +112,14 @@ class Device:
             locations=self.location.take if config.gps.enabled else None,
         )
         video = config.video
-        held_bytes = int(video.pre_event_s * video.bitrate / 8 * 1.5) + 8 * MIB
-        self.buffer = PreEventBuffer(video.pre_event_s, max_bytes=held_bytes)
+        audio = config.audio
+        hold_audio = audio.enabled and audio.pre_event
+        held_bitrate = video.bitrate + (audio.bitrate if hold_audio else 0)
+        held_bytes = int(video.pre_event_s * held_bitrate / 8 * 1.5) + 8 * MIB
+        self.buffer = PreEventBuffer(video.pre_event_s, max_bytes=held_bytes, hold_audio=hold_audio)
         self.tap = FrameTap(self.buffer)
+        # The officer's mute, in front of the buffer; the encoders feed it (None: no sound at all).
+        self.mute_gate = MuteGate(self.tap, lambda: self.tap.newest_us) if audio.enabled else None
 
         if sim and pin_factory is None:
             from hw_sim.pins import sim_pin_factory
@@ -139,7 +146,7 @@ class Device:
             segment_s=video.segment_s, reminder_s=config.signals.reminder_s,
             battery_low_percent=config.power.battery_low_percent,
             battery_shutdown_percent=config.power.battery_shutdown_percent,
-            dock_link=self.offload,
+            dock_link=self.offload, audio=self.mute_gate,
         )
         self.machine.listeners.append(self._on_transition)
         if self.offload is not None:  # firmware over the dock link, bracketed by UPDATING
@@ -157,23 +164,28 @@ class Device:
         self.recording_started_us: int | None = None  # sensor time of the newest frame at activation
 
     def _camera(self, camera_clock: str):
-        video = self.config.video
+        video, audio = self.config.video, self.config.audio
         width, height = video.size
+        front = self.mute_gate or self.tap
 
         def utc() -> dt.datetime:
             return dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc)
 
         if self.sim:
             from hw_sim.camera import SimCamera
+            from hw_sim.microphone import SimMicrophone
+            from recorder.audio import AacEncoder, AudioCapture
             from recorder.encoders import CaptureThread, PyAVEncoder
 
             camera = SimCamera(width, height, video.fps, clock=camera_clock, pixel_format="yuv420p")
-            encoder = PyAVEncoder(self.tap, width, height, video.fps, video.bitrate, input_format="yuv420p")
-            return CaptureThread(camera, encoder, device_id=self.device_id, utc_clock=utc)
+            encoder = PyAVEncoder(front, width, height, video.fps, video.bitrate, input_format="yuv420p")
+            sound = AudioCapture(SimMicrophone(), AacEncoder(front, audio.bitrate)) if audio.enabled else None
+            return CaptureThread(camera, encoder, device_id=self.device_id, utc_clock=utc, audio=sound)
         from recorder.picamera import PiCameraSource
 
-        return PiCameraSource(self.tap, width, height, video.fps, video.bitrate, device_id=self.device_id,
-                              utc_clock=utc)
+        return PiCameraSource(front, width, height, video.fps, video.bitrate, device_id=self.device_id,
+                              utc_clock=utc, audio_bitrate=audio.bitrate if audio.enabled else None,
+                              audio_device=audio.device)
 
     def _gps(self):
         """The GPS receiver: the configured UART, or in simulation a hw_sim twin on a pty."""

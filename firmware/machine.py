@@ -10,7 +10,7 @@
                  ▼  │ update done
                UPDATING            any ──► FAULT (camera or store broke)
 
-Events come from the controls (``record``, ``stop``, ``marker``, ``stealth``, ``auto``,
+Events come from the controls (``record``, ``stop``, ``marker``, ``mute``, ``stealth``, ``auto``,
 ``dock``, ``undock``), the power monitor (``battery``), the dock link (``clock_set``) and
 the recorder itself (``sink_failed``); ``tick()`` drives the time-based ones (reminder,
 storage level). They are handled one at a time under one lock, so the order in which
@@ -34,6 +34,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from firmware.sound import AudioMute, Sound
 from recorder.background import BackgroundOutput
 from recorder.segmenter import Segmenter
 from secure_store.audit import Event
@@ -97,8 +98,10 @@ class DeviceMachine:
         dock_link: DockLink | None = None,
         recording_id: Callable[[], str] = new_recording_id,
         clock: Callable[[], float] = time.monotonic,
+        audio: AudioMute | None = None,
     ):
         self.buffer, self.store, self.audit, self.signals = buffer, store, audit, signals
+        self.sound = Sound(audio, audit, signals, pre_event=bool(getattr(buffer, "hold_audio", False)))
         self.dock_link = dock_link
         self._segment_s = segment_s
         self._reminder_s = reminder_s
@@ -171,6 +174,7 @@ class DeviceMachine:
             return
         recording_id = self._new_recording_id()
         segmenter = Segmenter(sealer, recording_id, self._segment_s)
+        self.sound.begin(segmenter)
         # The sealer runs on a thread of its own: the encoder thread never waits for the disk.
         output = BackgroundOutput(segmenter, on_failure=self._report_sink_failure, name=f"seal-{recording_id}")
         self.signals.show("recording")  # the officer sees red first: everything else can take a moment
@@ -181,7 +185,7 @@ class DeviceMachine:
         self.buffer.open_output(output)  # held GOPs queued at once; live frames follow
         output.wait()  # ... and sealed and fsync'd before we go on (the LED is already red)
         self._enter(State.RECORDING, Event.RECORD_START, recording_id=recording_id, trigger=trigger,
-                    pre_event_s=pre_event_s, docked=self.docked)
+                    pre_event_s=pre_event_s, docked=self.docked, **self.sound.policy())
 
     def _on_stop(self, gesture: str = "hold") -> None:
         if self.recording is not None:
@@ -236,6 +240,9 @@ class DeviceMachine:
         log.warning("recording refused (%s): %s", trigger, why)
         self.signals.cue(why)
         self.audit.append(RECORD_REFUSED, trigger=trigger, reason=why, state=self.state.value, **details)
+
+    def _on_mute(self) -> None:
+        self.sound.toggle(self.recording, self.state.value)  # firmware/sound.py
 
     # -- stealth ------------------------------------------------------------------------------
     def _on_stealth(self) -> None:
@@ -381,6 +388,7 @@ class DeviceMachine:
                 "recording_id": rec.recording_id if rec else None,
                 "docked": self.docked,
                 "stealth": self.stealth,
+                "audio": self.sound.state,
                 "battery_percent": self.battery_percent,
                 "storage": self.storage_level,
                 "clock_set": self.clock_set,

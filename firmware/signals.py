@@ -73,6 +73,8 @@ CUES: dict[str, Cue] = {
     "stop": Cue(beep=Blink(1.0, 0.0, 1), buzz=Blink(1.0, 0.0, 1)),
     "reminder": Cue(beep=Blink(0.05, 0.0, 1), buzz=Blink(0.15, 0.0, 1)),
     "marker": Cue(beep=None, buzz=Blink(0.1, 0.0, 1)),
+    "mute": Cue(beep=Blink(0.05, 0.1, 2), buzz=Blink(0.1, 0.1, 3)),
+    "unmute": Cue(beep=Blink(0.3, 0.0, 1), buzz=Blink(0.3, 0.0, 1)),
     "storage_nearly_full": Cue(beep=Blink(0.3, 0.2, 3), buzz=None),
     "storage_full": Cue(beep=Blink(0.1, 0.1, 5), buzz=Blink(0.5, 0.2, 2)),
     "battery_low": Cue(beep=Blink(0.5, 0.5, 2), buzz=None),

@@ -65,8 +65,6 @@ class BackgroundOutput:
         audio: bool = False,
     ) -> None:
         """Queue one frame; blocks only while ``max_bytes`` are already waiting."""
-        if audio:
-            raise ValueError("BackgroundOutput carries video only")
         with self._cond:
             if self._closing:
                 raise RuntimeError("BackgroundOutput is closed")
@@ -77,7 +75,7 @@ class BackgroundOutput:
             if full():
                 log.warning("sink %d bytes behind: the encoder waits for the disk", self._queued_bytes)
                 self._cond.wait_for(lambda: not full())
-            self._put(Frame(frame, keyframe, timestamp), len(frame))
+            self._put(Frame(frame, keyframe, timestamp, audio), len(frame))
 
     def call(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` on the writer thread after every frame queued so far."""
@@ -127,7 +125,10 @@ class BackgroundOutput:
             try:
                 if self.failure is None:
                     if isinstance(item, Frame):
-                        self.target.outputframe(item.data, item.keyframe, item.timestamp_us)
+                        if item.audio:
+                            self.target.outputframe(item.data, False, item.timestamp_us, None, True)
+                        else:
+                            self.target.outputframe(item.data, item.keyframe, item.timestamp_us)
                     else:
                         item()
             except Exception as exc:  # noqa: BLE001 - kept, reported, and forwarding stops

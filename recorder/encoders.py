@@ -13,6 +13,8 @@ pre-event buffer and the segmenter rely on:
 
 Every packet goes to ``output.outputframe(data, keyframe, timestamp_us)``,
 picamera2's ``Output`` protocol, exactly as picamera2's own encoders call it.
+With a microphone, :func:`run_camera` encodes the audio heard up to each frame
+(``recorder.audio.AudioCapture``) just before the frame, on the same thread and clock.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from fractions import Fraction
 import numpy as np
 
 from buffer.frame import Output
+from recorder.audio import AudioCapture
 from recorder.overlay import burn_overlay
 
 logger = logging.getLogger(__name__)
@@ -167,11 +170,13 @@ def run_camera(
     device_id: str | None = None,
     utc_clock: UtcClock = utc_now,
     stop: threading.Event | None = None,
+    audio: AudioCapture | None = None,
 ) -> int:
     """Camera → overlay → encoder, for ``frames`` frames or until ``stop`` is set.
 
     The overlay is burned when ``device_id`` is given, in the encoder's input
-    format. Returns the number of frames encoded; does not close the encoder.
+    format. With ``audio``, the sound heard up to each frame is encoded first.
+    Returns the number of frames encoded; closes neither encoder.
     """
     count = 0
     for _number, image, timestamp_us in camera:
@@ -179,6 +184,8 @@ def run_camera(
             break
         if device_id is not None:
             burn_overlay(image, device_id, utc_clock(), pixel_format=encoder.input_format)
+        if audio is not None:
+            audio.until(timestamp_us)
         encoder.encode(image, timestamp_us)
         count += 1
     return count
@@ -199,8 +206,9 @@ class CaptureThread:
         frames: int | None = None,
         device_id: str | None = None,
         utc_clock: UtcClock = utc_now,
+        audio: AudioCapture | None = None,
     ) -> None:
-        self.camera, self.encoder = camera, encoder
+        self.camera, self.encoder, self.audio = camera, encoder, audio
         self._frames, self._device_id, self._utc_clock = frames, device_id, utc_clock
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
@@ -208,7 +216,8 @@ class CaptureThread:
 
     def _run(self) -> None:
         try:
-            run_camera(self.camera, self.encoder, self._frames, self._device_id, self._utc_clock, self._stop)
+            run_camera(self.camera, self.encoder, self._frames, self._device_id, self._utc_clock, self._stop,
+                       self.audio)
         except BaseException as exc:  # noqa: BLE001 - kept and re-raised by stop()
             self.error = exc
             logger.exception("capture stopped on an error")
@@ -236,6 +245,8 @@ class CaptureThread:
         if self._thread.ident is not None:
             self._thread.join()
         try:
+            if self.audio is not None:
+                self.audio.close()
             self.encoder.close()
         finally:
             if self.error is not None:

@@ -16,7 +16,13 @@ of the recorder (and the simulation) runs where picamera2 and libcamera do not.
 - our output (the pre-event buffer) behind a thin subclass of picamera2's
   ``Output``: picamera2 encoders refuse outputs that are not instances of it.
   They call ``outputframe(frame, keyframe, timestamp_us, packet, audio)``,
-  which the adapter forwards as ``bytes`` with its keyframe flag and timestamp.
+  which the adapter forwards as ``bytes`` with its keyframe flag and timestamp;
+- with ``audio_bitrate``, picamera2's encoder audio (``encoder.audio = True``): its
+  audio thread reads the ALSA capture device ``audio_device`` through PyAV (ALSA, not
+  picamera2's default PulseAudio: a system service has no sound server session) and
+  encodes AAC-LC, 48 kHz mono (``recorder.audio.picamera2_audio_output``); each packet reaches the
+  adapter as ``outputframe(None, True, timestamp_us, packet, audio=True)``, on the
+  video's clock, and is forwarded as the packet's bytes with ``audio=True``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from buffer.frame import Output
+from recorder.audio import picamera2_audio_output
 from recorder.overlay import burn_overlay
 
 logger = logging.getLogger(__name__)
@@ -65,7 +72,13 @@ def _adapt(output: Output, picamera2_output_class: type) -> Any:
             audio: bool = False,
         ) -> None:
             if audio:
-                return  # video only: no audio stream is configured, ignore if one appears
+                if packet is None or timestamp is None:
+                    return  # nothing to carry
+                try:
+                    self.target.outputframe(bytes(packet), False, int(timestamp), None, True)
+                except Exception as exc:  # noqa: BLE001 - picamera2's audio thread must not take the video down
+                    logger.error("audio packet at %s µs dropped: %s", timestamp, exc)
+                return
             self.target.outputframe(bytes(frame), bool(keyframe), timestamp)
 
     return BufferOutput(output)
@@ -88,6 +101,8 @@ class PiCameraSource:
         device_id: str = "",
         utc_clock: Callable[[], dt.datetime] = _utc_now,
         pixel_format: str = "YUV420",
+        audio_bitrate: int | None = None,
+        audio_device: str = "default",
     ) -> None:
         if pixel_format not in PIXEL_FORMATS:
             raise PiCameraError(f"pixel_format must be one of {', '.join(PIXEL_FORMATS)}, not {pixel_format!r}")
@@ -114,6 +129,10 @@ class PiCameraSource:
         self.picam2.configure(config)
         self.picam2.pre_callback = self._burn_overlay
         self.encoder = H264Encoder(bitrate=bitrate, repeat=True, iperiod=fps)
+        if audio_bitrate is not None:  # picamera2 reads the microphone and encodes AAC itself
+            self.encoder.audio = True
+            self.encoder.audio_input = {"file": audio_device, "format": "alsa"}
+            self.encoder.audio_output = picamera2_audio_output(audio_bitrate)
         self._picamera2_output = _adapt(output, Picamera2Output)
         self._recording = False
         logger.info("Pi camera %dx%d@%d, %d bit/s", width, height, fps, bitrate)

@@ -5,12 +5,19 @@ The segmenter gathers each GOP and writes it as one chunk to a ``ChunkSink`` whe
 keyframe arrives, so a power cut loses at most the GOP in flight (about one second). Every
 ``segment_s`` it starts a new segment at a keyframe, so each segment decodes on its own.
 
+Audio packets (``audio=True``) go into the chunk of the GOP they arrive during: one chunk is
+one GOP and the audio heard with it (an AAC encoder hands a packet over a few tens of ms
+after its samples were heard, so a chunk's first audio may start slightly before its
+keyframe; every packet keeps its own timestamp, so the export places it exactly).
+
 Documented handling of unusual input:
 
 - frames before the first keyframe are dropped with a warning (the pre-event buffer always
   starts at a keyframe, so this only happens when fed directly);
 - a timestamp that is ``None`` or earlier than the previous frame's raises
-  ``SegmenterTimestampError`` and the frame is refused, leaving the segmenter as it was;
+  ``SegmenterTimestampError`` and the frame is refused, leaving the segmenter as it was
+  (audio must be later than the previous audio packet, video at or after the previous video frame);
+- audio before the first keyframe is dropped: there is no GOP to carry it;
 - if the sink raises, the error propagates and the segmenter is failed: every later call
   raises ``SegmenterError`` naming the cause, since the chunk sequence can no longer be whole;
 - frames or markers after ``close()`` raise ``SegmenterClosed``: close the pre-event buffer's
@@ -73,6 +80,7 @@ class Segmenter:
         self._next_index = 0
         self._segment_start_us: int | None = None  # None: no segment open
         self._newest_us: int | None = None
+        self._newest_audio_us: int | None = None
         self._pending_markers: list[tuple[int | None, str]] = []
         self._closed = False
         self._failure: BaseException | None = None
@@ -102,13 +110,18 @@ class Segmenter:
         """Take one frame of the recording (picamera2's ``Output`` protocol)."""
         with self._lock:
             self._check_usable()
-            newest = self._newest_us
-            if timestamp is None or (newest is not None and timestamp < newest):
+            newest = self._newest_audio_us if audio else self._newest_us
+            if timestamp is None or (newest is not None and (
+                    timestamp <= newest if audio else timestamp < newest)):
                 raise SegmenterTimestampError(
-                    f"frame timestamp {timestamp!r} µs is not at or after the previous {newest} µs"
+                    f"{'audio' if audio else 'frame'} timestamp {timestamp!r} µs is not at or after "
+                    f"the previous {newest} µs"
                 )
             if audio:
-                raise SegmenterError("audio frames are not supported by the segmenter")
+                self._newest_audio_us = timestamp
+                if self._gop:
+                    self._gop.append(Frame(frame, False, timestamp, True))
+                return
             self._newest_us = timestamp
             if not keyframe:
                 if not self._gop:

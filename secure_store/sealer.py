@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from buffer.frame import Frame
-from recorder.chunk import encode_chunk
+from recorder.chunk import encode_chunk, video_span
 from recorder.location import encode_records
 from secure_store import keys
 from secure_store.chain import ChainHead, save_head
@@ -177,7 +177,7 @@ class SegmentSealer:
                 self._stopped_full = True
                 self._store.report_full(during="write_chunk", segment=segment_stem(self._header_seq()))
                 raise StorageFull("storage full: recording stopped, segment sealed")
-            meta = ChunkMeta(False, len(frames), frames[0].timestamp_us, frames[-1].timestamp_us)
+            meta = ChunkMeta(False, *video_span(frames))  # audio rides along uncounted
             try:
                 if self._header is None:
                     self._write_header(self._store.utc_offset_us(frames[-1].timestamp_us))

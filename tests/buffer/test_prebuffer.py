@@ -144,11 +144,11 @@ def test_backwards_timestamp_is_refused_and_changes_nothing():
     assert numbers(buf.snapshot())[-2:] == [39, 40]
 
 
-def test_audio_frames_are_refused():
+def test_audio_is_not_held_by_default():  # sound before a press is policy: tests/buffer/test_prebuffer_audio.py
     buf = PreEventBuffer(1.0)
-    with pytest.raises(PreEventBufferError, match="audio"):
-        buf.outputframe(None, True, 0, object(), True)
-    assert buf.held_frames == 0
+    buf.outputframe(payload(0), True, 0)
+    buf.outputframe(b"aac", False, 10, None, True)
+    assert numbers(buf.snapshot()) == [0]
 
 
 # -- handoff -----------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def test_records_into_our_buffer_through_a_picamera2_output(picamera2, recording
     # picamera2's Encoder.outputframe calls each output with five positional arguments.
     for frame, keyframe, timestamp in encoded_packets(20):
         output.outputframe(frame, keyframe, timestamp, None, False)
-    output.outputframe(None, True, 10_000_000, object(), True)  # an audio packet is ignored
+    output.outputframe(None, True, 3_900_000, b"\x21\x10\x05", True)  # sound before a press: not held by default
     buffer.open_output(recording_output)
     assert decode_frame_numbers(recording_output.data) == list(range(5, 20))  # ≥ 2 s, from a keyframe
 
@@ -139,3 +139,55 @@ def test_without_picamera2_a_clear_error(mocker):
 def test_importing_the_backend_does_not_import_picamera2():
     code = "import sys, recorder.picamera, recorder.encoders; assert 'picamera2' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_sound_comes_from_picamera2_encoder_audio_and_reaches_the_buffer(picamera2):
+    """``audio_bitrate`` turns on picamera2's encoder audio (AAC-LC 48 kHz mono through PyAV);
+    its packets arrive as ``outputframe(None, True, ts, packet, audio=True)`` and are carried."""
+    import av
+
+    from buffer import Frame
+    from hw_sim.microphone import SimMicrophone
+    from recorder.audio import AacEncoder, AudioCapture
+
+    buffer = PreEventBuffer(duration_s=2.0, hold_audio=True)
+    source = PiCameraSource(buffer, 320, 240, 5, 300_000, audio_bitrate=48_000, audio_device="hw:1,0")
+    encoder = picamera2.encoders.H264Encoder.return_value
+    assert encoder.audio is True
+    assert encoder.audio_input == {"file": "hw:1,0", "format": "alsa"}
+    assert encoder.audio_output == {"codec_name": "aac", "rate": 48_000, "layout": "mono", "bit_rate": 48_000}
+    source.start()
+    (_, output), _ = picamera2.Picamera2.return_value.start_recording.call_args
+
+    aac = []
+
+    class Keep:
+        def outputframe(self, frame, keyframe=True, timestamp=None, packet=None, audio=False):
+            aac.append((frame, timestamp))
+
+    sound = AudioCapture(SimMicrophone(), AacEncoder(Keep(), 48_000))
+    sound.until(4_000_000)
+    sound.close()
+    pending = list(aac)
+    for frame, keyframe, timestamp in encoded_packets(20):  # picamera2's audio thread interleaves
+        while pending and pending[0][1] <= timestamp:
+            data, ts = pending.pop(0)
+            output.outputframe(None, True, ts, av.Packet(data), True)  # a PyAV packet, as picamera2 sends
+        output.outputframe(frame, keyframe, timestamp, None, False)
+
+    got = []
+
+    class Sink:
+        def outputframe(self, frame, keyframe=True, timestamp=None, packet=None, audio=False):
+            got.append(Frame(frame, keyframe, timestamp, audio))
+
+    buffer.open_output(Sink())
+    video = [f for f in got if not f.audio]
+    heard = [f for f in got if f.audio]
+    assert decode_frame_numbers(f.data for f in video) == list(range(5, 20))
+    assert heard and all(not f.keyframe for f in heard)
+    first = next(i for i, (_, ts) in enumerate(aac) if ts == heard[0].timestamp_us)
+    assert [(f.data, f.timestamp_us) for f in heard] == aac[first:first + len(heard)]  # bytes and times kept
+    output.outputframe(None, True, 0, av.Packet(b"\x21\x10"), True)  # time going back: dropped, never raised
+    assert [f for f in got if f.audio] == heard  # into picamera2's audio thread, which would die of it
+    source.close()
