@@ -147,7 +147,7 @@ def decode_locations(plaintext: bytes) -> list[Fix]:
     """
     fixes: list[Fix] = []
     view = memoryview(plaintext)
-    pos = 0
+    pos = 2 if plaintext[:1] == b"\x02" else 0  # chunk layout 2 (with sound) starts with 2 bytes
     while pos < len(view):
         if len(view) - pos < _ENTRY_HEAD.size:
             raise LocationFormatError(f"truncated entry header at byte {pos}")

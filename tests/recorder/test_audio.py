@@ -215,3 +215,15 @@ def test_a_failing_microphone_stops_the_sound_not_the_picture(caplog) -> None:
         capture.close()
     assert [f.timestamp_us for f in sink.frames if not f.audio] == [n * 100_000 for n in range(10)]
     assert isinstance(capture.error, OSError) and "sound capture stopped" in caplog.text
+
+
+def test_a_chunk_with_sound_also_carries_location_records() -> None:
+    from recorder.location import Fix, decode_locations, encode_records
+
+    frames = [Frame(b"\x00\x00\x00\x01\x65IDR", True, 1_000_000), Frame(b"\x21\x10a", False, 990_000, True)]
+    fix = Fix(1_010_000, quality=1, mode=3, satellites=7, lat=51.5, lon=-0.12)
+    plaintext = encode_chunk(frames) + encode_records([fix])
+    assert chunk_layout(plaintext) == 2
+    assert decode_chunk(plaintext) == frames
+    (got,) = decode_locations(plaintext)
+    assert (got.sensor_ts_us, got.satellites) == (1_010_000, 7) and abs(got.lat - 51.5) < 1e-6
