@@ -1,14 +1,20 @@
-"""``bodycam dock pull`` and ``bodycam dock watch``: the dock station's commands."""
+"""``bodycam dock pull`` and ``bodycam dock watch``: the dock station's commands.
+
+With ``--store-config`` (the dock's TOML, 0600) every verified segment also goes into the
+evidence store (``dock.ingest``), and with ``confirm_after = "store"`` (the default) the
+camera is told to free a segment only once the store holds it.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
+from pathlib import Path
 from typing import Any
 
 from dock.client import PullError, PullSummary
+from dock.ingest import IngestError
+from dock.store_config import StoreConfigError
 from link.transport import LinkError
 from secure_store.errors import StoreError
 from secure_store.keys import KeyFileError
@@ -19,8 +25,12 @@ def register(subparsers: Any) -> None:
                                  description="Pull sealed evidence from a docked device over USB serial.")
     actions = dock.add_subparsers(dest="dock_action", metavar="ACTION", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--port", required=True, help="serial port path or pyserial URL, e.g. /dev/ttyACM0")
+    def common(p: argparse.ArgumentParser, bays: bool = False) -> None:
+        if bays:
+            p.add_argument("--port", action="append", help="a bay's serial port path or pyserial URL; repeat for "
+                                                           "each bay (default: [dock] ports of --store-config)")
+        else:
+            p.add_argument("--port", required=True, help="serial port path or pyserial URL, e.g. /dev/ttyACM0")
         p.add_argument("--out", required=True, help="archive directory (one subdirectory per device)")
         p.add_argument("--dock-key", required=True, help="this dock's Ed25519 private key (PEM)")
         p.add_argument("--no-confirm", action="store_true",
@@ -33,15 +43,18 @@ def register(subparsers: Any) -> None:
                        "devices against and hand on to them; repeatable")
         p.add_argument("--accept-new-key", action="store_true", help="accept a device's new, uncertified key "
                        "once (after a re-provisioning); its old key is kept as retired")
+        p.add_argument("--store-config", type=Path, metavar="FILE",
+                       help="dock config (TOML, 0600): ingest into the evidence store (S3 Object Lock) and "
+                            "confirm only what it holds; see docs/STORE.md")
 
     pull = actions.add_parser("pull", help="pull everything new from the device on PORT once")
     common(pull)
     pull.set_defaults(func=_pull)
-    watch = actions.add_parser("watch", help="serve devices as they dock and undock, until interrupted")
-    common(watch)
+    watch = actions.add_parser("watch", help="serve devices as they dock and undock, in every bay, until interrupted")
+    common(watch, bays=True)
     watch.add_argument("--interval", type=float, default=60.0,
                        help="seconds between pulls while a device stays docked (default 60)")
-    watch.add_argument("--max-sessions", type=int, default=0, help="stop after N pulls (default: never)")
+    watch.add_argument("--max-sessions", type=int, default=0, help="stop after N pulls per bay (default: never)")
     watch.set_defaults(func=_watch)
 
 
@@ -52,13 +65,32 @@ def _load_key(path: str) -> Any:
     return key
 
 
-def _run_pull(args: argparse.Namespace, key: Any) -> PullSummary:
-    from dock.client import pull
+def _ingestor(args: argparse.Namespace) -> Any:
+    """The store ingest for ``--store-config`` (None without); refuses a bad bucket up front."""
+    if not args.store_config:
+        return None
+    from dock.ingest import Ingestor, StoreUnreachable
+    from dock.store_config import load_store_config
+    ingestor = Ingestor(load_store_config(args.store_config), args.out)
+    try:
+        ingestor.check_bucket()
+    except StoreUnreachable as exc:   # pull anyway: the queue uploads once the store is back
+        print(f"bodycam: {exc}; pulling into the local archive, the store gets it later", file=sys.stderr)
+    return ingestor
+
+
+def _trust(args: argparse.Namespace) -> Any:
     from dock.trust import DockTrust
-    trust = DockTrust.load(args.trust, args.crl, args.cert, args.accept_new_key)
-    progress = not args.no_progress and sys.stderr.isatty()   # a bar only for a person watching, never in logs
-    return pull(args.port, args.out, key, progress=progress,
-                confirm=not args.no_confirm, sync_time=not args.no_time_sync, trust=trust)
+    return DockTrust.load(args.trust, args.crl, args.cert, args.accept_new_key)
+
+
+def _run_pull(args: argparse.Namespace, key: Any, ingestor: Any = None) -> PullSummary:
+    from dock.bays import DockStation
+    station = DockStation([args.port], args.out, key, ingestor=ingestor,
+                          confirm_after=ingestor.config.confirm_after if ingestor else "store",
+                          progress=not args.no_progress and sys.stderr.isatty(), confirm=not args.no_confirm,
+                          sync_time=not args.no_time_sync, trust=_trust(args))
+    return station.pull_one(args.port)
 
 
 def _report(summary: PullSummary, confirm: bool = True) -> None:
@@ -75,47 +107,48 @@ def _report(summary: PullSummary, confirm: bool = True) -> None:
           + (f"; clock offset {summary.clock_offset_us / 1000:+.1f} ms" if summary.clock_offset_us is not None else "")
           + (f"; line noise: {summary.damaged_frames} frames failed their CRC and came again"
              + (f", {summary.repaired_frames} had one bad bit, repaired" if summary.repaired_frames else "")
-             if summary.damaged_frames or summary.repaired_frames else ""))
+             if summary.damaged_frames or summary.repaired_frames else "")
+          + (f"; {len(summary.awaiting_store)} kept on the device until the evidence store holds them"
+             if summary.awaiting_store else ""))
     for problem in summary.problems:
         print(f"  problem: {problem}")
 
 
 def _pull(args: argparse.Namespace) -> int:
-    summary = _run_pull(args, _load_key(args.dock_key))
+    key = _load_key(args.dock_key)
+    ingestor = _ingestor(args)
+    summary = _run_pull(args, key, ingestor)
     _report(summary, not args.no_confirm)
+    if ingestor is not None:
+        held, left = ingestor.drain()
+        print(f"evidence store s3://{ingestor.config.bucket}: {held} more object(s) held; {left} queued for later"
+              + (f"; {len(ingestor.conflicts)} CONFLICT(S), see the log" if ingestor.conflicts else ""))
+        return 0 if summary.ok and not left and not ingestor.conflicts else 1
     return 0 if summary.ok else 1
 
 
-def _present(port: str) -> bool:
-    return "://" in port or os.path.exists(port)
-
-
 def _watch(args: argparse.Namespace) -> int:
+    from dock.bays import DockStation
     key = _load_key(args.dock_key)
-    sessions, failures = 0, 0
-    print(f"watching {args.port} (Ctrl-C to stop)", flush=True)
-    while not args.max_sessions or sessions < args.max_sessions:
-        if not _present(args.port):
-            time.sleep(0.5)
-            continue
-        try:
-            summary = _run_pull(args, key)
-        except (PullError, LinkError) as exc:
-            print(f"bodycam: {exc}", file=sys.stderr, flush=True)
-            failures += 1
-            time.sleep(1.0)
-            continue
-        sessions += 1
-        _report(summary, not args.no_confirm)
-        sys.stdout.flush()
-        if args.max_sessions and sessions >= args.max_sessions:
-            break
-        deadline = time.monotonic() + args.interval
-        while _present(args.port) and time.monotonic() < deadline:
-            # the device stays docked: pull again later, or when it comes back (polled often
-            # enough that a quick undock and redock is not mistaken for staying docked)
-            time.sleep(0.1)
-    return 0 if not failures else 1
+    ingestor = _ingestor(args)
+    ports = args.port or (list(ingestor.config.ports) if ingestor else [])
+    if not ports:
+        raise StoreConfigError("no bays: give --port (repeat it for each bay) or [dock] ports in --store-config")
+
+    def report(port: str, result: Any) -> None:
+        if isinstance(result, PullSummary):
+            _report(result, not args.no_confirm)
+            sys.stdout.flush()
+        else:
+            print(f"bodycam: {port}: {result}", file=sys.stderr, flush=True)
+
+    station = DockStation(ports, args.out, key, ingestor=ingestor,
+                          confirm_after=ingestor.config.confirm_after if ingestor else "store",
+                          interval=args.interval, max_sessions=args.max_sessions, report=report,
+                          progress=not args.no_progress and len(ports) == 1 and sys.stderr.isatty(), confirm=not args.no_confirm,
+                          sync_time=not args.no_time_sync, trust=_trust(args))
+    print(f"watching {', '.join(ports)} (Ctrl-C to stop)", flush=True)
+    return station.run()
 
 
-ERRORS = (PullError, LinkError, KeyFileError, StoreError)
+ERRORS = (PullError, LinkError, KeyFileError, StoreError, IngestError, StoreConfigError)

@@ -217,6 +217,7 @@ class PullSummary:
     bytes_resumed: int = 0     # already in .part files from an interrupted pull
     verified: list[str] = field(default_factory=list)
     confirmed: list[str] = field(default_factory=list)
+    awaiting_store: list[str] = field(default_factory=list)   # verified, not yet held by the evidence store
     problems: list[str] = field(default_factory=list)
     clock_offset_us: int | None = None
     receipt: str = ""          # the receipt this pull wrote (docs/FORMAT.md, "Receipts")
@@ -318,9 +319,10 @@ def _fetch_items(client: DockClient, items: list[RemoteItem], device_dir: Path, 
 
 
 def _verify_and_confirm(client: DockClient, device_dir: Path, segments: list[str], summary: PullSummary,
-                        confirm: bool = True) -> None:
+                        confirm: bool = True, store_holds: Callable[[Path, str], bool] | None = None) -> None:
     """Verify each segment (and its link to the one before) with the device key; confirm the good
-    ones (unless ``confirm`` is False: verified, and the device keeps its copy)."""
+    ones (unless ``confirm`` is False: verified, and the device keeps its copy), and with
+    ``store_holds`` only those the evidence store holds."""
     from secure_store.verify import check_chain, verify_segment
     evidence = device_dir / "evidence"
     key, device_id = pulled_device_keys(device_dir, client.session.peer_key), client.session.device_id
@@ -346,6 +348,9 @@ def _verify_and_confirm(client: DockClient, device_dir: Path, segments: list[str
         summary.verified.append(name)
         if not confirm:
             continue
+        if store_holds is not None and not store_holds(device_dir, name):
+            summary.awaiting_store.append(name)   # the device keeps its copy until the store holds it
+            continue
         digest = hashlib.sha256((evidence / name).with_suffix(".manifest").read_bytes()).hexdigest()
         try:
             client.confirm(name, digest)
@@ -368,11 +373,13 @@ def _archive_dir(out: Path) -> Path:
 
 def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *, progress: bool = False,
          confirm: bool = True, sync_time: bool = True, handshake_timeout: float = 10.0,
-         trust: DockTrust | None = None) -> PullSummary:
+         trust: DockTrust | None = None, store_holds: Callable[[Path, str], bool] | None = None) -> PullSummary:
     """Pull everything new from the device on ``port`` into ``out_dir``; see the module docstring.
 
     ``trust``: the agency root, CRLs and this dock's certificate (devices must be certified by
     that root; the dock presents its chain and hands the CRLs on); None pins first-seen keys.
+    ``store_holds(device_dir, segment)``: confirm a verified segment only if it returns True
+    (the evidence store holds it; ``dock.ingest``).
     """
     trust = trust or DockTrust()
     from tqdm import tqdm
@@ -405,7 +412,7 @@ def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *,
             summary.fetch_seconds = time.monotonic() - fetch_started
             segments = [i.name for i in evidence if i.kind == "segment" and i.name in good
                         and i.name.replace(".seg", ".manifest") in good]
-            _verify_and_confirm(client, device_dir, segments, summary, confirm)
+            _verify_and_confirm(client, device_dir, segments, summary, confirm, store_holds)
             # the audit log last: it now holds this session's confirmations too
             audit = [i for i in client.list_evidence() if i.kind == "audit" and _NAME_RE.fullmatch(i.name)]
             _fetch_items(client, audit, device_dir, summary, _NoProgress())

@@ -13,6 +13,7 @@ from pathlib import Path
 from export.errors import ExportError
 from secure_store.errors import StoreError
 from secure_store.keys import KeyFileError
+from secure_store.sources import is_store_url, location
 
 ERRORS = (ExportError, KeyFileError, StoreError)
 
@@ -22,7 +23,7 @@ def _export(args: argparse.Namespace) -> int:
     from export.provenance import ExportSigner, read_pem
     from secure_store import keys
 
-    if not args.path.exists():
+    if not is_store_url(args.path) and not args.path.exists():
         print(f"bodycam export: {args.path}: no such file or directory", file=sys.stderr)
         return 2
     if bool(args.export_cert) != bool(args.export_key):
@@ -33,8 +34,13 @@ def _export(args: argparse.Namespace) -> int:
     signer = ExportSigner.from_files(args.export_cert, args.export_key) if args.export_cert else None
     root = read_pem(args.trust_root, "trust root") if args.trust_root else None
     try:
-        result = export_evidence(args.path, agency_key, args.out, device_key, signer=signer, trust_root=root,
-                                 best_effort=args.best_effort)
+        options = {"signer": signer, "trust_root": root, "best_effort": args.best_effort}
+        if is_store_url(args.path):   # straight from the evidence store (docs/STORE.md)
+            from export.from_store import export_from_source
+            from secure_store.sources import open_source
+            result = export_from_source(open_source(args.path), agency_key, args.out, device_key, **options)
+        else:
+            result = export_evidence(args.path, agency_key, args.out, device_key, **options)
     except ExportRefused as exc:
         for problem in exc.problems:
             print(f"FAIL {problem}", file=sys.stderr)
@@ -95,7 +101,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "skipped and named (exit 1); the others are still exported. A problem that could concern any "
                     "recording (the audit log, a segment without its manifest, the device key) exports nothing. "
                     "--best-effort also exports what verifies of damaged recordings.")
-    p.add_argument("path", type=Path, metavar="PATH", help="a segment, a recording or a directory tree of evidence")
+    p.add_argument("path", type=location, metavar="PATH",
+                   help="a segment, a recording or a directory tree of evidence, or s3://BUCKET/PREFIX/DEVICE")
     p.add_argument("--agency-key", required=True, type=Path, metavar="FILE", help="agency X25519 private key (PEM)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the MP4s and reports")
     p.add_argument("--device-pub", type=Path, metavar="FILE",

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "secure_store.cli",   # keys, verify
     "export.cli",    # export, export-check
     "dock.cli",           # dock pull / watch
+    "dock.store_cli",     # store status / hold / ingest
     "firmware.device_cli",  # device, demo
     "firmware.update.cli",  # provision, firmware build / inspect / install / flash
 )

@@ -5,7 +5,9 @@
    as the USB cable) and let it buffer ≥ 35 s of sensor time;
 3. double-press record on the MockFactory pin, record 20 s with a marker (function
    button), hold record to stop;
-4. dock (dock-detect pin): the dock pulls over the pty link, verifies, confirms;
+4. dock (dock-detect pin): the dock pulls over the pty link, verifies, puts each segment into
+   a WORM bucket (a SeaweedFS S3 server with Object Lock on 127.0.0.1, in OUT/evidence-store)
+   and confirms it only once the bucket holds it under retention;
 5. verify and export the dock's copy with the sim agency key: MP4s with JSON and HTML reports.
 
 The camera's clock is "fast": it encodes as fast as the CPU allows, so every wait here is
@@ -124,6 +126,8 @@ def run_demo(
 ) -> DemoSummary:
     """Run the demo into ``out``; ``say`` receives one line per step (the CLI prints them)."""
     from dock.client import pull
+    from dock.ingest import Ingestor
+    from dock.seaweed import embedded_store
     from dock.trust import DockTrust
     from export.exporter import export_evidence
     from export.provenance import ExportSigner
@@ -185,12 +189,19 @@ def run_demo(
             device.wait_for(lambda: device.machine.state is State.DOCKED, 10, "docking")
             say(f"docked: pulling over the simulated USB serial link {cable.b_path}")
             dock_key = keys.load_private_key(made["dock"], "dock")
-            pulled = pull(cable.b_path, out / "dock", dock_key,
-                          trust=DockTrust.load(made["agency_root"], cert=made["dock_chain"]))
+            with embedded_store(out / "evidence-store") as store:   # SeaweedFS S3, Object Lock, 127.0.0.1 only
+                ingestor = Ingestor(store, out / "dock")
+                pulled = pull(cable.b_path, out / "dock", dock_key, store_holds=ingestor.segment_held,
+                              trust=DockTrust.load(made["agency_root"], cert=made["dock_chain"]))
+                ingestor.enqueue_device(out / "dock" / DEVICE_ID)
+                _, left = ingestor.drain()
+            if left:
+                summary.problems.append(f"evidence store: {left} object(s) still queued, not in the bucket")
             summary.pulled, summary.confirmed = len(pulled.fetched), len(pulled.confirmed)
             summary.problems += pulled.problems
             say(f"pulled {len(pulled.fetched)} files ({pulled.bytes_fetched} bytes) in {pulled.seconds:.1f} s, "
-                f"verified and confirmed {len(pulled.confirmed)} segments (released on the device)")
+                f"verified, locked in the WORM bucket s3://{store.bucket} (COMPLIANCE) and only then confirmed "
+                f"{len(pulled.confirmed)} segments (released on the device)")
             finger.set_active(pins.dock_detect, False)
         finally:
             device.stop("demo finished")

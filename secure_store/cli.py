@@ -13,6 +13,7 @@ from pathlib import Path
 
 from secure_store import keys
 from secure_store.errors import StoreError, UsageError
+from secure_store.sources import is_store_url, location
 
 ERRORS = (StoreError, keys.KeyFileError)
 
@@ -27,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     keys_parser.set_defaults(func=lambda args: _usage(keys_parser))
 
     verify = subparsers.add_parser("verify", help="verify sealed evidence with public keys only")
-    verify.add_argument("path", type=Path, help="a segment, a recording's directory or a whole tree")
+    verify.add_argument("path", type=location, help="a segment, a recording's directory or a whole tree, "
+                                                    "or s3://BUCKET/PREFIX/DEVICE in the evidence store")
     verify.add_argument("--device-pub", type=Path, metavar="FILE", action="append",
                         help="device public key; repeat for keys retired by re-provisioning "
                              "(default: identity.json or device.pub beside the evidence)")
@@ -60,7 +62,7 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from secure_store.verify import verify_path
 
-    if not args.path.exists():
+    if not is_store_url(args.path) and not args.path.exists():
         raise UsageError(f"{args.path}: no such file or directory")
     device_key = None
     if args.device_pub:
@@ -69,7 +71,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         except keys.KeyFileError as exc:
             raise UsageError(str(exc)) from None
     root, crls, anchors = _trust_args(args)
-    report = verify_path(args.path, device_key, trust_root=root, crls=crls, anchors=anchors)
+    if is_store_url(args.path):   # straight from the evidence store (docs/STORE.md)
+        from secure_store.sources import open_source, verify_source
+        report = verify_source(open_source(args.path), device_key, trust_root=root, crls=crls, anchors=anchors)
+    else:
+        report = verify_path(args.path, device_key, trust_root=root, crls=crls, anchors=anchors)
     if args.json:
         print(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:

@@ -137,3 +137,38 @@ def dock_key_file(tmp_path: Path, keyset: Keyset) -> Path:
     write_atomic(path, keys.private_pem(keyset.dock), 0o600)
     return path
 
+
+
+# --- the evidence store: one real SeaweedFS server per test session, a fresh bucket per test ---
+
+@pytest.fixture(scope="session")
+def seaweed():
+    """A real S3 server with Object Lock (SeaweedFS ``weed mini``) on 127.0.0.1, for the session."""
+    from dock.seaweed import SeaweedServer
+    with SeaweedServer() as server:
+        yield server
+
+
+@pytest.fixture
+def s3(seaweed):
+    import boto3
+    return boto3.client("s3", **seaweed.client_kwargs())
+
+
+@pytest.fixture
+def bucket(s3, request) -> str:
+    """A new Object Lock bucket for this test (SeaweedFS keeps them all until the session ends)."""
+    import re
+    import uuid
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
+    s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    return name
+
+
+@pytest.fixture
+def store_config(seaweed, bucket):
+    from dock.store_config import StoreConfig
+    return StoreConfig(bucket=bucket, agency="test-force", endpoint=seaweed.endpoint,
+                       access_key_id=seaweed.access_key, secret_access_key=seaweed.secret_key,
+                       retention_days={"default": 1}, multipart_threshold=6 * 2**20, part_size=5 * 2**20,
+                       connect_timeout=2, read_timeout=10, max_attempts=1)

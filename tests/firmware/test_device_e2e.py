@@ -304,8 +304,26 @@ def test_demo_runs_the_whole_journey(tmp_path):
     assert sorted(p.name.split("-")[0] for p in (store / "certs").iterdir()) == ["device", "dock"]
     assert not list((tmp_path / "demo" / "device" / "keys" / "docks").glob("*.pub"))
     assert any("verified against the agency root: OK" in line for line in lines)
+    _assert_demo_footage_in_the_worm_bucket(tmp_path / "demo", summary.segments)
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "notes.txt").write_text("not a demo")
     with pytest.raises(DemoError, match="not made by bodycam demo"):
         run_demo(tmp_path / "precious")
     assert (tmp_path / "precious" / "notes.txt").exists()
+
+
+def _assert_demo_footage_in_the_worm_bucket(out, segments: int) -> None:
+    """The demo's store, started again on its data: every segment locked there, none left on the camera."""
+    import boto3
+    from dock.seaweed import SeaweedServer
+    assert not list((out / "device" / "evidence").glob("seg-*"))
+    with SeaweedServer(out / "evidence-store") as store:
+        s3 = boto3.client("s3", **store.client_kwargs())
+        listed = s3.list_objects_v2(Bucket="evidence", Prefix="v1/demo/SIM-DEMO-0001/evidence/")["Contents"]
+        stored = sorted(o["Key"].rsplit("/", 1)[-1] for o in listed if o["Key"].endswith(".seg"))
+        assert len(stored) == segments
+        for name in stored:
+            key = f"v1/demo/SIM-DEMO-0001/evidence/{name}"
+            assert s3.get_object(Bucket="evidence", Key=key)["Body"].read() == \
+                (out / "dock" / "SIM-DEMO-0001" / "evidence" / name).read_bytes()
+            assert s3.get_object_retention(Bucket="evidence", Key=key)["Retention"]["Mode"] == "COMPLIANCE"
