@@ -7,8 +7,8 @@ in one run, each figure the median of a few runs:
   queued, durable queue entries, create-only PUT / multipart with the checksum and
   COMPLIANCE retention, then HeadObject read back) vs a plain ``boto3 upload_file`` of the
   same files to the same server, paired segment by segment. Goal: ≥ 90 % of upload_file.
-- verify: ``bodycam verify s3://...`` (each segment streamed into a temp dir, verified,
-  removed) vs ``bodycam verify DIR`` of the same evidence on local disk.
+- verify: ``bodycam verify s3://...`` (the device's objects streamed into a private temp
+  dir, verified there, removed) vs ``bodycam verify DIR`` of the same evidence on local disk.
 - bays: 1 and 4 simulated cameras pulled at once by one ``DockStation`` (a cable process
   and a device process per bay), each segment confirmed only once the store holds it.
 """
@@ -200,7 +200,7 @@ def run() -> str:
         f"SHA-256 when queued, create-only + checksum + COMPLIANCE, read back before confirming |",
         f"| verify from local disk | {mb / local:.1f} | 1.00 | `verify_path` |",
         f"| verify straight from the bucket | {mb / remote:.1f} | {local / remote:.2f} of local | "
-        f"one segment at a time through a temp dir |",
+        f"objects streamed into a private temp dir, then `verify_path` |",
     ]
     for n, seconds, total in bay_rows:
         rate = total / seconds / 1e6
