@@ -286,7 +286,7 @@ def test_device_cli_reads_commands_from_stdin(provisioned, tmp_path):
 
 
 def summary_device_id(tmp_path) -> str:
-    return next((tmp_path / "demo" / "dock").iterdir()).name
+    return next(p for p in (tmp_path / "demo" / "dock").iterdir() if not p.name.startswith(".")).name
 
 
 def test_demo_runs_the_whole_journey(tmp_path):
