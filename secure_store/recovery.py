@@ -11,6 +11,7 @@ final chunk; its manifest is what bounds it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 
@@ -22,24 +23,42 @@ from secure_store.chain import ChainHead, save_head
 from secure_store.durable import fsync_dir
 from secure_store.errors import FormatError, TornRecordError
 from secure_store.format import Manifest, iter_records, read_header, sha256
+from secure_store.reserve import is_no_space
 from secure_store.sealer import MANIFEST_SUFFIX, SEGMENT_SUFFIX, SealingStore, SegmentTally, seal_manifest, segment_stem
 
 log = logging.getLogger(__name__)
 
 
 def recover_torn(store: SealingStore) -> list[str]:
-    """Run every recovery step; returns names of segments sealed with the recovered flag."""
+    """Run every recovery step; returns names of segments sealed with the recovered flag.
+
+    Each step reads and decides first, then writes only what it must, and every write
+    may draw on the sealing reserve. A write that still finds no room (or a read-only
+    file system) ends recovery without an error: the device must still boot, so that a
+    dock can take the sealed footage and free space. ``store.recovery_pending`` then
+    says that a torn segment waits; ``EvidenceStore.recover_pending`` finishes the job.
+    """
     evidence = store.root.evidence
-    _promote_temp_manifests(store)
-    _roll_head_forward(store)
-    _log_unlogged_seal(store)
     recovered: list[str] = []
-    for segment in sorted(evidence.glob("seg-*" + SEGMENT_SUFFIX)):
-        if segment.with_suffix(MANIFEST_SUFFIX).exists():
-            continue
-        name = _recover_segment(store, segment)
-        if name:
-            recovered.append(name)
+    try:
+        _promote_temp_manifests(store)
+        _roll_head_forward(store)
+        _log_unlogged_seal(store)
+        for segment in sorted(evidence.glob("seg-*" + SEGMENT_SUFFIX)):
+            if segment.with_suffix(MANIFEST_SUFFIX).exists():
+                continue
+            name = _recover_segment(store, segment)
+            if name:
+                recovered.append(name)
+    except Exception as exc:  # noqa: BLE001 - only "no room to write" is let through, below
+        if not (is_no_space(exc) or getattr(exc, "errno", None) == errno.EROFS):
+            raise
+        store.recovery_pending = True
+        log.error("recovery: no room to seal a torn segment (%s); booting without it, "
+                  "it is sealed once the dock frees space", exc)
+        store.audit.append("power_recovery", pending=True, reason=f"no room to write: {exc}")
+        return recovered
+    store.recovery_pending = False
     return recovered
 
 
@@ -77,8 +96,8 @@ def _roll_head_forward(store: SealingStore) -> None:
         head = ChainHead(manifest.segment_seq, manifest.digest)
     if head != store.chain_head:
         log.warning("recovery: chain head advanced from %d to %d", store.chain_head.seq, head.seq)
+        store.with_room(lambda: save_head(store.root.state, head))
         store.chain_head = head
-        save_head(store.root.state, head)
 
 
 def _newest_sealed_in_log(store: SealingStore) -> int:

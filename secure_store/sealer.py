@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 SEGMENT_SUFFIX = ".seg"
 MANIFEST_SUFFIX = ".manifest"
 MANIFEST_HEADROOM = 64 * 1024  # room kept free so a segment can always be sealed
+RECORD_OVERHEAD = 64  # a chunk record's bytes besides its plaintext (header, tag), rounded up
 
 
 class SealingStore(Protocol):
@@ -50,11 +51,13 @@ class SealingStore(Protocol):
     agency_public_key: x25519.X25519PublicKey
     audit: Any
     chain_head: ChainHead
+    recovery_pending: bool
 
     def has_room(self, nbytes: int) -> bool: ...
     def check_room(self, nbytes: int, *, during: str) -> None: ...
     def report_full(self, *, during: str, segment: str | None = None) -> None: ...
     def note_written(self, nbytes: int) -> None: ...
+    def with_room(self, action: Callable[[], Any]) -> Any: ...
     def clock_us(self) -> int: ...
     def utc_offset_us(self, written_ts_us: int) -> int: ...
     def clock_source(self) -> str: ...
@@ -109,10 +112,12 @@ def seal_manifest(store: "SealingStore", header: SegmentHeader, header_digest: b
     manifest = Manifest(**{**unsigned.__dict__, "signature": store.signing_key.sign(unsigned.signed_bytes())})
     data = manifest.encode()
     path = store.root.evidence / (segment_stem(header.segment_seq) + MANIFEST_SUFFIX)
-    write_atomic(path, data, 0o644, overwrite=False)
+    # Each write may draw on the sealing reserve: a full disk never leaves a segment unsealed.
+    store.with_room(lambda: write_atomic(path, data, 0o644, overwrite=False))
     store.note_written(len(data))
-    store.chain_head = ChainHead(header.segment_seq, manifest.digest)
-    save_head(store.root.state, store.chain_head)
+    head = ChainHead(header.segment_seq, manifest.digest)
+    store.with_room(lambda: save_head(store.root.state, head))
+    store.chain_head = head
     store.audit.append("segment_sealed", segment=path.stem, seq=header.segment_seq,
                        recording_id=header.recording_id, index=header.index, chunks=len(tally.chunk_digests),
                        frames=tally.frame_count, recovered=recovered, manifest_sha256=manifest.digest.hex())
@@ -135,6 +140,7 @@ class SegmentSealer:
         self._lock = threading.Lock()
         self._open = False
         self._stopped_full = False
+        self.unsealed: str | None = None  # a segment left for recovery (not even the reserve was enough)
 
     @property
     def recording(self) -> bool:
@@ -148,12 +154,13 @@ class SegmentSealer:
             check_recording_id(recording_id)
             if not 0 <= index < 2**32:
                 raise FormatError(f"segment index {index} out of range")
-            self._store.check_room(MANIFEST_HEADROOM * 2, during="begin_segment")
+            self._store.check_room(RECORD_OVERHEAD, during="begin_segment")
             self._recording_id, self._index = recording_id, index
             self._data_key = new_data_key()
             self._aead = AESGCM(self._data_key)
             self._wrapped = wrap_data_key(self._data_key, self._store.agency_public_key)
             self._header: SegmentHeader | None = None
+            self._path = None
             self._fd: int | None = None
             self._tally = SegmentTally()
             self._markers: list[Marker] = []
@@ -171,11 +178,13 @@ class SegmentSealer:
                 raise FormatError("frame timestamp out of range (0 .. 2**63 µs)")
             plaintext = encode_chunk(frames) + encode_records(  # GPS fixes ride inside the encrypted chunk
                 self._store.locations_for(frames[0].timestamp_us, frames[-1].timestamp_us))
-            needed = len(plaintext) + 64 + MANIFEST_HEADROOM + 32 * len(self._tally.chunk_digests)
-            if not self._store.has_room(needed):
-                self._finish(storage_full=True)
+            # The manifest, chain head and audit entries that close the segment come out of the
+            # sealing reserve, so the chunk only needs its own room.
+            if not self._store.has_room(len(plaintext) + RECORD_OVERHEAD):
+                segment = segment_stem(self._header_seq())
                 self._stopped_full = True
-                self._store.report_full(during="write_chunk", segment=segment_stem(self._header_seq()))
+                self._finish(storage_full=True)
+                self._store.report_full(during="write_chunk", segment=segment)
                 raise StorageFull("storage full: recording stopped, segment sealed")
             meta = ChunkMeta(False, *video_span(frames))  # audio rides along uncounted
             try:
@@ -226,32 +235,44 @@ class SegmentSealer:
         except FileExistsError:
             raise SealerStateError(f"{path.name} exists but is not sealed; run EvidenceStore.recover()") from None
         self._path, self._offset = path, 0
-        self._write_all(raw)
-        os.fsync(self._fd)
-        fsync_dir(path.parent)
+        try:
+            self._write_all(raw)
+            os.fsync(self._fd)
+            fsync_dir(path.parent)
+        except OSError:  # e.g. a full disk: no half header left behind, so the write can be tried again
+            os.close(self._fd)
+            self._fd = None
+            path.unlink(missing_ok=True)
+            self._header = None
+            raise
         self._offset = len(raw)
 
     def _append(self, meta: ChunkMeta, plaintext: bytes) -> None:
         index = len(self._tally.chunk_digests)
         parts, digest = seal_record(self._aead, self._header_digest, index, meta, plaintext)
         size = sum(len(p) for p in parts)
-        written = os.writev(self._fd, parts)
-        if written != size:  # a short write: finish the record from where it stopped
-            self._write_all(b"".join(parts)[written:])
-        os.fsync(self._fd)
+        try:
+            written = os.writev(self._fd, parts)
+            if written != size:  # a short write: finish the record from where it stopped
+                self._write_all(b"".join(parts)[written:])
+            os.fsync(self._fd)
+        except OSError:
+            os.ftruncate(self._fd, self._offset)  # no torn record: the write can be tried again
+            raise
         self._offset += size
         self._store.note_written(size)
         self._tally.add(meta, digest)
 
     def _out_of_space(self) -> None:
-        """The disk filled up under us: drop the partial record, seal with what fits, say so."""
-        os.ftruncate(self._fd, self._offset)
+        """The disk filled up under us: the partial record is gone; seal with what was written, say so."""
         self._stopped_full = True
+        segment = self._path.stem if self._path else segment_stem(self._header_seq())
         try:
             self._finish(storage_full=True)
-        except OSError as exc:  # not even room for the final chunk: recovery will seal it at boot
-            log.error("cannot seal %s on a full disk (%s); recovery will close it", self._path.name, exc.strerror)
-        self._store.report_full(during="write_chunk", segment=self._path.stem)
+        except OSError as exc:  # not even the sealing reserve was enough: recovery will seal it
+            self.unsealed = segment
+            log.error("cannot seal %s on a full disk (%s); recovery will close it", segment, exc.strerror)
+        self._store.report_full(during="write_chunk", segment=segment)
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
@@ -262,14 +283,18 @@ class SegmentSealer:
         """Append the final chunk, close the file and sign the manifest."""
         try:
             if self._header is None:
-                self._write_header(self._store.clock_us())
+                utc_offset_us = self._store.clock_us()
+                self._store.with_room(lambda: self._write_header(utc_offset_us))
             last = self._tally.last_ts_us
-            self._append(ChunkMeta(True, 0, last, last), b"")
+            self._store.with_room(lambda: self._append(ChunkMeta(True, 0, last, last), b""))
             os.close(self._fd)
             self._fd = None
             seal_manifest(self._store, self._header, self._header_digest, self._tally, self._markers,
                           recovered=False, storage_full=storage_full,
                           clock=self._store.clock_bound(self._clock_bound))
+        except OSError:
+            self.unsealed = segment_stem(self._header_seq())
+            raise
         finally:
             if self._fd is not None:
                 os.close(self._fd)

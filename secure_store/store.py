@@ -4,7 +4,9 @@ Evidence is written by a SegmentSealer (``open_sealer``), closed after a power
 cut by ``recover``, listed for the dock by ``list_evidence`` and deleted only by
 ``release`` with the SHA-256 of the segment's signed manifest as confirmation.
 Free space is checked before and during recording against the disk (minus a
-reserve) and an optional quota.
+reserve) and an optional quota. "Full" means the next chunk at the configured bitrate
+(``chunk_bytes``) would not fit, or the sealing reserve (``secure_store.reserve``) that
+guarantees every segment can be closed is not on disk.
 """
 
 from __future__ import annotations
@@ -27,12 +29,24 @@ from secure_store.durable import fsync_dir
 from secure_store.errors import KeyMissing, ReleaseRefused, StorageFull, StoreError
 from secure_store.layout import DeviceRoot
 from secure_store.recovery import recover_torn
-from secure_store.sealer import MANIFEST_HEADROOM, MANIFEST_SUFFIX, SEGMENT_SUFFIX, SegmentSealer
+from secure_store.reserve import RESERVE_FILE, SealingReserve
+from secure_store.sealer import MANIFEST_SUFFIX, SEGMENT_SUFFIX, SegmentSealer
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RESERVE = 64 * 1024 * 1024   # left free on the disk for the OS, logs, audit
-FULL_BELOW = 4 * MANIFEST_HEADROOM   # free bytes under which the store is "full"
+DEFAULT_CHUNK_BYTES = 256 * 1024    # without a bitrate; the device passes chunk_bytes_for(its bitrate)
+
+
+def chunk_bytes_for(bitrate: int) -> int:
+    """The room one chunk (one GOP, one second) can need at ``bitrate`` bit/s.
+
+    The encoder's VBV buffer holds one second, so a one-second GOP carries at most two
+    seconds' worth of bits; plus the record's own overhead.
+    """
+    return 2 * bitrate // 8 + 4096
+
+
 NEARLY_FULL_FRACTION = 0.10
 _STEM = re.compile(r"seg-\d{10}\Z")
 
@@ -72,6 +86,8 @@ class EvidenceStore:
         locations: Callable[[int, int], list] | None = None,
         quota_bytes: int | None = None,
         reserve_bytes: int = DEFAULT_RESERVE,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        sealing_reserve: SealingReserve | None = None,
     ) -> None:
         if not isinstance(signing_key, ed25519.Ed25519PrivateKey):
             raise KeyMissing("the evidence store needs the device's Ed25519 signing key")
@@ -89,8 +105,12 @@ class EvidenceStore:
         self._locations = locations
         self.quota_bytes = quota_bytes
         self.reserve_bytes = reserve_bytes
+        self.chunk_bytes = chunk_bytes
         for d in (self.root.evidence, self.root.state):
             d.mkdir(parents=True, exist_ok=True)
+        self.sealing_reserve = sealing_reserve or SealingReserve(self.root.state / RESERVE_FILE)
+        self.sealing_reserve.ensure()
+        self.recovery_pending = False  # a torn segment recovery could not seal yet (disk full)
         self.chain_head: ChainHead = load_head(self.root.state)
         self._used = self._scan_used()
         self._digests: dict[tuple[str, int, int], str] = {}   # sealed files never change
@@ -98,13 +118,31 @@ class EvidenceStore:
     # --- recording ----------------------------------------------------------------------------
 
     def open_sealer(self) -> SegmentSealer:
-        """A ChunkSink for the recorder; StorageFull (audit-logged) if there is no room."""
-        self.check_room(FULL_BELOW, during="open_sealer")
+        """A ChunkSink for the recorder; StorageFull (audit-logged) if the next chunk would not fit."""
+        if not self.recover_pending():
+            self.report_full(during="open_sealer")
+            raise StorageFull("storage full: a torn segment is still waiting for room to be sealed; "
+                              "recording refused")
+        self.check_room(self.chunk_bytes, during="open_sealer")
         return SegmentSealer(self)
 
     def recover(self) -> list[str]:
-        """Close segments torn by a power cut; returns the names of the segments it sealed."""
+        """Close segments torn by a power cut; returns the names of the segments it sealed.
+
+        Never fails for lack of space: what cannot be sealed yet stays as it is
+        (``recovery_pending``) and is sealed by :meth:`recover_pending` once there is room.
+        """
         return recover_torn(self)
+
+    def recover_pending(self) -> bool:
+        """Retry a recovery the disk had no room for; True when nothing is pending any more."""
+        if self.recovery_pending and self.sealing_reserve.ensure():  # room again (the dock freed some)
+            self.recover()
+        return not self.recovery_pending
+
+    def with_room(self, action: Callable[[], Any]) -> Any:
+        """Run a write that closes evidence; on a full disk it may use the sealing reserve."""
+        return self.sealing_reserve.run(action)
 
     # --- the dock's view ----------------------------------------------------------------------
 
@@ -179,7 +217,7 @@ class EvidenceStore:
             free = min(free, self.quota_bytes - self._used)
             capacity = min(capacity, self.quota_bytes)
         free = max(0, free)
-        if free < FULL_BELOW:
+        if free < self.chunk_bytes or not self.sealing_reserve.ensure() or self.recovery_pending:
             level = "full"
         elif free < NEARLY_FULL_FRACTION * max(capacity, 1):
             level = "nearly_full"
@@ -188,12 +226,15 @@ class EvidenceStore:
         return StorageStatus(free, self._used, level)
 
     def has_room(self, nbytes: int) -> bool:
-        return self.storage_status().free_bytes >= nbytes
+        """Room for ``nbytes`` of evidence with the sealing reserve still on disk."""
+        return self.storage_status().free_bytes >= nbytes and self.sealing_reserve.held
 
     def check_room(self, nbytes: int, *, during: str) -> None:
         if not self.has_room(nbytes):
             self.report_full(during=during)
-            raise StorageFull(f"storage full: {self.storage_status().free_bytes} bytes free; recording refused")
+            free = self.storage_status().free_bytes
+            why = f"{free} bytes free, {nbytes} needed" if free < nbytes else "no room for the sealing reserve"
+            raise StorageFull(f"storage full: {why}; recording refused")
 
     def report_full(self, *, during: str, segment: str | None = None) -> None:
         status = self.storage_status()
