@@ -15,12 +15,16 @@
     quit                 seal any recording and shut down
 
 The console only touches the simulated hardware (MockFactory pins, the sim battery), so a
-person exercises exactly the paths the officer's fingers would.
+person exercises exactly the paths the officer's fingers would. Each reply says what the
+device did (``recording ... started``, ``recording refused: storage full``, ``no change``),
+and ``SignalWatch`` prints what the officer would see, hear and feel (LEDs, buzzer, haptic
+motor) as it happens.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 from hw_sim.pins import Finger
 
@@ -73,7 +77,16 @@ class SimConsole:
         self.finger.set_active(pin, active)
 
     def execute(self, line: str) -> str:
-        """Run one command; returns what to show. Raises ConsoleError or Quit."""
+        """Run one command; returns what the device did. Raises ConsoleError or Quit."""
+        machine = self.device.machine
+        before = machine.decision_count
+        reply = self._execute(line)
+        if reply != "ok":
+            return reply
+        said = machine.decisions_since(before)  # waits for an event still being handled
+        return "; ".join(said) if said else "ok (no change)"
+
+    def _execute(self, line: str) -> str:
         words = line.split()
         if not words:
             return ""
@@ -109,3 +122,44 @@ class SimConsole:
         else:
             raise ConsoleError(f"unknown command {verb!r} (type help)")
         return "ok"
+
+
+def _pattern(method: str, args: tuple, kwargs: dict) -> str:
+    if method != "blink":
+        return method
+    on_s = kwargs.get("on_time", args[0] if args else 1)
+    off_s = kwargs.get("off_time", args[1] if len(args) > 1 else 1)
+    n = kwargs.get("n", args[4] if len(args) > 4 else None)
+    times = "" if n is None else f" x{n}"
+    return f"blinking {on_s:g} s on / {off_s:g} s off{times}"
+
+
+class SignalWatch:
+    """Reports every change the firmware makes to the LEDs, buzzer and haptic motor.
+
+    Wraps the gpiozero output devices' ``on``/``off``/``blink`` (what ``firmware.signals``
+    calls) so a person at the console sees "red LED on", "buzzer blinking 0.1 s on / 0.1 s
+    off x2" when the hardware would do it.
+    """
+
+    NAMES = {"green": "green LED", "red": "red LED", "amber": "amber LED", "buzzer": "buzzer", "haptic": "haptic"}
+
+    def __init__(self, signals, say: Callable[[str], None]) -> None:
+        self._say = say
+        outputs = {**getattr(signals, "_leds", {}), "buzzer": getattr(signals, "_buzzer", None),
+                   "haptic": getattr(signals, "_haptic", None)}
+        self._last: dict[str, str] = {}
+        for name, device in outputs.items():
+            if device is not None:
+                for method in ("on", "off", "blink"):
+                    setattr(device, method, self._wrap(self.NAMES[name], method, getattr(device, method)))
+
+    def _wrap(self, name: str, method: str, original: Callable) -> Callable:
+        def changed(*args, **kwargs):
+            result = original(*args, **kwargs)
+            what = _pattern(method, args, kwargs)
+            if self._last.get(name) != what or not name.endswith("LED"):  # a cue is news every time
+                self._last[name] = what
+                self._say(f"[{name} {what}]")
+            return result
+        return changed

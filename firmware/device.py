@@ -32,13 +32,15 @@ from recorder.audio import MuteGate
 from secure_store import keys
 from secure_store.audit import AuditLog
 from secure_store.layout import DeviceRoot
-from secure_store.store import EvidenceStore
+from secure_store.reserve import RESERVE_FILE, ReservedAudit, SealingReserve
+from secure_store.store import EvidenceStore, chunk_bytes_for
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 TICK_S = 0.5
 EARLIEST_PLAUSIBLE_UTC = 1_704_067_200  # 2024-01-01: a Pi without RTC boots in 1970
+CAMERA_CLOCKS = ("real", "fast", "stepped")  # stepped: fast, but only as far as ``sensor_gate`` allows
 
 
 class DeviceError(Exception):
@@ -58,13 +60,21 @@ class FrameTap:
         self.output = output
         self.frames = 0
         self.newest_us: int | None = None
+        self._arrived = threading.Condition()
 
     def outputframe(self, frame: bytes, keyframe: bool = True, timestamp: int | None = None,
                     packet: object = None, audio: bool = False) -> None:
         self.output.outputframe(frame, keyframe, timestamp, packet, audio)
         if not audio:  # sound runs a little behind the picture: the sensor time is the video's
-            self.newest_us = timestamp
-            self.frames += 1
+            with self._arrived:
+                self.newest_us = timestamp
+                self.frames += 1
+                self._arrived.notify_all()
+
+    def wait_frame(self, after: int, timeout: float) -> bool:
+        """Wait until more than ``after`` frames have passed; False if none came within ``timeout``."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: self.frames > after, timeout)
 
 
 def _signals(config: Config, pin_factory) -> Signals:
@@ -94,19 +104,23 @@ class Device:
             agency_public_key = keys.load_public_key(self.root.agency_pub, "agency")
         except (ProvisionError, keys.KeyFileError) as exc:
             raise DeviceError(f"device {self.root.root} cannot start: {exc}") from None
-        self.audit = AuditLog(self.root.audit, self.device_key, self.device_id)
+        # The sealing reserve: room set aside so that a full disk never leaves a segment
+        # unsealed nor an audit entry unwritten (secure_store.reserve).
+        sealing_reserve = SealingReserve(self.root.state / RESERVE_FILE)
+        self.audit = ReservedAudit(AuditLog(self.root.audit, self.device_key, self.device_id), sealing_reserve)
         self.clock = OffsetClock(self.root.state / "clock.json")
         self.clock_tracker = ClockTracker(self.clock, self.audit, ClockConfig(
             dock_error_ms=config.clock.dock_error_ms, gps_latency_ms=config.clock.gps_latency_ms,
             default_drift_ppm=config.clock.drift_ppm))
         self.location = LocationLog(pre_event=config.gps.pre_event, interval_s=config.gps.interval_s,
                                     window_s=config.video.pre_event_s + 10)
-        storage = config.storage
+        storage, video = config.storage, config.video
         self.store = EvidenceStore(
             self.root, device_id=self.device_id, signing_key=self.device_key,
             agency_public_key=agency_public_key, audit=self.audit, clock=self.clock,
             quota_bytes=storage.quota_mb * MIB if storage.quota_mb else None,
-            reserve_bytes=storage.reserve_mb * MIB,
+            reserve_bytes=storage.reserve_mb * MIB, chunk_bytes=chunk_bytes_for(video.bitrate),
+            sealing_reserve=sealing_reserve,
             sensor_clock=lambda: self.tap.newest_us,  # UTC of pre-event frames is their own, not the press's
             clock_bound=self.clock_tracker.segment_bound,
             locations=self.location.take if config.gps.enabled else None,
@@ -124,6 +138,8 @@ class Device:
         if sim and pin_factory is None:
             from hw_sim.pins import sim_pin_factory
             pin_factory = sim_pin_factory()
+        elif pin_factory is None:
+            pin_factory = _default_pin_factory()
         self.pin_factory = pin_factory
         if sim and battery is None:
             from hw_sim.battery import SimBattery
@@ -133,6 +149,9 @@ class Device:
 
         self.port = port
         self.offload = None
+        if port and "://" not in port and not Path(port).exists():
+            log.warning("dock port %s does not exist (yet): the dock link starts when it appears; "
+                        "check --port or paths.serial_port", port)
         if port:
             self.offload = OffloadServer(
                 port, self.store, self.audit, self.device_key, self.device_id,
@@ -155,6 +174,7 @@ class Device:
             attach_firmware_commands(self.offload, self.root, recording=lambda: self.machine.recording is not None,
                                      begin_update=self.machine.begin_update, end_update=self.machine.end_update)
         self.controls = Controls(config.pins, config.controls, self.machine.handle, pin_factory=pin_factory)
+        self.sensor_gate = None  # hw_sim.sensor_gate.SensorGate with camera_clock="stepped"
         self.camera = self._camera(camera_clock)
         self.sim_gps, self.gps = self._gps() if config.gps.enabled else (None, None)
         self._stop = threading.Event()
@@ -164,6 +184,8 @@ class Device:
         self.recording_started_us: int | None = None  # sensor time of the newest frame at activation
 
     def _camera(self, camera_clock: str):
+        if camera_clock not in CAMERA_CLOCKS:
+            raise DeviceError(f"camera clock must be one of {', '.join(CAMERA_CLOCKS)}, not {camera_clock!r}")
         video, audio = self.config.video, self.config.audio
         width, height = video.size
         front = self.mute_gate or self.tap
@@ -177,7 +199,11 @@ class Device:
             from recorder.audio import AacEncoder, AudioCapture
             from recorder.encoders import CaptureThread, PyAVEncoder
 
-            camera = SimCamera(width, height, video.fps, clock=camera_clock, pixel_format="yuv420p")
+            camera = SimCamera(width, height, video.fps, clock="real" if camera_clock == "real" else "fast",
+                               pixel_format="yuv420p")
+            if camera_clock == "stepped":
+                from hw_sim.sensor_gate import SensorGate
+                camera = self.sensor_gate = SensorGate(camera)
             encoder = PyAVEncoder(front, width, height, video.fps, video.bitrate, input_format="yuv420p")
             sound = AudioCapture(SimMicrophone(), AacEncoder(front, audio.bitrate)) if audio.enabled else None
             return CaptureThread(camera, encoder, device_id=self.device_id, utc_clock=utc, audio=sound)
@@ -241,6 +267,8 @@ class Device:
             self.gps.stop()
             if self.sim_gps is not None:
                 self.sim_gps.close()
+        if self.sensor_gate is not None:
+            self.sensor_gate.close()  # a paused sim camera must not hold the capture thread
         try:
             getattr(self.camera, "close", self.camera.stop)()  # a Pi camera is also released
         except Exception as exc:  # noqa: BLE001 - already a FAULT (audit-logged); shutdown goes on
@@ -311,3 +339,36 @@ class Device:
             if time.monotonic() > deadline:
                 raise DeviceError(f"timed out after {timeout:g} s waiting for {what}")
             time.sleep(0.01)
+
+    def wait_sensor(self, seconds: float, what: str, stall_s: float = 120.0) -> None:
+        """Wait until the camera has produced ``seconds`` of video (sensor time).
+
+        However slow the machine, this waits as long as frames keep coming; DeviceError
+        only if the camera fails or no frame at all arrives for ``stall_s`` (a hang).
+        """
+        target = round(seconds * 1_000_000)
+        while self.tap.newest_us is None or self.tap.newest_us < target:
+            error = getattr(self.camera, "error", None)
+            if error is not None:
+                raise DeviceError(f"camera failed while waiting for {what}: {error}")
+            if not self.tap.wait_frame(self.tap.frames, stall_s) and (
+                    self.tap.newest_us is None or self.tap.newest_us < target):
+                raise DeviceError(f"no video for {stall_s:g} s while waiting for {what}")
+
+
+def _default_pin_factory():
+    """gpiozero's own choice of pin driver, or DeviceError with a hint on a machine without GPIO."""
+    import warnings
+
+    from gpiozero import Device as GpioDevice
+    from gpiozero.exc import BadPinFactory, PinFactoryFallback
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PinFactoryFallback)  # one clear line below, not four warnings
+        if GpioDevice.pin_factory is not None:
+            return GpioDevice.pin_factory
+        try:
+            return GpioDevice._default_pin_factory()
+        except BadPinFactory:
+            raise DeviceError("no GPIO pin driver found (not a Raspberry Pi?); "
+                              "run with --sim to use simulated hardware") from None

@@ -75,6 +75,7 @@ class Recording:
     started_monotonic: float
     last_reminder: float
     markers: list[str] = field(default_factory=list)
+    sealer: Any = None
 
 
 def new_recording_id() -> str:
@@ -119,6 +120,8 @@ class DeviceMachine:
         self.clock_set = True
         self.last_recording: Recording | None = None
         self.listeners: list[Callable[[State, State, str], None]] = []
+        self.decisions: list[str] = []  # what events led to, in words, newest last (the sim console says them)
+        self.decision_count = 0
 
     # -- the one entry point ------------------------------------------------------------------
     def handle(self, event: str, **details: Any) -> None:
@@ -158,13 +161,16 @@ class DeviceMachine:
 
     def _start_recording(self, trigger: str) -> None:
         if self.recording is not None:
+            self._decided(f"already recording ({trigger} changes nothing)")
             return  # already recording: a second trigger changes nothing
         if self.state not in (State.BUFFERING, State.DOCKED):
             log.info("record (%s) ignored in state %s", trigger, self.state.value)
+            self._decided(f"record ignored in state {self.state.value}")
             return
         if self.battery_percent is not None and self.battery_percent <= self._battery_shutdown:
             self._refuse(trigger, "battery_low", battery_percent=self.battery_percent)
             return
+        self._check_storage(announce=False)  # "full" = the next chunk would not fit: known before we start
         try:
             sealer = self.store.open_sealer()
         except StorageFull as exc:
@@ -181,7 +187,7 @@ class DeviceMachine:
         self.signals.cue("start")
         pre_event_s = round(self.buffer.held_seconds, 3)
         now = self._clock()
-        self.recording = Recording(recording_id, segmenter, output, trigger, pre_event_s, now, now)
+        self.recording = Recording(recording_id, segmenter, output, trigger, pre_event_s, now, now, sealer=sealer)
         self.buffer.open_output(output)  # held GOPs queued at once; live frames follow
         output.wait()  # ... and sealed and fsync'd before we go on (the LED is already red)
         self._enter(State.RECORDING, Event.RECORD_START, recording_id=recording_id, trigger=trigger,
@@ -203,23 +209,32 @@ class DeviceMachine:
             sealed = False
             log.error("closing recording %s: %s", rec.recording_id, exc)
         failure = rec.output.failure
+        storage_full = isinstance(failure, StorageFull)  # the sealer sealed the segment, then said so
+        unsealed = getattr(rec.sealer, "unsealed", None)  # left for recovery: not even the reserve fitted
         self.recording = None
         self.last_recording = rec
         self.signals.cue("stop")
-        self._enter(State.DOCKED if self.docked else State.BUFFERING, Event.RECORD_STOP,
-                    recording_id=rec.recording_id, reason=reason, segments=rec.segmenter.segments_begun,
-                    markers=len(rec.markers), sealed=sealed and failure is None,
-                    failure=None if failure is None else str(failure))
+        details: dict[str, Any] = dict(
+            recording_id=rec.recording_id, reason=reason, segments=rec.segmenter.segments_begun,
+            markers=len(rec.markers), sealed=sealed and not unsealed and (failure is None or storage_full),
+            failure=None if failure is None or storage_full else str(failure))
+        if storage_full:
+            details["storage_full"] = True
+        if unsealed:
+            details["unsealed"] = unsealed
+        self._enter(State.DOCKED if self.docked else State.BUFFERING, Event.RECORD_STOP, **details)
 
     def _on_marker(self, label: str = "officer marker") -> None:
         if self.recording is None:
             log.info("marker ignored: not recording")
+            self._decided("marker ignored: not recording")
             return
         segmenter = self.recording.segmenter
         self.recording.output.call(lambda: segmenter.add_marker(label))  # after the frames seen so far
         self.recording.markers.append(label)
         self.audit.append(Event.MARKER, recording_id=self.recording.recording_id, label=label)
         self.signals.cue("marker")
+        self._decided(f"marker added to {self.recording.recording_id}")
 
     def _report_sink_failure(self, exc: BaseException) -> None:
         self.handle("sink_failed", error=exc)
@@ -238,6 +253,7 @@ class DeviceMachine:
 
     def _refuse(self, trigger: str, why: str, **details: Any) -> None:
         log.warning("recording refused (%s): %s", trigger, why)
+        self._decided(f"recording refused: {why.replace('_', ' ')}")
         self.signals.cue(why)
         self.audit.append(RECORD_REFUSED, trigger=trigger, reason=why, state=self.state.value, **details)
 
@@ -248,6 +264,7 @@ class DeviceMachine:
     def _on_stealth(self) -> None:
         self.stealth = not self.stealth
         self.signals.stealth = self.stealth
+        self._decided("stealth on" if self.stealth else "stealth off")
         self.audit.append(Event.STEALTH_ON if self.stealth else Event.STEALTH_OFF, state=self.state.value)
 
     # -- dock ---------------------------------------------------------------------------------
@@ -318,6 +335,8 @@ class DeviceMachine:
         with self._lock:
             if self.state in (State.BOOT, State.FAULT, State.UPDATING):
                 return
+            if getattr(self.store, "recovery_pending", False) and self.recording is None:
+                self.store.recover_pending()  # a torn segment waited for room (the dock freed some)
             self._check_storage(announce=True)
             rec = self.recording
             if rec is not None:
@@ -374,10 +393,25 @@ class DeviceMachine:
             self.signals.show(new.value)
         self.audit.append(event, **{"from": old.value, "to": new.value}, **details)
         log.info("%s -> %s (%s)", old.value, new.value, event)
+        said = {Event.RECORD_START: f"recording {details.get('recording_id')} started",
+                Event.RECORD_STOP: f"recording {details.get('recording_id')} stopped ({details.get('reason')}), "
+                                   f"{'sealed' if details.get('sealed') else 'NOT sealed'}"}.get(event)
+        self._decided(said or f"{old.value} -> {new.value}")
         for listener in self.listeners:
             listener(old, new, event)
         self.state = new
         self._show_warnings()
+
+    def _decided(self, what: str) -> None:
+        self.decisions.append(what)
+        del self.decisions[:-100]  # the newest hundred are plenty for a console
+        self.decision_count += 1
+
+    def decisions_since(self, count: int) -> list[str]:
+        """What happened since ``decision_count`` was ``count`` (waits for an event being handled)."""
+        with self._lock:
+            n = min(self.decision_count - count, len(self.decisions))
+            return self.decisions[-n:] if n > 0 else []
 
     def status(self) -> dict[str, Any]:
         """What `status` shows and the dock link reports."""

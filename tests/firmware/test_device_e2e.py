@@ -111,7 +111,7 @@ def test_console_drives_buttons_battery_and_auto_trigger(provisioned):
         with pytest.raises(ProvisionError, match="in use"):  # the running daemon keeps signing with its key
             provision(root, "SIM-E2E", made["agency_pub"], made["vendor_pub"], force=True)
         assert (root / "keys" / "device.key").read_bytes() == key_before
-        assert console.execute("bounce record") == "ok"
+        assert console.execute("bounce record") == "ok (no change)"  # a knock does nothing, and says so
         assert json.loads(console.execute("status"))["state"] == "buffering"
         console.execute("holster on")
         device.wait_for(lambda: device.machine.state is State.RECORDING, 5, "auto trigger")
@@ -126,8 +126,8 @@ def test_console_drives_buttons_battery_and_auto_trigger(provisioned):
         console.execute("battery 3")  # below the shutdown level: sealed and stopped by the device's monitor
         device.wait_for(lambda: device.machine.state is State.BUFFERING, 5, "battery stop")
         assert device.machine.last_recording is not None
-        console.execute("double record")  # refused: battery too low
-        assert device.machine.state is State.BUFFERING
+        reply = console.execute("double record")  # refused: battery too low, and the console says so
+        assert reply == "recording refused: battery low" and device.machine.state is State.BUFFERING
         with pytest.raises(ConsoleError, match="which button"):
             console.execute("press elbow")
         with pytest.raises(ConsoleError, match="unknown command"):
