@@ -307,4 +307,23 @@ def _to_toml(value: Any) -> Any:
     return False if value is None else value
 
 
-__all__ = ["Config", "ConfigError", "load", "from_mapping", "with_overrides"]
+def to_toml(config: Config) -> str:
+    """``config`` as a TOML file that loads back to an equal Config (``bodycam config show``)."""
+    lines: list[str] = []
+    for section in fields(Config):
+        values = getattr(config, section.name)
+        lines.append(f"[{section.name}]")
+        for f in fields(values):
+            value = _to_toml(getattr(values, f.name))
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str):
+                text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            else:
+                text = repr(value)
+            lines.append(f"{f.name} = {text}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+__all__ = ["Config", "ConfigError", "load", "from_mapping", "with_overrides", "to_toml"]

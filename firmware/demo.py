@@ -10,9 +10,13 @@
    and confirms it only once the bucket holds it under retention;
 5. verify and export the dock's copy with the sim agency key: MP4s with JSON and HTML reports.
 
-The camera's clock is "fast": it encodes as fast as the CPU allows, so every wait here is
-in sensor time (frame timestamps), never wall time; only the finger uses the wall clock,
-as gpiozero's hold and our settle timers do.
+The camera's clock is "stepped": it encodes as fast as the CPU allows, but only as far as
+the demo lets it (``hw_sim.sensor_gate``). The demo lets exactly 35 s of video through,
+then presses; lets 10 s through, then marks; lets 10 s more through, then holds to stop.
+No video passes while a finger is on a button, so the recording holds exactly 20 s after
+the press on a fast machine or a busy one: every wait is for sensor time or for the
+device's own answer, never a wall-clock race. (The finger itself uses the wall clock, as
+gpiozero's hold and our settle timers do; ``HANG_S`` only catches a device that hangs.)
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ nothing: never provision a real camera with them, never trust footage sealed to 
 This whole directory is thrown away and remade by the next `bodycam demo`.
 """
 DEVICE_ID = "SIM-DEMO-0001"
+HANG_S = 300.0  # a step that takes longer is a hung device, not a slow machine
 
 
 class DemoError(Exception):
@@ -150,31 +155,35 @@ def run_demo(
     config = demo_config(resolution, fps, pre_event_s, bitrate)
     pins, controls = config.pins, config.controls
     with LinkedPtys() as cable:
-        device = Device(root, config, sim=True, port=cable.a_path, camera_clock="fast")
+        device = Device(root, config, sim=True, port=cable.a_path, camera_clock="stepped")
         finger = Finger(device.pin_factory, settle_s=controls.bounce_s)
+        gate = device.sensor_gate
         try:
             device.start()
-            say(f"booted: {resolution}@{fps}, pre-event buffer {pre_event_s:g} s, sensor clock fast")
+            say(f"booted: {resolution}@{fps}, pre-event buffer {pre_event_s:g} s, sensor clock stepped")
             t0 = time.monotonic()
-            device.wait_for(lambda: device.sensor_seconds >= buffer_s, 120, f"{buffer_s:g} s of buffered video")
+            gate.allow_until(buffer_s)
+            device.wait_sensor(buffer_s, f"{buffer_s:g} s of buffered video", stall_s=HANG_S)
             rate = device.sensor_seconds / max(time.monotonic() - t0, 1e-3)  # sensor seconds per wall second
             say(f"buffered {device.sensor_seconds:.1f} s of sensor time (holding {device.buffer.held_seconds:.1f} s)"
-                f" at {rate:.1f}x real time")
+                f" at {rate:.1f}x real time; the camera waits while the finger presses")
 
             finger.double(pins.record_button)
-            device.wait_for(lambda: device.machine.state is State.RECORDING, 10, "the double press to start")
+            device.wait_for(lambda: device.machine.state is State.RECORDING, HANG_S, "the double press to start")
             start_s = device.recording_started_us / 1e6
             say(f"double-pressed record at sensor {start_s:.1f} s: recording, LED red")
 
-            device.wait_for(lambda: device.sensor_seconds >= start_s + record_s / 2, 60, "the marker moment")
+            gate.allow_until(start_s + record_s / 2)
+            device.wait_sensor(start_s + record_s / 2, "the marker moment", stall_s=HANG_S)
             finger.press(pins.function_button)
+            device.wait_for(lambda: device.machine.recording is None or device.machine.recording.markers, HANG_S,
+                            "the marker")
             say(f"function button at sensor {device.sensor_seconds:.1f} s: marker")
 
-            hold_sensor_s = (controls.stop_hold_s + 0.3) * rate  # sensor time that passes while the finger holds
-            device.wait_for(lambda: device.sensor_seconds >= start_s + max(record_s - hold_sensor_s, 1), 60,
-                            "the end of the recording")
+            gate.allow_until(start_s + record_s)
+            device.wait_sensor(start_s + record_s, "the end of the recording", stall_s=HANG_S)
             finger.hold(pins.record_button, controls.stop_hold_s)
-            device.wait_for(lambda: device.machine.state is not State.RECORDING, 10, "the hold to stop")
+            device.wait_for(lambda: device.machine.state is not State.RECORDING, HANG_S, "the hold to stop")
             rec = device.machine.last_recording
             summary.markers = list(rec.markers)
             summary.recorded_s = device.sensor_seconds - start_s

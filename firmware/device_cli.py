@@ -1,4 +1,4 @@
-"""`bodycam device` (the firmware daemon) and `bodycam demo` (the simulated journey)."""
+"""`bodycam device` (the firmware daemon), `bodycam demo` (the simulated journey) and `bodycam config show`."""
 
 from __future__ import annotations
 
@@ -13,38 +13,65 @@ from firmware.demo import DemoError
 from firmware.machine import MachineError
 
 
-def _device(args: argparse.Namespace) -> int:
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # each one seals and stops
+
+
+def _effective_config(args: argparse.Namespace):
     from firmware import config as config_mod
-    from firmware.device import Device
 
     config_path = args.config
     if config_path is None and args.root and (Path(args.root) / "config.toml").exists():
         config_path = Path(args.root) / "config.toml"
-    config = config_mod.load(config_path)
+    return config_mod.load(config_path), config_path
+
+
+def _say(line: str) -> None:
+    """A daemon line on stderr; a closed terminal (SIGHUP) must not stop the shutdown."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _device(args: argparse.Namespace) -> int:
+    from firmware import rootlock
+    from firmware.device import Device
+
+    config, _ = _effective_config(args)
     root = Path(args.root or config.paths.root)
     port = args.port if args.port else (None if args.sim else config.paths.serial_port)
-    device = Device(root, config, sim=args.sim, port=port, camera_clock="real")
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    device.start()
-    print(f"bodycam: device {device.device_id} running ({'simulated' if args.sim else 'Raspberry Pi'}); "
-          f"state {device.machine.state.value}", file=sys.stderr)
-    try:
-        if args.sim:
-            _console(device, stop)
-        else:
-            stop.wait()
-    finally:
-        device.stop("daemon stopped")
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda signum, _frame: stop.set())
+    with rootlock.acquire(root):  # one daemon per device root
+        device = Device(root, config, sim=args.sim, port=port, camera_clock="real")
+        device.start()
+        _say(f"bodycam: device {device.device_id} running ({'simulated' if args.sim else 'Raspberry Pi'}); "
+             f"state {device.machine.state.value}")
+        try:
+            if args.sim:
+                _console(device, stop)
+            else:
+                stop.wait()
+        finally:
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)  # a second signal must not cut the sealing short
+            device.stop("daemon stopped")
+            _say(f"bodycam: device {device.device_id} stopped; {_last_words(device)}")
     return 0
 
 
+def _last_words(device) -> str:
+    rec = device.machine.last_recording
+    return "no recording" if rec is None else f"last recording {rec.recording_id} sealed"
+
+
 def _console(device, stop: threading.Event) -> None:
-    from firmware.console import SimConsole
+    from firmware.console import SignalWatch, SimConsole
 
     console = SimConsole(device)
-    print("type commands (help for the list, quit to stop)", file=sys.stderr)
+    SignalWatch(device.signals, lambda line: _print_line(line))
+    _say("type commands (help for the list, quit to stop)")
     reader = threading.Thread(target=_read_lines, args=(console, stop), name="console", daemon=True)
     reader.start()
     stop.wait()
@@ -61,8 +88,25 @@ def _read_lines(console, stop: threading.Event) -> None:
         except Quit:
             break
         if answer:
-            print(answer, flush=True)
+            _print_line(answer)
     stop.set()
+
+
+def _print_line(line: str) -> None:
+    try:
+        print(line, flush=True)
+    except (OSError, ValueError):
+        pass  # stdout gone (terminal closed): the device goes on until it is told to stop
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from firmware.config import to_toml
+
+    config, path = _effective_config(args)
+    source = f"{path} over the defaults" if path else "the defaults (no config file)"
+    print(f"# effective settings: {source}")
+    print(to_toml(config), end="")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -97,6 +141,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", help="dock link serial port (default: paths.serial_port; none with --sim)")
     p.set_defaults(func=_device)
 
+    c = subparsers.add_parser("config", help="device configuration: show the effective settings",
+                              description="Show the settings a device runs with: the defaults, overridden by "
+                                          "the config file. docs/bodycam.sample.toml lists every setting.")
+    actions = c.add_subparsers(dest="config_action", metavar="ACTION", required=True)
+    show = actions.add_parser("show", help="print the effective settings as TOML")
+    show.add_argument("--config", type=Path, help="TOML config (default: ROOT/config.toml if present)")
+    show.add_argument("--root", type=Path, help="device root whose config.toml to read")
+    show.set_defaults(func=_config_show)
+
     d = subparsers.add_parser("demo", help="simulated device end to end: record, dock pull, verify, export",
                               description="Provision a throw-away simulated device (SIMULATION ONLY keys), "
                                           "record with pre-event, pull over a simulated USB link, verify and "
@@ -113,12 +166,13 @@ def _errors() -> tuple[type[BaseException], ...]:
     from firmware.console import ConsoleError
     from firmware.device import DeviceError
     from firmware.provision import ProvisionError
+    from firmware.rootlock import RootLockError
     from firmware.update.slots import UpdateError
     from secure_store.errors import StoreError
     from secure_store.keys import KeyFileError
 
     return (ConfigError, DemoError, DeviceError, MachineError, ConsoleError, ProvisionError, UpdateError,
-            StoreError, KeyFileError, PullError, ExportError)
+            StoreError, KeyFileError, PullError, ExportError, RootLockError)
 
 
 ERRORS = _errors()
