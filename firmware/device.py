@@ -32,7 +32,7 @@ from recorder.audio import MuteGate
 from secure_store import keys
 from secure_store.audit import AuditLog
 from secure_store.layout import DeviceRoot
-from secure_store.reserve import RESERVE_FILE, ReservedAudit, SealingReserve
+from secure_store.reserve import RESERVE_FILE, ReservedAudit, SealingReserve, is_no_space
 from secure_store.store import EvidenceStore, chunk_bytes_for
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,25 @@ class FrameTap:
             return self._arrived.wait_for(lambda: self.frames > after, timeout)
 
 
+class ReservedClock(OffsetClock):
+    """The device clock: a dock's time sync is kept even on a full disk (in memory until there is room)."""
+
+    def __init__(self, state_file: Path, *, reserve: SealingReserve) -> None:
+        super().__init__(state_file)
+        self._reserve = reserve
+
+    def sync(self, reference_utc: float, source: str) -> tuple[int, int]:
+        try:
+            return self._reserve.run(lambda: super(ReservedClock, self).sync(reference_utc, source))
+        except Exception as exc:  # noqa: BLE001 - only "no room" is handled here
+            if not is_no_space(exc):
+                raise
+        old, self.source = self.offset_us, source  # a full disk must not stop the dock's pull
+        self.offset_us = round((reference_utc - self.base()) * 1e6)
+        log.error("disk full: clock offset from %s kept in memory only", source)
+        return old, self.offset_us
+
+
 def _signals(config: Config, pin_factory) -> Signals:
     from gpiozero import LED, Buzzer, PWMOutputDevice
 
@@ -108,7 +127,7 @@ class Device:
         # unsealed nor an audit entry unwritten (secure_store.reserve).
         sealing_reserve = SealingReserve(self.root.state / RESERVE_FILE)
         self.audit = ReservedAudit(AuditLog(self.root.audit, self.device_key, self.device_id), sealing_reserve)
-        self.clock = OffsetClock(self.root.state / "clock.json")
+        self.clock = ReservedClock(self.root.state / "clock.json", reserve=sealing_reserve)
         self.clock_tracker = ClockTracker(self.clock, self.audit, ClockConfig(
             dock_error_ms=config.clock.dock_error_ms, gps_latency_ms=config.clock.gps_latency_ms,
             default_drift_ppm=config.clock.drift_ppm))

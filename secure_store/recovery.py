@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 
 from secure_store import keys
 from secure_store.audit_format import Event, audit_files, parse_line, read_audit_file
-from secure_store.chain import ChainHead, save_head
+from secure_store.chain import ChainHead
 from secure_store.durable import fsync_dir
 from secure_store.errors import FormatError, TornRecordError
 from secure_store.format import Manifest, iter_records, read_header, sha256
@@ -40,6 +40,8 @@ def recover_torn(store: SealingStore) -> list[str]:
     """
     evidence = store.root.evidence
     recovered: list[str] = []
+    if store.head_dirty and not store.save_chain_head():
+        return recovered  # still no room for the chain head: nothing else may be written before it
     try:
         _promote_temp_manifests(store)
         _roll_head_forward(store)
@@ -53,12 +55,13 @@ def recover_torn(store: SealingStore) -> list[str]:
     except Exception as exc:  # noqa: BLE001 - only "no room to write" is let through, below
         if not (is_no_space(exc) or getattr(exc, "errno", None) == errno.EROFS):
             raise
+        if not store.recovery_pending:  # said once, not at every retry
+            log.error("recovery: no room to seal a torn segment (%s); booting without it, "
+                      "it is sealed once the dock frees space", exc)
+            store.audit.append("power_recovery", pending=True, reason=f"no room to write: {exc}")
         store.recovery_pending = True
-        log.error("recovery: no room to seal a torn segment (%s); booting without it, "
-                  "it is sealed once the dock frees space", exc)
-        store.audit.append("power_recovery", pending=True, reason=f"no room to write: {exc}")
         return recovered
-    store.recovery_pending = False
+    store.recovery_pending = store.head_dirty
     return recovered
 
 
@@ -96,8 +99,8 @@ def _roll_head_forward(store: SealingStore) -> None:
         head = ChainHead(manifest.segment_seq, manifest.digest)
     if head != store.chain_head:
         log.warning("recovery: chain head advanced from %d to %d", store.chain_head.seq, head.seq)
-        store.with_room(lambda: save_head(store.root.state, head))
         store.chain_head = head
+        store.save_chain_head()
 
 
 def _newest_sealed_in_log(store: SealingStore) -> int:

@@ -22,7 +22,7 @@ from buffer.frame import Frame
 from recorder.chunk import encode_chunk, video_span
 from recorder.location import encode_records
 from secure_store import keys
-from secure_store.chain import ChainHead, save_head
+from secure_store.chain import ChainHead
 from secure_store.clock_bound import ClockBound
 from secure_store.durable import fsync_dir, write_atomic
 from secure_store.errors import FormatError, SealerStateError, StorageFull
@@ -52,11 +52,13 @@ class SealingStore(Protocol):
     audit: Any
     chain_head: ChainHead
     recovery_pending: bool
+    head_dirty: bool
 
     def has_room(self, nbytes: int) -> bool: ...
     def check_room(self, nbytes: int, *, during: str) -> None: ...
     def report_full(self, *, during: str, segment: str | None = None) -> None: ...
     def note_written(self, nbytes: int) -> None: ...
+    def save_chain_head(self) -> bool: ...
     def with_room(self, action: Callable[[], Any]) -> Any: ...
     def clock_us(self) -> int: ...
     def utc_offset_us(self, written_ts_us: int) -> int: ...
@@ -115,9 +117,10 @@ def seal_manifest(store: "SealingStore", header: SegmentHeader, header_digest: b
     # Each write may draw on the sealing reserve: a full disk never leaves a segment unsealed.
     store.with_room(lambda: write_atomic(path, data, 0o644, overwrite=False))
     store.note_written(len(data))
-    head = ChainHead(header.segment_seq, manifest.digest)
-    store.with_room(lambda: save_head(store.root.state, head))
-    store.chain_head = head
+    # The signed manifest is the durable record; the saved chain head can be rolled forward
+    # from it, so a head that finds no room is saved later (``save_chain_head``), never lost.
+    store.chain_head = ChainHead(header.segment_seq, manifest.digest)
+    store.save_chain_head()
     store.audit.append("segment_sealed", segment=path.stem, seq=header.segment_seq,
                        recording_id=header.recording_id, index=header.index, chunks=len(tally.chunk_digests),
                        frames=tally.frame_count, recovered=recovered, manifest_sha256=manifest.digest.hex())

@@ -23,13 +23,13 @@ from typing import Any, Callable, Literal
 
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
-from secure_store.chain import ChainHead, load_head
+from secure_store.chain import ChainHead, load_head, save_head
 from secure_store.clock_bound import ClockBound
 from secure_store.durable import fsync_dir
 from secure_store.errors import KeyMissing, ReleaseRefused, StorageFull, StoreError
 from secure_store.layout import DeviceRoot
 from secure_store.recovery import recover_torn
-from secure_store.reserve import RESERVE_FILE, SealingReserve
+from secure_store.reserve import RESERVE_FILE, SealingReserve, is_no_space
 from secure_store.sealer import MANIFEST_SUFFIX, SEGMENT_SUFFIX, SegmentSealer
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ class EvidenceStore:
         self.sealing_reserve = sealing_reserve or SealingReserve(self.root.state / RESERVE_FILE)
         self.sealing_reserve.ensure()
         self.recovery_pending = False  # a torn segment recovery could not seal yet (disk full)
+        self.head_dirty = False  # the chain head in memory is ahead of the one saved (no room to save it)
         self.chain_head: ChainHead = load_head(self.root.state)
         self._used = self._scan_used()
         self._digests: dict[tuple[str, int, int], str] = {}   # sealed files never change
@@ -136,9 +137,24 @@ class EvidenceStore:
 
     def recover_pending(self) -> bool:
         """Retry a recovery the disk had no room for; True when nothing is pending any more."""
-        if self.recovery_pending and self.sealing_reserve.ensure():  # room again (the dock freed some)
+        if self.recovery_pending:  # cheap when nothing changed: a glob and a failed write, no new audit entry
             self.recover()
         return not self.recovery_pending
+
+    def save_chain_head(self) -> bool:
+        """Save the chain head durably; False (and ``recovery_pending``) if the disk has no room yet."""
+        try:
+            self.with_room(lambda: save_head(self.root.state, self.chain_head))
+        except Exception as exc:  # noqa: BLE001 - only "no room" is handled here
+            if not is_no_space(exc):
+                raise
+            if not self.head_dirty:
+                log.error("disk full: chain head %d not saved yet (%s); saved once there is room",
+                          self.chain_head.seq, exc)
+            self.head_dirty = self.recovery_pending = True
+            return False
+        self.head_dirty = False
+        return True
 
     def with_room(self, action: Callable[[], Any]) -> Any:
         """Run a write that closes evidence; on a full disk it may use the sealing reserve."""
@@ -201,6 +217,12 @@ class EvidenceStore:
         size = (segment.stat().st_size if segment.exists() else 0) + manifest.stat().st_size
         self.audit.append("delete", segment=stem, manifest_sha256=digest.hex(), bytes=size)
         segment.unlink(missing_ok=True)   # segment first: a lone .seg would look torn
+        if self.head_dirty and not self.save_chain_head():
+            # the manifest is what the unsaved chain head would be rolled forward from: keep it
+            fsync_dir(self.root.evidence)
+            self._used = max(0, self._used - size + manifest.stat().st_size)
+            log.warning("released %s's segment; its manifest stays until the chain head is saved", stem)
+            return
         manifest.unlink()
         fsync_dir(self.root.evidence)
         self._used = max(0, self._used - size)
