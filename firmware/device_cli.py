@@ -40,11 +40,11 @@ def _device(args: argparse.Namespace) -> int:
     config, _ = _effective_config(args)
     root = Path(args.root or config.paths.root)
     port = args.port if args.port else (None if args.sim else config.paths.serial_port)
-    stop = threading.Event()
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, lambda signum, _frame: stop.set())
     with rootlock.acquire(root):  # one daemon per device root
         device = Device(root, config, sim=args.sim, port=port, camera_clock="real")
+        stop = threading.Event()
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, lambda signum, _frame: stop.set())
         device.start()
         _say(f"bodycam: device {device.device_id} running ({'simulated' if args.sim else 'Raspberry Pi'}); "
              f"state {device.machine.state.value}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from firmware.update.image import ImageError
 from firmware.provision import ProvisionError
 from firmware.update.slots import UpdateError
-from secure_store.errors import StoreError
+from secure_store.errors import StoreError, UsageError
 from secure_store.keys import KeyFileError
 
 ERRORS = (ImageError, ProvisionError, UpdateError, KeyFileError, StoreError)
@@ -38,10 +38,19 @@ def _provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _must_exist(path: Path, what: str) -> None:
+    """A missing input is bad usage (exit 2), said in one line."""
+    if not path.exists():
+        raise UsageError(f"{what} {path} does not exist")
+
+
 def _build(args: argparse.Namespace) -> int:
     from firmware.update.image import build_image
     from secure_store import keys
 
+    _must_exist(args.source, "source directory")
+    if args.out.exists() or args.out.is_symlink():
+        raise ImageError(f"{args.out} already exists; an image is never overwritten (choose another --out)")
     vendor = keys.load_private_key(args.key, "vendor")
     keys.check_private_mode(args.key)
     manifest = build_image(args.source, args.version, vendor, args.out, min_version=args.min_version)
@@ -54,6 +63,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from firmware.update.image import verify_image
     from secure_store import keys
 
+    _must_exist(args.image, "image")
     manifest = verify_image(args.image, keys.load_public_key(args.vendor_pub, "vendor"))
     print(f"firmware {manifest.version}  min_version {manifest.min_version}  built {manifest.built_utc}")
     print(f"manifest sha256 {manifest.digest}")
@@ -67,6 +77,8 @@ def _inspect(args: argparse.Namespace) -> int:
 def _install(args: argparse.Namespace) -> int:
     from firmware.update import install_image
 
+    _must_exist(args.image, "image")
+    _must_exist(args.root, "device root")
     result = install_image(args.image, args.root, max_boot_tries=args.boot_tries)
     print(f"firmware {result.version} installed in slot {result.slot} ({result.files} files, {result.bytes} bytes); "
           f"it is on trial: mark it healthy within {args.boot_tries} boots or slot {result.previous_slot} "
@@ -79,7 +91,7 @@ def _flash(args: argparse.Namespace) -> int:
     from secure_store import keys
 
     dock_key = keys.load_private_key(args.dock_key, "dock")
-    reply = flash(args.port, dock_key, args.image, progress=not args.quiet)
+    reply = flash(args.port, dock_key, args.image, progress=not args.quiet and sys.stderr.isatty())
     print(f"device {reply['device_id']}: firmware {reply['version']} installed in slot {reply['slot']} "
           f"(trial; previous {reply['previous_version']} in slot {reply['previous_slot']})")
     return 0
@@ -88,6 +100,9 @@ def _flash(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from firmware.update import status
 
+    _must_exist(args.root, "device root")  # not a "good factory state" of a device that is not there
+    if not (args.root / "identity.json").exists():
+        raise UpdateError(f"{args.root} is not a provisioned device root (no identity.json)")
     print(json.dumps(status(args.root), indent=1, sort_keys=True))
     return 0
 
@@ -132,7 +147,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f = sub.add_parser("flash", help="send an image to a docked device over the authenticated dock link")
     f.add_argument("--port", required=True, help="serial port of the docked device (path or pyserial URL)")
     f.add_argument("--dock-key", required=True, type=Path, help="this dock's Ed25519 private key")
-    f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.add_argument("image", type=Path, metavar="IMAGE")
     f.set_defaults(func=_flash)
 
