@@ -72,7 +72,9 @@ class DemoSummary:
 
 
 def _fresh_out(out: Path) -> None:
-    """Reuse ``out`` only if an earlier demo made it; never delete anything else."""
+    """Reuse ``out`` only if an earlier demo made it; never delete anything else, never create a typo'd path."""
+    if not out.parent.is_dir():
+        raise DemoError(f"{out.parent} is not an existing directory; create it first or fix --out")
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER_FILE).exists():
             raise DemoError(f"{out} exists and was not made by bodycam demo; choose another --out")
