@@ -56,6 +56,11 @@ def register(subparsers: Any) -> None:
                        help="seconds between pulls while a device stays docked (default 60)")
     watch.add_argument("--max-sessions", type=int, default=0, help="stop after N pulls per bay (default: never)")
     watch.set_defaults(func=_watch)
+    status = actions.add_parser("status", help="show a docked camera's battery, storage, firmware, clock and "
+                                               "queued footage, without pulling")
+    status.add_argument("--port", required=True, help="serial port path or pyserial URL, e.g. /dev/ttyACM0")
+    status.add_argument("--dock-key", required=True, help="this dock's Ed25519 private key (PEM)")
+    status.set_defaults(func=_status)
 
 
 def _load_key(path: str) -> Any:
@@ -119,12 +124,43 @@ def _pull(args: argparse.Namespace) -> int:
     ingestor = _ingestor(args)
     summary = _run_pull(args, key, ingestor)
     _report(summary, not args.no_confirm)
+    _report_recordings(args, summary)
     if ingestor is not None:
         held, left = ingestor.drain()
         print(f"evidence store s3://{ingestor.config.bucket}: {held} more object(s) held; {left} queued for later"
               + (f"; {len(ingestor.conflicts)} CONFLICT(S), see the log" if ingestor.conflicts else ""))
         return 0 if summary.ok and not left and not ingestor.conflicts else 1
     return 0 if summary.ok else 1
+
+
+def _report_recordings(args: argparse.Namespace, summary: PullSummary) -> None:
+    """The camera's status and the recordings this pull brought in (dock.report)."""
+    from pathlib import Path
+
+    from dock.report import format_recordings, format_status, recordings_in
+
+    if getattr(args, "quiet", False):
+        return
+    pulled = [n for n in summary.fetched if n.endswith(".seg")]
+    for line in format_recordings(recordings_in(Path(args.out) / summary.device_id, pulled)):
+        print(line)
+    if summary.status:
+        print("camera at docking:")
+        print("\n".join(format_status(summary.status)))
+
+
+def _status(args: argparse.Namespace) -> int:
+    from dock.client import DockClient
+    from dock.report import format_status
+
+    with DockClient.connect(args.port, _load_key(args.dock_key)) as client:
+        status = client.status()
+    print("\n".join(format_status(status)))
+    return 0
+
+
+def _present(port: str) -> bool:
+    return "://" in port or os.path.exists(port)
 
 
 def _watch(args: argparse.Namespace) -> int:

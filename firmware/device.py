@@ -345,8 +345,10 @@ class Device:
 
     def _dock_status(self) -> dict[str, Any]:
         status = self.machine.status()
+        manifests = list(self.root.evidence.glob("seg-*.manifest"))
+        queued = sum(m.stat().st_size + _size(m.with_suffix(".seg")) for m in manifests)
         return {"battery_percent": status["battery_percent"], "recording_state": status["state"],
-                "recording_id": status["recording_id"]}
+                "recording_id": status["recording_id"], "queued": {"segments": len(manifests), "bytes": queued}}
 
     def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
         """Poll ``condition`` until true; DeviceError naming ``what`` after ``timeout`` s."""
@@ -373,6 +375,13 @@ class Device:
             if not self.tap.wait_frame(self.tap.frames, stall_s) and (
                     self.tap.newest_us is None or self.tap.newest_us < target):
                 raise DeviceError(f"no video for {stall_s:g} s while waiting for {what}")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _default_pin_factory():
