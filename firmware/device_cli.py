@@ -112,7 +112,9 @@ def _config_show(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from firmware.demo import run_demo
 
-    summary = run_demo(args.out, resolution=args.resolution, say=lambda line: print(f"demo: {line}", flush=True))
+    quiet = getattr(args, "quiet", False)  # --quiet: the summary only, not each step
+    summary = run_demo(args.out, resolution=args.resolution,
+                       say=lambda line: None if quiet else print(f"demo: {line}", flush=True))
     ok = summary.verified and not summary.problems
     print()
     print(f"  device           {summary.device_id} (SIMULATION ONLY) in {summary.out}")
