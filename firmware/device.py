@@ -112,7 +112,9 @@ class Device:
     """A running body camera; ``start()`` boots it, ``stop()`` seals and shuts down."""
 
     def __init__(self, root: str | Path, config: Config, *, sim: bool = False, port: str | None = None,
-                 camera_clock: str = "real", pin_factory=None, battery=None) -> None:
+                 camera_clock: str = "real", pin_factory=None, battery=None,
+                 root_lock: rootlock.RootLock | None = None) -> None:
+        self._root_lock = root_lock  # the daemon locks the root before it builds anything (firmware.rootlock)
         self.root = DeviceRoot(root)
         self.config = config
         self.sim = sim
@@ -257,10 +259,11 @@ class Device:
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> None:
         """Boot: choose the firmware slot, recover the store, start the camera and the machine."""
-        try:
-            self._root_lock = rootlock.acquire(self.root.root)  # provisioning refuses while we run
-        except rootlock.RootInUse as exc:
-            raise DeviceError(str(exc)) from None
+        if self._root_lock is None:
+            try:
+                self._root_lock = rootlock.acquire(self.root.root)  # provisioning refuses while we run
+            except rootlock.RootInUse as exc:
+                raise DeviceError(str(exc)) from None
         update.clear_recording(self.root)  # no recording survives a reboot
         slot = update.boot_slot(self.root, audit=self.audit)
         log.info("device %s booting firmware slot %s (%s)", self.device_id, slot.slot, slot.version)

@@ -35,13 +35,17 @@ def _say(line: str) -> None:
 
 def _device(args: argparse.Namespace) -> int:
     from firmware import rootlock
-    from firmware.device import Device
+    from firmware.device import Device, DeviceError
 
     config, _ = _effective_config(args)
     root = Path(args.root or config.paths.root)
+    if not root.is_dir():
+        error = DeviceError(f"device root {root} does not exist (provision it first, or fix --root)")
+        error.exit_code = 2  # a missing input path is bad usage
+        raise error
     port = args.port if args.port else (None if args.sim else config.paths.serial_port)
-    with rootlock.acquire(root):  # one daemon per device root
-        device = Device(root, config, sim=args.sim, port=port, camera_clock="real")
+    with rootlock.acquire(root) as lock:  # one daemon per device root, before anything is built
+        device = Device(root, config, sim=args.sim, port=port, camera_clock="real", root_lock=lock)
         stop = threading.Event()
         for signum in STOP_SIGNALS:
             signal.signal(signum, lambda signum, _frame: stop.set())

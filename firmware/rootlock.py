@@ -4,8 +4,8 @@
 and raises ``RootInUse`` (one line: the root is in use, by which pid) if another process
 holds it. Two daemons on one root would both append to the audit log, seal segments with
 the same sequence numbers and answer the same dock. The lock dies with its process (even
-by SIGKILL or a power cut), so a crash never leaves the root locked; the pid written into
-the file is only for the message.
+by SIGKILL or a power cut), so a crash never leaves the root locked. The holder's pid comes
+from /proc/locks: nothing is written into the root by a refused attempt.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ LOCK_NAME = "root.lock"
 
 
 class RootLockError(Exception):
-    """The device root cannot be locked (it does not exist, or another process holds it)."""
+    """The device root cannot be locked."""
 
     exit_code = 1
 
@@ -46,26 +46,31 @@ class RootLock:
 
 
 def acquire(root: str | Path) -> RootLock:
-    """Lock ``root`` for this process, or raise RootInUse at once (RootLockError if it does not exist)."""
-    if not Path(root).is_dir():
-        error = RootLockError(f"device root {root} does not exist")
-        error.exit_code = 2  # a missing input path is bad usage
-        raise error
+    """Lock ``root`` for this process, or raise RootInUse at once, naming the holder's pid."""
     path = Path(root) / "state" / LOCK_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        try:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        finally:
-            os.close(fd)
+        holder = _holder(os.fstat(fd).st_ino)
+        os.close(fd)
         raise RootInUse(f"device root {root} is in use by pid {holder} (the device daemon is running); "
                         "stop it first") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return RootLock(fd, path)
+
+
+def _holder(inode: int) -> str:
+    """The pid holding a flock on the file with ``inode``, from /proc/locks (nothing is written to the root)."""
+    try:
+        with open("/proc/locks") as locks:
+            for line in locks:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+                    return fields[4]
+    except OSError:
+        pass
+    return "unknown"
 
 
 __all__ = ["LOCK_NAME", "RootInUse", "RootLock", "RootLockError", "acquire"]

@@ -125,6 +125,11 @@ class ReservedAudit:
     def append(self, event: str, /, **details: Any) -> None:
         self.append_many([(event, details)])
 
+    def flush(self) -> None:
+        """Write the entries kept in memory, if there is room now (after space was freed)."""
+        if self._pending:
+            self.append_many([])
+
     def append_many(self, events: list[tuple[str, dict]]) -> None:
         """Write waiting entries, then these, one at a time (so a retry never doubles one)."""
         with self._lock:

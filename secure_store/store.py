@@ -227,6 +227,7 @@ class EvidenceStore:
         fsync_dir(self.root.evidence)
         self._used = max(0, self._used - size)
         log.info("released %s (%d bytes)", stem, size)
+        getattr(self.audit, "flush", lambda: None)()  # entries a full disk kept in memory fit now
 
     # --- storage ------------------------------------------------------------------------------
 

@@ -186,5 +186,5 @@ def test_sigkill_then_a_full_disk_without_reserve_still_boots_and_docks(device_r
     assert "segment_sealed" in deferred and "record_refused" in deferred
     dock_copy = tmp_path / "dock" / "SIM-FULL" / "evidence"  # the dock holds it all, and it verifies
     report = verify_path(dock_copy, keys.load_public_key(root / "keys" / "device.pub", "device"))
-    assert report.ok and report.segments
+    assert report.ok and report.segments, [str(p) for p in report.problems]
     assert filler.exists()
