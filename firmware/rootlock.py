@@ -60,6 +60,16 @@ def acquire(root: str | Path) -> RootLock:
     return RootLock(fd, path)
 
 
+def holder(root: str | Path) -> str:
+    """The pid holding ``root``'s lock, or "" if nobody holds it (or the lock file is not there)."""
+    try:
+        inode = (Path(root) / "state" / LOCK_NAME).stat().st_ino
+    except OSError:
+        return ""
+    found = _holder(inode)
+    return "" if found == "unknown" else found
+
+
 def _holder(inode: int) -> str:
     """The pid holding a flock on the file with ``inode``, from /proc/locks (nothing is written to the root)."""
     try:
@@ -73,4 +83,4 @@ def _holder(inode: int) -> str:
     return "unknown"
 
 
-__all__ = ["LOCK_NAME", "RootInUse", "RootLock", "RootLockError", "acquire"]
+__all__ = ["LOCK_NAME", "RootInUse", "RootLock", "RootLockError", "acquire", "holder"]

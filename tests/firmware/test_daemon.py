@@ -51,8 +51,7 @@ def wait_until(condition, what: str, proc: subprocess.Popen, hang_s: float = 120
 
 
 def locked_by(root: Path) -> str:
-    path = root / "state" / rootlock.LOCK_NAME
-    return path.read_text().strip() if path.exists() else ""
+    return rootlock.holder(root)
 
 
 def recording(root: Path) -> bool:
