@@ -7,7 +7,6 @@ Credentials and say whether they chain to the agency root and match every byte.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -30,10 +29,6 @@ def _export(args: argparse.Namespace) -> int:
     if bool(args.export_cert) != bool(args.export_key):
         print("bodycam export: --export-cert and --export-key go together", file=sys.stderr)
         return 2
-    if not args.out.parent.is_dir():  # never create a typo'd path (one line, nothing written)
-        raise ExportError(f"{args.out.parent} is not an existing directory; create it first or fix --out")
-    if not os.access(args.out.parent, os.W_OK):  # say so now, not after verifying everything
-        raise ExportError(f"{args.out.parent}: not writable (read-only file system or permissions)")
     agency_key = keys.load_private_key(args.agency_key, "agency")
     device_key = keys.load_public_key(args.device_pub, "device") if args.device_pub else None
     signer = ExportSigner.from_files(args.export_cert, args.export_key) if args.export_cert else None

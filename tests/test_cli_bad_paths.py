@@ -66,7 +66,6 @@ def bad_path(world, kind: str, name: str) -> str:
 # (name, argv with {bad} where the bad path goes, exit code)
 COMMANDS = [
     ("keys new --out", ["keys", "new", "agency", "--out", "{bad}"], 1),
-    ("export --out", ["export", "{evidence}", "--agency-key", "{agency}", "--out", "{bad}"], 1),
     ("demo --out", ["demo", "--out", "{bad}"], 1),
     ("firmware build --out", ["firmware", "build", "--version", "1.0.1", "--key", "{vendor}", "--out", "{bad}",
                               "{source}"], 1),

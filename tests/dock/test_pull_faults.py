@@ -124,7 +124,8 @@ def test_a_pull_with_nothing_new_says_so_and_no_progress_bar_off_a_terminal(devi
             assert main([*args, "--port", cable.b_path]) == 0
             served.join()
     printed = capsys.readouterr()
-    first, second = printed.out.strip().splitlines()
+    # one summary line per pull (the recordings and the camera's status follow it, indented)
+    first, second = [line for line in printed.out.strip().splitlines() if line.startswith(DEVICE_ID)]
     assert first.startswith(f"{DEVICE_ID}: fetched 3 files")
     assert second.startswith(f"{DEVICE_ID}: no new footage, audit log updated, 0 already here")
     assert f"pull {DEVICE_ID}" not in printed.err and "B/s" not in printed.err    # stderr is not a terminal
