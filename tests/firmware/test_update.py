@@ -188,6 +188,25 @@ def test_downgrade_and_same_version_and_min_version_refused(kit):
     assert state["slots"]["a"]["status"] == "good"  # the fallback was not given up for a refused image
 
 
+def test_floor_above_the_running_version_still_refuses_older_images(kit):
+    """After a rollback the running firmware is older than the anti-rollback floor: an image
+    newer than what runs but older than the floor (a known-vulnerable version) is refused."""
+    tmp, root, vendor = kit
+    for version in ("1.1.0", "1.3.0"):
+        update.install_image(build(tmp, vendor, version, {"v": version.encode()}), root)
+        update.boot_slot(root)
+        update.mark_healthy(root)
+    (slot_dir(root, load_state(root)["active"]) / "files" / "v").write_bytes(b"rot")
+    assert update.boot_slot(root).version == "1.1.0"          # rolled back below the floor
+    state = load_state(root)
+    assert (state["floor"], state["slots"][state["active"]]["version"]) == ("1.3.0", "1.1.0")
+    for version in ("1.2.0", "1.3.0"):
+        with pytest.raises(UpdateRefused, match="downgrade refused"):
+            update.install_image(build(tmp, vendor, version, {"v": b"old"}), root)
+    assert load_state(root) == state
+    assert update.install_image(build(tmp, vendor, "1.3.1", {"v": b"fixed"}), root).version == "1.3.1"
+
+
 def test_install_refused_while_the_running_slot_is_on_trial(kit):
     tmp, root, vendor = kit
     update.install_image(build(tmp, vendor, "1.1.0", {"v": b"1"}), root)
