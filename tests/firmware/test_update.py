@@ -5,12 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -352,30 +350,40 @@ def test_staging_symlink_planted_outside_is_not_followed(kit):
 
 
 INSTALLER = """
-import sys
+import os, signal, sys
 from firmware.update import install_image
-print("go", flush=True)
+
+calls, kill_at = [0], int(sys.argv[3])
+
+def wrap(real):
+    def call(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)   # a power cut just before this call
+        return real(*args, **kwargs)
+    return call
+
+for name in ("write", "writev", "fsync", "replace", "rename", "link", "unlink", "rmdir", "mkdir", "symlink"):
+    setattr(os, name, wrap(getattr(os, name)))
 install_image(sys.argv[1], sys.argv[2])
-print("done", flush=True)
+print("done", calls[0], flush=True)
 """
 
 
-def _run_installer(image: Path, root: Path, kill_after: float | None) -> float:
-    proc = subprocess.Popen([sys.executable, "-c", INSTALLER, str(image), str(root)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert proc.stdout.readline() == b"go\n"
-    start = time.monotonic()
-    if kill_after is None:
-        assert proc.stdout.readline() == b"done\n"
-        proc.wait()
-        return time.monotonic() - start
-    time.sleep(kill_after)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return 0.0
+def _run_installer(image: Path, root: Path, kill_at: int) -> int | None:
+    """Install in a child process that SIGKILLs itself just before its ``kill_at``-th file-system
+    call (0: never); returns how many calls a completed install made, None if it was killed."""
+    proc = subprocess.run([sys.executable, "-c", INSTALLER, str(image), str(root), str(kill_at)], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    if proc.returncode == -signal.SIGKILL:
+        return None
+    assert proc.returncode == 0 and proc.stdout.startswith(b"done"), proc.stdout
+    return int(proc.stdout.split()[1])
 
 
-def test_sigkill_at_random_points_of_an_install_still_boots_a_good_slot(kit):
+def test_sigkill_at_points_spread_over_an_install_still_boots_a_good_slot(kit):
+    """Kill points are file-system calls, counted, not moments: the same points are cut on a
+    busy machine as on an idle one, from the first call to the last."""
     tmp, root, vendor = kit
     update.install_image(build(tmp, vendor, "1.1.0", {"v": b"old"}), root)
     update.boot_slot(root)
@@ -384,13 +392,15 @@ def test_sigkill_at_random_points_of_an_install_still_boots_a_good_slot(kit):
     new = build(tmp, vendor, "1.2.0", files)
     base = tmp / "base"
     shutil.copytree(root.root, base, symlinks=True)
-    full = max(_run_installer(new, _fresh(base, tmp / "calibrate"), None), 0.05)
-    rng = random.Random(6)
+    total = _run_installer(new, _fresh(base, tmp / "calibrate"), 0)
+    assert total and total > 60                        # at least one write per file
+    # 20 cuts spread over the whole install, and every one of its last 10 calls (the switch)
+    points = sorted({1 + round(i * (total - 1) / 19) for i in range(20)} | set(range(total - 9, total + 1)))
     outcomes = []
-    for trial in range(24):
+    for trial, point in enumerate(points):
         dev = _fresh(base, tmp / f"trial-{trial}")
         untouched = tree_digest(dev / "evidence", dev / "keys")
-        _run_installer(new, dev, rng.uniform(0, full * 1.1))
+        assert _run_installer(new, dev, point) is None, f"not killed at call {point} of {total}"
         assert tree_digest(dev / "evidence", dev / "keys") == untouched
         boot = update.boot_slot(dev)
         if boot.version == "1.2.0":
@@ -403,7 +413,10 @@ def test_sigkill_at_random_points_of_an_install_still_boots_a_good_slot(kit):
         if trial % 6 == 0 and boot.version == "1.1.0":  # and the next install still works
             assert update.install_image(new, dev).version == "1.2.0"
             assert update.boot_slot(dev).version == "1.2.0"
-    print("outcomes:", {v: outcomes.count(v) for v in set(outcomes)})
+    # one commit point: every cut before it boots the old firmware, every cut after it the new
+    switch = outcomes.index("1.2.0") if "1.2.0" in outcomes else len(outcomes)
+    assert outcomes == ["1.1.0"] * switch + ["1.2.0"] * (len(outcomes) - switch)
+    assert 0 < switch < len(outcomes)                  # cuts landed on both sides of it
 
 
 def _fresh(base: Path, dest: Path) -> Path:
