@@ -272,3 +272,147 @@ def test_a_frame_with_a_damaged_header_is_dropped_not_misread():
         frames = decoder.feed(bytes(damaged) + second)
         assert [(f.type, f.seq, f.payload) for f in frames] == [(FrameType.DATA, 7, b"next frame")]
         assert decoder.bad_headers >= 1
+
+
+# --- what the dock holds already, and what the device refuses --------------------------------
+
+def test_a_fork_spliced_in_after_an_earlier_pull_is_not_confirmed(device, keyset, tmp_path, make_device):
+    """Guards the dock's chain check across pulls: the first new segment must follow the
+    last one the dock already holds, though the device released that one long ago.
+
+    The device pulled once (segment 1 archived and released). Then segment 2 of a fork of
+    the same device key (a copy of its store, before segment 1) is planted on the device:
+    valid signature, the right sequence number, the wrong previous-manifest digest.
+    """
+    import shutil
+    fork = make_device()
+    device.record(segments=1)
+    fork.record(segments=2)                        # same key: its own segment 1, then 2
+    out = tmp_path / "archive"
+    with LinkedPtys() as cable:
+        served = device.serve(cable.a_path)
+        first = pull(cable.b_path, out, keyset.dock)
+        served.join()
+    assert first.confirmed == ["seg-0000000001.seg"] and device.evidence() == {}
+    for name in ("seg-0000000002.seg", "seg-0000000002.manifest"):
+        shutil.copyfile(fork.store.evidence_path(name), device.root.evidence / name)
+    with LinkedPtys() as cable:
+        served = device.serve(cable.a_path)
+        second = pull(cable.b_path, out, keyset.dock)
+        served.join()
+    assert second.confirmed == [] and second.verified == []
+    assert any("seg-0000000002" in p for p in second.problems)
+    assert "seg-0000000002.seg" in device.evidence()
+
+
+def test_a_chain_broken_on_the_device_stops_the_confirms_at_the_break(device, keyset, tmp_path, make_device):
+    """Guards the dock's chain check within one pull: segments 1 and 2 are the device's own,
+    segment 2 was then replaced by a fork's (same key, forked after 1), so segment 3 no
+    longer follows it. Every file verifies on its own; only the chain shows the splice."""
+    import shutil
+    device.record(segments=1)
+    fork = make_device()
+    shutil.rmtree(fork.root.root)
+    shutil.copytree(device.root.root, fork.root.root)
+    fork.store.chain_head = device.store.chain_head
+    device.record(segments=2)
+    fork.next_frame = 10_000
+    fork.record(segments=1)                        # the fork's segment 2
+    for name in ("seg-0000000002.seg", "seg-0000000002.manifest"):
+        target = device.root.evidence / name
+        target.chmod(0o644)
+        shutil.copyfile(fork.root.evidence / name, target)
+    out = tmp_path / "archive"
+    with LinkedPtys() as cable:
+        served = device.serve(cable.a_path)
+        summary = pull(cable.b_path, out, keyset.dock)
+        served.join()
+    assert "seg-0000000003.seg" not in summary.confirmed
+    assert any("seg-0000000003" in p and "chain" in p for p in summary.problems)
+    assert "seg-0000000003.seg" in device.evidence()
+
+
+def test_segments_naming_another_device_id_are_not_confirmed(tmp_path, keyset, make_device):
+    """Guards the device-ID check in the dock's verification: the session says CAM-0042,
+    the manifests (signed with the same key) say another camera's ID."""
+    device = make_device()
+    from secure_store.store import EvidenceStore
+    device.store = EvidenceStore(device.root, device_id="CAM-0099", signing_key=keyset.device,
+                                 agency_public_key=keyset.agency.public_key(), audit=device.audit,
+                                 clock=device.clock, reserve_bytes=0)
+    device.record(segments=1)
+    with LinkedPtys() as cable:
+        served = device.serve(cable.a_path)
+        summary = pull(cable.b_path, tmp_path / "archive", keyset.dock)
+        served.join()
+    assert summary.confirmed == []
+    assert any("another device" in p for p in summary.problems)
+    assert "seg-0000000001.seg" in device.evidence()
+
+
+def test_a_refused_confirm_is_reported_and_not_counted(device, keyset, tmp_path):
+    """The device may refuse a confirm (its copy changed, its disk failed): the dock says so."""
+    device.record(segments=2)
+
+    with LinkedPtys() as cable:
+        server = device.server(cable.a_path)
+        real_confirm = server.commands["confirm"]
+
+        def confirm(request):
+            if request.args.get("segment") == "seg-0000000002.seg":
+                raise CommandError("not today", "release_refused")
+            return real_confirm(request)
+
+        server.add_command("confirm", confirm)
+        served = device.serve_with(server)
+        summary = pull(cable.b_path, tmp_path / "archive", keyset.dock)
+        served.join()
+    assert summary.confirmed == ["seg-0000000001.seg"]
+    assert summary.verified == ["seg-0000000001.seg", "seg-0000000002.seg"]
+    assert [p for p in summary.problems if "seg-0000000002.seg" in p and "not today" in p]
+    assert "seg-0000000002.seg" in device.evidence()
+
+
+def test_a_rerun_after_an_unconfirmed_pull_fetches_no_segment_twice(device, keyset, tmp_path):
+    device.record(segments=2)
+    out = tmp_path / "archive"
+    with LinkedPtys() as cable:
+        served = device.serve(cable.a_path)
+        pull(cable.b_path, out, keyset.dock, confirm=False)
+        served.join()
+    with LinkedPtys() as cable:
+        served = device.serve(cable.a_path)
+        summary = pull(cable.b_path, out, keyset.dock)
+        served.join()
+    assert summary.ok, summary.problems
+    assert sorted(summary.skipped) == sorted(device_names := [
+        "seg-0000000001.seg", "seg-0000000001.manifest", "seg-0000000002.seg", "seg-0000000002.manifest"])
+    assert not [n for n in summary.fetched if n in device_names]
+    assert summary.confirmed == ["seg-0000000001.seg", "seg-0000000002.seg"]
+
+
+@pytest.mark.parametrize("reason, shown", [
+    (b"", "no reason given"),
+    (b"bad \xff\xfe dock", "bad \ufffd\ufffd dock"),
+    (b"r" * 300, "r" * 200),
+])
+def test_a_device_rejecting_the_dock_says_why_in_one_line(reason, shown, keyset):
+    """A REJECT's payload is untrusted bytes: decoded leniently and cut to 200 characters."""
+    from link.transport import Link, open_port
+    with LinkedPtys() as cable:
+        device_end = Link(open_port(cable.a_path))
+        try:
+            with pytest.raises(AuthError) as refused:
+                import threading
+
+                def reject() -> None:
+                    frame = device_end.next_handshake_frame(10.0)
+                    if frame is not None:
+                        device_end.send_frame(FrameType.REJECT, reason)
+
+                threading.Thread(target=reject, daemon=True).start()
+                DockClient.connect(cable.b_path, keyset.dock, handshake_timeout=10.0)
+        finally:
+            device_end.close(flush_timeout=0)
+    message = str(refused.value)
+    assert message.endswith(": " + shown) and "r" * 201 not in message

@@ -213,6 +213,18 @@ def test_install_refused_while_the_running_slot_is_on_trial(kit):
     assert load_state(root)["slots"]["a"]["factory"] is True  # the known-good fallback is still there
 
 
+def test_recording_flag_names_the_recording_and_clears(kit):
+    _, root, _ = kit
+    assert not update.is_recording(root)
+    update.set_recording(root, "20261130T101500Z-CAM-7")
+    flag = root.state / "recording"
+    assert flag.read_bytes() == b"20261130T101500Z-CAM-7\n" and flag.stat().st_mode & 0o777 == 0o644
+    assert update.is_recording(root)
+    update.clear_recording(root)
+    assert not flag.exists() and not update.is_recording(root)
+    update.clear_recording(root)                      # at boot, with nothing to clear
+
+
 def test_update_refused_while_recording(kit):
     tmp, root, vendor = kit
     img = build(tmp, vendor, "1.1.0", {"v": b"1"})
