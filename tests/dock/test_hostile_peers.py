@@ -416,3 +416,60 @@ def test_a_device_rejecting_the_dock_says_why_in_one_line(reason, shown, keyset)
             device_end.close(flush_timeout=0)
     message = str(refused.value)
     assert message.endswith(": " + shown) and "r" * 201 not in message
+
+
+def test_a_held_copy_that_differs_is_left_alone_and_reported(device, keyset, tmp_path):
+    """The dock never overwrites evidence it holds with different bytes under the same name."""
+    device.record(segments=1)
+    evidence = tmp_path / "archive" / DEVICE_ID / "evidence"
+    evidence.mkdir(parents=True)
+    (evidence / "seg-0000000001.seg").write_bytes(b"an older, different copy")
+    with LinkedPtys() as cable:
+        served = device.serve(cable.a_path)
+        summary = pull(cable.b_path, tmp_path / "archive", keyset.dock)
+        served.join()
+    assert (evidence / "seg-0000000001.seg").read_bytes() == b"an older, different copy"
+    assert [p for p in summary.problems if p.startswith("seg-0000000001.seg: the dock's copy differs")]
+    assert summary.confirmed == [] and "seg-0000000001.seg" in device.evidence()
+
+
+@pytest.mark.parametrize("part", ["complete", "oversized"])
+def test_a_part_file_already_complete_or_too_long(device, keyset, tmp_path, part):
+    """A .part as long as the file needs no fetch; one longer than listed is fetched again from 0."""
+    device.record(segments=1)
+    before = device.evidence()
+    name = "seg-0000000001.seg"
+    evidence = tmp_path / "archive" / DEVICE_ID / "evidence"
+    evidence.mkdir(parents=True)
+    (evidence / f".{name}.part").write_bytes(before[name] + (b"junk" if part == "oversized" else b""))
+    with LinkedPtys() as cable:
+        server = device.server(cable.a_path)
+        hostile = HostileServer(server)
+        served = device.serve_with(server)
+        summary = pull(cable.b_path, tmp_path / "archive", keyset.dock)
+        served.join()
+    assert summary.ok, summary.problems
+    assert (evidence / name).read_bytes() == before[name]
+    asked = [(offset, length) for n, offset, length in hostile.fetches if n == name]
+    if part == "complete":
+        assert summary.bytes_resumed == len(before[name]) and asked in ([], [(len(before[name]), 0)])
+    else:
+        assert summary.bytes_resumed == 0 and asked == [(0, len(before[name]))]
+
+
+def test_a_fetch_the_device_refuses_is_reported(device, keyset, tmp_path):
+    device.record(segments=1)
+
+    def refuse(request):
+        if request.args["name"] == "seg-0000000001.seg":
+            raise CommandError("read error on the card", "failed")
+        return None
+
+    with LinkedPtys() as cable:
+        server = device.server(cable.a_path)
+        HostileServer(server, fetch=refuse)
+        served = device.serve_with(server)
+        summary = pull(cable.b_path, tmp_path / "archive", keyset.dock)
+        served.join()
+    assert [p for p in summary.problems if p.startswith("seg-0000000001.seg: ") and "read error on the card" in p]
+    assert summary.confirmed == [] and "seg-0000000001.seg" in device.evidence()

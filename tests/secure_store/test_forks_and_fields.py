@@ -12,10 +12,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
+from recorder.chunk import decode_chunk
+from secure_store import keys
 from secure_store.audit import read_entries
+from secure_store.errors import VerifyError
 from secure_store.format import iter_records, read_header
 from secure_store.layout import DeviceRoot
-from secure_store.verify import verify_path
+from secure_store.verify import decrypt_chunks, verify_path
 
 
 def _fork(store, keyset, tmp_path: Path, h):
@@ -100,3 +105,33 @@ def test_recovery_sets_aside_a_torn_segment_that_does_not_follow_the_chain_head(
         "seg-0000000001.seg", "seg-0000000001.manifest"]
     events = [e for e in read_entries(store.root.audit) if e.event == "power_recovery"]
     assert [e.details.get("set_aside") for e in events] == ["seg-0000000003.seg.unsealed"]
+
+
+def test_decrypt_uses_the_key_it_is_given_not_the_one_beside_the_evidence(device, keyset, h):
+    """A court gives the device key it trusts; a key file planted beside the evidence must not
+    stand in for it (decrypt_chunks verifies with the given key)."""
+    store = device()
+    h.record(store, segments=1)
+    seg = store.root.evidence / "seg-0000000001.seg"
+    chunks = list(decrypt_chunks(seg, keyset.agency, keyset.device.public_key()))
+    assert [h.frame_numbers(decode_chunk(c)) for c in chunks] == [list(range(0, 5)), list(range(5, 10)),
+                                                                   list(range(10, 15))]
+    with pytest.raises(VerifyError, match="signed by another key"):
+        next(decrypt_chunks(seg, keyset.agency, keyset.other_device.public_key()))
+    with pytest.raises(VerifyError, match="sealed to another agency key"):
+        next(decrypt_chunks(seg, keys.generate("agency"), keyset.device.public_key()))
+
+
+def test_decrypt_refuses_a_segment_with_any_problem_and_names_it(device, keyset, h):
+    store = device()
+    h.record(store, segments=1)
+    seg = store.root.evidence / "seg-0000000001.seg"
+    with open(seg, "rb") as f:
+        _, raw = read_header(f, seg.name)
+        second = list(iter_records(f, len(raw), seg.name))[1]
+    data = bytearray(seg.read_bytes())
+    data[second.offset + 4 + len(second.body) - 3] ^= 1     # inside chunk 1's ciphertext
+    seg.chmod(0o644)
+    seg.write_bytes(bytes(data))
+    with pytest.raises(VerifyError, match=r"^seg-0000000001\.seg: chunk 1: ciphertext altered"):
+        next(decrypt_chunks(seg, keyset.agency, keyset.device.public_key()))
