@@ -196,11 +196,11 @@ def test_raspberry_pi_composition_records_from_picamera2(provisioned, mocker):
         for packet in packets[:40]:  # 4 s through picamera2's encoder thread, as it would call us
             adapter.outputframe(*packet)
         finger.double(config.pins.record_button)
-        assert device.machine.state is State.RECORDING
+        device.wait_for(lambda: device.machine.state is State.RECORDING, 10, "the double press")
         for packet in packets[40:]:
             adapter.outputframe(*packet)
         finger.hold(config.pins.record_button, 0.5)
-        assert device.machine.state is State.BUFFERING
+        device.wait_for(lambda: device.machine.state is State.BUFFERING, 10, "the hold")
     finally:
         device.stop()
     picam2.stop_recording.assert_called_once_with()
