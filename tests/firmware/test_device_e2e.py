@@ -120,11 +120,10 @@ def test_console_drives_buttons_battery_and_auto_trigger(provisioned):
         red, green = device.pin_factory.pin(pins.led_red), device.pin_factory.pin(pins.led_green)
         assert red.state == 1 and green.state == 0  # the officer sees red
         console.execute("hold function")  # stealth: dark, and still recording
-        device.wait_for(lambda: device.machine.stealth, 10, "stealth on")
-        assert red.state == 0 and device.machine.state is State.RECORDING
+        device.wait_for(lambda: device.machine.stealth and red.state == 0, 10, "stealth on, red dark")
+        assert device.machine.state is State.RECORDING
         console.execute("hold function")
-        device.wait_for(lambda: not device.machine.stealth, 10, "stealth off")
-        assert red.state == 1
+        device.wait_for(lambda: not device.machine.stealth and red.state == 1, 10, "stealth off, red lit")
         console.execute("battery 3")  # below the shutdown level: sealed and stopped by the device's monitor
         device.wait_for(lambda: device.machine.state is State.BUFFERING, 5, "battery stop")
         assert device.machine.last_recording is not None
