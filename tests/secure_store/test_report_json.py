@@ -33,11 +33,13 @@ def test_report_names_every_segment_field_and_every_problem(device, keyset, h):
         "recovered": False, "storage_full": False,
         "markers": [{"timestamp_us": 2 * h.FRAME_US, "label": "officer-note"}],
         "manifest_sha256": hashlib.sha256((evidence / "seg-0000000001.manifest").read_bytes()).hexdigest(),
+        "clock_error_us": None,            # this store's clock was never set against a reference
+        "clock": "clock error unknown (no time reference since the clock was last set or jumped)",
     }
     assert abs(offset / 1e6 - 1_764_000_000.0) < 1
     assert (second["seq"], second["index"], second["chunks"], second["frames"], second["markers"]) == (2, 1, 2, 3, [])
     assert second["last_utc_us"] - second["first_utc_us"] == 2 * h.FRAME_US
-    assert as_json["ok"] is True and as_json["problems"] == [] and as_json["audit_logs"] == []
+    assert as_json["ok"] is True and as_json["problems"] == [] and as_json["audit_logs"] == [str(store.root.audit)]
     (evidence / "seg-0000000002.seg").unlink()
     broken = verify_path(evidence, keyset.device.public_key()).to_json()
     assert broken["ok"] is False
