@@ -31,7 +31,7 @@ bench: $(STAMP)
 
 # Mutation testing of the security-critical code (TESTING.md); not part of `make test`.
 # MUTANTS narrows a run, e.g. make mutate MUTANTS='secure_store.verify.*'
-MUTANTS ?= secure_store.verify.* secure_store.audit_verify.* link.session.* dock.client.* \
+MUTANTS ?= secure_store.verify.* secure_store.segment_rules.* secure_store.audit_verify.* link.session.* dock.client.* \
 	secure_store.store.xǁEvidenceStoreǁrelease__* firmware.update.install.*
 mutate: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,mutate]'
