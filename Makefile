@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench clean browser
+.PHONY: install run test bench mutate clean browser
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,5 +29,15 @@ browser:
 bench: $(STAMP)
 	$(PY) -m bench
 
+# Mutation testing of the security-critical code (TESTING.md); not part of `make test`.
+# MUTANTS narrows a run, e.g. make mutate MUTANTS='secure_store.verify.*'
+MUTANTS ?= secure_store.verify.* secure_store.segment_rules.* secure_store.audit_verify.* link.session.* dock.client.* \
+	secure_store.store.xǁEvidenceStoreǁrelease__* firmware.update.install.*
+mutate: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,mutate]'
+	-$(VENV)/bin/mutmut run $(foreach m,$(MUTANTS),'$(m)')
+	$(PY) tests/mutation/report.py $(foreach m,$(MUTANTS),'$(m)') > mutation-report.txt
+	head -n 9 mutation-report.txt
+
 clean:
-	rm -rf $(VENV) demo-output *.egg-info
+	rm -rf $(VENV) demo-output *.egg-info mutants mutation-report.txt

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import struct
-import sys
 import threading
 
 import pytest
@@ -107,6 +106,22 @@ def test_duration_zero_holds_only_the_gop_in_flight_and_passes_through_when_open
     feed(buf, regular(10, first=75))
     assert sink.numbers == list(range(60, 85))
     assert buf.held_frames == 0
+
+
+@pytest.mark.parametrize("duration", [0.0, 0.5, 0.95, 1.0, 1.05, 2.0])
+@pytest.mark.parametrize("keyframes", [range(0, 60, 10), (0, 3, 15, 20, 21, 35, 50)], ids=["gop10", "irregular"])
+def test_expiry_after_every_frame_matches_the_rule_exactly(duration, keyframes):
+    """After each frame the buffer holds from the newest keyframe at or before newest − duration
+    (or from the first keyframe): checked frame by frame, on a grid where expiry times land
+    exactly on frames, so an expiry one frame early or late fails here, not only by chance."""
+    step_us = 100_000
+    buf = PreEventBuffer(duration)
+    for n in range(60):
+        buf.outputframe(payload(n), n in keyframes, n * step_us)
+        cutoff = n * step_us - round(duration * 1_000_000)
+        eligible = [k for k in keyframes if k <= n and k * step_us <= cutoff]
+        start = eligible[-1] if eligible else min(keyframes)
+        assert numbers(buf.snapshot()) == list(range(start, n + 1)), f"after frame {n}"
 
 
 def test_max_bytes_sheds_whole_oldest_gops_and_warns(caplog):
@@ -232,46 +247,64 @@ def test_picamera2_encoder_hooks_are_harmless():
 @pytest.mark.parametrize("duration", [0.0, 0.2, 120.0])
 def test_handoff_has_no_gap_or_duplicate_while_encoder_thread_runs(duration):
     """An encoder thread feeds numbered frames non-stop; the control thread opens and closes
-    sinks at arbitrary moments. Each sink must see one consecutive run starting at a keyframe,
+    sinks while it runs. Each sink must see one consecutive run starting at a keyframe,
     never a frame an earlier sink saw; with a buffer long enough to keep everything between
-    runs, each run starts exactly at the first keyframe after the previous run."""
-    gop = 10
+    runs, each run starts exactly at the first keyframe after the previous run.
+
+    The encoder may run at most ``LEAD`` frames past the point the control thread is waiting
+    for, so each open/close lands somewhere inside a window of frames (a real race with the
+    encoder, at a point no scheduler can move outside that window): the 120-s buffer then
+    never has to expire a frame between two runs however busy the machine is."""
+    gop, lead = 10, 64
     buf = PreEventBuffer(duration)
+    progress = threading.Condition()
     produced = [0]  # frames the encoder has fed so far
+    allowed = [0]   # the encoder waits before feeding frame number allowed[0]
     stop = threading.Event()
     failures: list[BaseException] = []
 
     def encoder():
         n = 0
         try:
-            while not stop.is_set():
+            while True:
+                with progress:
+                    while n >= allowed[0] and not stop.is_set():
+                        progress.wait()
+                    if stop.is_set():
+                        return
                 buf.outputframe(payload(n), n % gop == 0, n * FRAME_US)
                 n += 1
-                produced[0] = n
+                with progress:
+                    produced[0] = n
+                    progress.notify_all()
         except BaseException as exc:  # reported to the main thread
             failures.append(exc)
+            with progress:
+                progress.notify_all()
 
-    def wait_until(count):
-        while produced[0] < count and not failures:
-            pass  # spin: both threads stay runnable, so open/close land mid-stream
+    def run_until(count):
+        """Let the encoder run to ``count`` frames and up to ``lead`` beyond; return at ``count``."""
+        with progress:
+            allowed[0] = count + lead
+            progress.notify_all()
+            assert progress.wait_for(lambda: produced[0] >= count or failures, timeout=60), "encoder stalled"
 
-    switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # interleave the two threads as finely as the GIL allows
     thread = threading.Thread(target=encoder)
     thread.start()
     sinks: list[CollectingSink] = []
     try:
         for cycle in range(12):
-            wait_until(produced[0] + 37 + 13 * cycle)
+            run_until(produced[0] + 37 + 13 * cycle)
             sink = CollectingSink()
             buf.open_output(sink)
             sinks.append(sink)
-            wait_until(produced[0] + 41 + 7 * cycle)
+            run_until(produced[0] + 41 + 7 * cycle)
             buf.close_output()
     finally:
-        stop.set()
+        with progress:
+            stop.set()
+            progress.notify_all()
         thread.join()
-        sys.setswitchinterval(switch_interval)
     assert not failures
 
     previous_end = -1

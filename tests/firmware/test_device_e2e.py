@@ -123,9 +123,10 @@ def test_console_drives_buttons_battery_and_auto_trigger(provisioned):
         red, green = device.pin_factory.pin(pins.led_red), device.pin_factory.pin(pins.led_green)
         assert red.state == 1 and green.state == 0  # the officer sees red
         console.execute("hold function")  # stealth: dark, and still recording
-        assert red.state == 0 and device.machine.state is State.RECORDING and device.machine.stealth
+        device.wait_for(lambda: device.machine.stealth and red.state == 0, 10, "stealth on, red dark")
+        assert device.machine.state is State.RECORDING
         console.execute("hold function")
-        assert red.state == 1
+        device.wait_for(lambda: not device.machine.stealth and red.state == 1, 10, "stealth off, red lit")
         console.execute("battery 3")  # below the shutdown level: sealed and stopped by the device's monitor
         device.wait_for(lambda: device.machine.state is State.BUFFERING, HANG_S, "battery stop")
         assert device.machine.last_recording is not None
@@ -199,11 +200,11 @@ def test_raspberry_pi_composition_records_from_picamera2(provisioned, mocker):
         for packet in packets[:40]:  # 4 s through picamera2's encoder thread, as it would call us
             adapter.outputframe(*packet)
         finger.double(config.pins.record_button)
-        assert device.machine.state is State.RECORDING
+        device.wait_for(lambda: device.machine.state is State.RECORDING, 10, "the double press")
         for packet in packets[40:]:
             adapter.outputframe(*packet)
         finger.hold(config.pins.record_button, 0.5)
-        assert device.machine.state is State.BUFFERING
+        device.wait_for(lambda: device.machine.state is State.BUFFERING, 10, "the hold")
     finally:
         device.stop()
     picam2.stop_recording.assert_called_once_with()
@@ -245,6 +246,7 @@ def test_camera_failure_seals_the_recording_and_faults(provisioned):
         device.wait_for(lambda: device.sensor_seconds >= 6, HANG_S, "recording")
         broken.set()
         red = device.pin_factory.pin(config.pins.led_red)
+        red.clear_states()
         deadline = time.monotonic() + HANG_S  # (wait_for would stop at the camera error we caused)
         while not (device.machine.state is State.FAULT and sum(1 for s in red.states if s.state) >= 2):
             assert time.monotonic() < deadline, "no FAULT with a fast-blinking red LED"

@@ -32,11 +32,19 @@ def levels(pin):
     return [bool(s.state) for s in pin.states]
 
 
+def wait_until(condition, what: str, timeout: float = 10.0) -> None:
+    """Poll for a pin condition; the timeout only turns a hang into a failure (no timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
 def test_recording_is_solid_red_and_buffering_blinks_green(rig):
     signals, pins = rig
     signals.show("buffering")
-    time.sleep(0.25)
-    assert pins["green"].state == 0 and levels(pins["green"])[:3] == [False, True, False]
+    wait_until(lambda: len(pins["green"].states) >= 3, "the first green blink to end")
+    assert levels(pins["green"])[:3] == [False, True, False]
     signals.show("recording")
     assert pins["red"].state == 1 and pins["green"].state == 0
 
@@ -48,9 +56,9 @@ def test_start_cue_is_two_beeps_and_two_vibrations(rig):
     pins["buzzer"].assert_states([False, True, False, True, False])
     pins["haptic"].assert_states([0, 1, 0, 1, 0])
     assert len(pins["buzzer"].states) == 5 and len(pins["haptic"].states) == 5
-    # each beep 0.1 s, each vibration 0.2 s (generous tolerance: a shared CI machine)
-    assert all(0.07 < s.timestamp < 0.2 for s in pins["buzzer"].states[2:])
-    assert 0.17 < pins["haptic"].states[2].timestamp < 0.3 and 0.17 < pins["haptic"].states[4].timestamp < 0.3
+    # each beep 0.1 s, each vibration 0.2 s: lower bounds only (a busy machine makes them longer)
+    assert all(s.timestamp >= 0.09 for s in pins["buzzer"].states[2:])
+    assert pins["haptic"].states[2].timestamp >= 0.19 and pins["haptic"].states[4].timestamp >= 0.19
 
 
 def test_stop_cue_is_one_long(rig):
@@ -59,7 +67,7 @@ def test_stop_cue_is_one_long(rig):
     signals.wait_idle()
     assert levels(pins["buzzer"]) == [False, True, False]
     assert levels(pins["haptic"]) == [False, True, False]
-    pins["buzzer"].assert_states_and_times([(0.0, False), (0.0, True), (1.0, False)])
+    assert pins["buzzer"].states[2].timestamp >= 0.99   # one second on, never less
 
 
 def test_every_cue_and_warning_is_distinct():
@@ -74,8 +82,8 @@ def test_amber_shows_the_most_urgent_warning(rig):
     signals.warn({"storage_nearly_full"})
     assert pins["amber"].state == 1 and levels(pins["amber"]) == [False, True]  # solid
     signals.warn({"storage_nearly_full", "storage_full"})
-    time.sleep(0.35)
-    assert levels(pins["amber"]).count(True) >= 2  # storage full blinks fast over the solid one
+    # storage full blinks fast over the solid one
+    wait_until(lambda: levels(pins["amber"])[2:].count(True) >= 2, "amber to blink")
     signals.warn(set())
     assert pins["amber"].state == 0
 

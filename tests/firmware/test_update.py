@@ -5,12 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -188,12 +186,43 @@ def test_downgrade_and_same_version_and_min_version_refused(kit):
     assert state["slots"]["a"]["status"] == "good"  # the fallback was not given up for a refused image
 
 
+def test_floor_above_the_running_version_still_refuses_older_images(kit):
+    """After a rollback the running firmware is older than the anti-rollback floor: an image
+    newer than what runs but older than the floor (a known-vulnerable version) is refused."""
+    tmp, root, vendor = kit
+    for version in ("1.1.0", "1.3.0"):
+        update.install_image(build(tmp, vendor, version, {"v": version.encode()}), root)
+        update.boot_slot(root)
+        update.mark_healthy(root)
+    (slot_dir(root, load_state(root)["active"]) / "files" / "v").write_bytes(b"rot")
+    assert update.boot_slot(root).version == "1.1.0"          # rolled back below the floor
+    state = load_state(root)
+    assert (state["floor"], state["slots"][state["active"]]["version"]) == ("1.3.0", "1.1.0")
+    for version in ("1.2.0", "1.3.0"):
+        with pytest.raises(UpdateRefused, match="downgrade refused"):
+            update.install_image(build(tmp, vendor, version, {"v": b"old"}), root)
+    assert load_state(root) == state
+    assert update.install_image(build(tmp, vendor, "1.3.1", {"v": b"fixed"}), root).version == "1.3.1"
+
+
 def test_install_refused_while_the_running_slot_is_on_trial(kit):
     tmp, root, vendor = kit
     update.install_image(build(tmp, vendor, "1.1.0", {"v": b"1"}), root)
     with pytest.raises(UpdateRefused, match="still on trial"):
         update.install_image(build(tmp, vendor, "1.2.0", {"v": b"2"}), root)
     assert load_state(root)["slots"]["a"]["factory"] is True  # the known-good fallback is still there
+
+
+def test_recording_flag_names_the_recording_and_clears(kit):
+    _, root, _ = kit
+    assert not update.is_recording(root)
+    update.set_recording(root, "20261130T101500Z-CAM-7")
+    flag = root.state / "recording"
+    assert flag.read_bytes() == b"20261130T101500Z-CAM-7\n" and flag.stat().st_mode & 0o777 == 0o644
+    assert update.is_recording(root)
+    update.clear_recording(root)
+    assert not flag.exists() and not update.is_recording(root)
+    update.clear_recording(root)                      # at boot, with nothing to clear
 
 
 def test_update_refused_while_recording(kit):
@@ -333,30 +362,40 @@ def test_staging_symlink_planted_outside_is_not_followed(kit):
 
 
 INSTALLER = """
-import sys
+import os, signal, sys
 from firmware.update import install_image
-print("go", flush=True)
+
+calls, kill_at = [0], int(sys.argv[3])
+
+def wrap(real):
+    def call(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)   # a power cut just before this call
+        return real(*args, **kwargs)
+    return call
+
+for name in ("write", "writev", "fsync", "replace", "rename", "link", "unlink", "rmdir", "mkdir", "symlink"):
+    setattr(os, name, wrap(getattr(os, name)))
 install_image(sys.argv[1], sys.argv[2])
-print("done", flush=True)
+print("done", calls[0], flush=True)
 """
 
 
-def _run_installer(image: Path, root: Path, kill_after: float | None) -> float:
-    proc = subprocess.Popen([sys.executable, "-c", INSTALLER, str(image), str(root)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert proc.stdout.readline() == b"go\n"
-    start = time.monotonic()
-    if kill_after is None:
-        assert proc.stdout.readline() == b"done\n"
-        proc.wait()
-        return time.monotonic() - start
-    time.sleep(kill_after)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return 0.0
+def _run_installer(image: Path, root: Path, kill_at: int) -> int | None:
+    """Install in a child process that SIGKILLs itself just before its ``kill_at``-th file-system
+    call (0: never); returns how many calls a completed install made, None if it was killed."""
+    proc = subprocess.run([sys.executable, "-c", INSTALLER, str(image), str(root), str(kill_at)], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    if proc.returncode == -signal.SIGKILL:
+        return None
+    assert proc.returncode == 0 and proc.stdout.startswith(b"done"), proc.stdout
+    return int(proc.stdout.split()[1])
 
 
-def test_sigkill_at_random_points_of_an_install_still_boots_a_good_slot(kit):
+def test_sigkill_at_points_spread_over_an_install_still_boots_a_good_slot(kit):
+    """Kill points are file-system calls, counted, not moments: the same points are cut on a
+    busy machine as on an idle one, from the first call to the last."""
     tmp, root, vendor = kit
     update.install_image(build(tmp, vendor, "1.1.0", {"v": b"old"}), root)
     update.boot_slot(root)
@@ -365,13 +404,15 @@ def test_sigkill_at_random_points_of_an_install_still_boots_a_good_slot(kit):
     new = build(tmp, vendor, "1.2.0", files)
     base = tmp / "base"
     shutil.copytree(root.root, base, symlinks=True)
-    full = max(_run_installer(new, _fresh(base, tmp / "calibrate"), None), 0.05)
-    rng = random.Random(6)
+    total = _run_installer(new, _fresh(base, tmp / "calibrate"), 0)
+    assert total and total > 60                        # at least one write per file
+    # 20 cuts spread over the whole install, and every one of its last 10 calls (the switch)
+    points = sorted({1 + round(i * (total - 1) / 19) for i in range(20)} | set(range(total - 9, total + 1)))
     outcomes = []
-    for trial in range(24):
+    for trial, point in enumerate(points):
         dev = _fresh(base, tmp / f"trial-{trial}")
         untouched = tree_digest(dev / "evidence", dev / "keys")
-        _run_installer(new, dev, rng.uniform(0, full * 1.1))
+        assert _run_installer(new, dev, point) is None, f"not killed at call {point} of {total}"
         assert tree_digest(dev / "evidence", dev / "keys") == untouched
         boot = update.boot_slot(dev)
         if boot.version == "1.2.0":
@@ -384,7 +425,10 @@ def test_sigkill_at_random_points_of_an_install_still_boots_a_good_slot(kit):
         if trial % 6 == 0 and boot.version == "1.1.0":  # and the next install still works
             assert update.install_image(new, dev).version == "1.2.0"
             assert update.boot_slot(dev).version == "1.2.0"
-    print("outcomes:", {v: outcomes.count(v) for v in set(outcomes)})
+    # one commit point: every cut before it boots the old firmware, every cut after it the new
+    switch = outcomes.index("1.2.0") if "1.2.0" in outcomes else len(outcomes)
+    assert outcomes == ["1.1.0"] * switch + ["1.2.0"] * (len(outcomes) - switch)
+    assert 0 < switch < len(outcomes)                  # cuts landed on both sides of it
 
 
 def _fresh(base: Path, dest: Path) -> Path:

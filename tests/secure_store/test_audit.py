@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -307,13 +306,24 @@ def test_whole_entry_missing_only_its_line_feed_is_kept(tmp_path: Path, key) -> 
 
 
 CHILD = """
-import sys
+import os, signal, sys
 from pathlib import Path
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from secure_store.audit import AuditLog
 key = load_pem_private_key(Path(sys.argv[2]).read_bytes(), None)
 log = AuditLog(Path(sys.argv[1]), key, "cam-0001", max_file_bytes=20000)
-print("ready", flush=True)
+calls, kill_at = [0], int(sys.argv[3])
+
+def wrap(real):
+    def call(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)   # a power cut just before this call
+        return real(*args, **kwargs)
+    return call
+
+for name in ("write", "fsync", "replace", "link", "unlink"):
+    setattr(os, name, wrap(getattr(os, name)))
 i = 0
 while True:
     log.append("marker", label="x" * 300, n=i)
@@ -327,19 +337,18 @@ def test_sigkill_while_appending_then_recover(tmp_path: Path, key) -> None:
     key_file.write_bytes(private_pem(key))
     logdir = tmp_path / "audit"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for trial in range(3):
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(logdir), str(key_file)],
-                                 stdout=subprocess.PIPE, env=env)
-        assert child.stdout.readline() == b"ready\n"
-        time.sleep(0.05 + 0.07 * trial)
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        child.stdout.close()
+    # the child dies just before its N-th write/fsync/rename: an entry's write, its fsync,
+    # and (past 20000 bytes) the steps of starting the next file are each cut once
+    kill_points = (1, 2, 3, 80, 81, 82, 83, 84, 85, 86, 87)
+    for trial, kill_at in enumerate(kill_points):
+        child = subprocess.run([sys.executable, "-c", CHILD, str(logdir), str(key_file), str(kill_at)], env=env)
+        assert child.returncode == -signal.SIGKILL
         AuditLog(logdir, key, DEVICE).append(Event.BOOT, trial=trial)
         assert verify_audit(logdir, key.public_key(), device_id=DEVICE) == []
     entries = read_entries(logdir)
     assert [e.seq for e in entries] == list(range(len(entries)))
-    assert [e.details["trial"] for e in entries if e.event == "boot"] == [0, 1, 2]
+    assert [e.details["trial"] for e in entries if e.event == "boot"] == list(range(len(kill_points)))
+    assert len(list(logdir.glob("audit-*.log"))) >= 2     # the cuts reached the start of a new file
 
 
 def test_threads_and_two_writers_keep_one_chain(tmp_path: Path, key) -> None:
