@@ -367,7 +367,7 @@ def _archive_dir(out: Path) -> Path:
     if not out.exists():
         if not out.parent.is_dir():
             raise PullError(f"archive {out}: its parent directory {out.parent} does not exist")
-        out.mkdir()
+        out.mkdir(exist_ok=True)  # several bays may make it at the same moment
     return out
 
 
