@@ -10,7 +10,6 @@ from export.exporter import export_evidence
 from firmware.config import Config, with_overrides
 from firmware.device import Device
 from firmware.machine import State
-from firmware.provision import provision
 from hw_sim.pins import Finger
 from recorder.audio import MUTE_MARKER, UNMUTE_MARKER
 from secure_store import keys
@@ -20,15 +19,8 @@ FPS = 10
 
 
 @pytest.fixture
-def provisioned(tmp_path):
-    key_dir = tmp_path / "keys"
-    key_dir.mkdir()
-    made = {}
-    for kind in ("agency", "vendor", "dock"):
-        made[kind], made[kind + "_pub"] = keys.write_keypair(kind, key_dir / kind)
-    root = tmp_path / "device"
-    provision(root, "SIM-AUDIO", made["agency_pub"], made["vendor_pub"], [made["dock_pub"]])
-    return root, made
+def provisioned(provision_sim_device):
+    return provision_sim_device("SIM-AUDIO")
 
 
 def test_sim_device_records_sound_keeps_pre_event_sound_by_policy_and_logs_the_mute(provisioned, tmp_path):

@@ -31,15 +31,8 @@ def mp4_frame_numbers(path):
 
 
 @pytest.fixture
-def provisioned(tmp_path):
-    key_dir = tmp_path / "keys"
-    key_dir.mkdir()
-    made = {}
-    for kind in ("agency", "vendor", "dock"):
-        made[kind], made[kind + "_pub"] = keys.write_keypair(kind, key_dir / kind)
-    root = tmp_path / "device"
-    provision(root, "SIM-E2E", made["agency_pub"], made["vendor_pub"], [made["dock_pub"]])
-    return root, made
+def provisioned(provision_sim_device):
+    return provision_sim_device("SIM-E2E")
 
 
 def sim_config(**controls):

@@ -9,7 +9,6 @@ from export.exporter import export_evidence
 from firmware.config import Config, with_overrides
 from firmware.device import Device
 from firmware.machine import State
-from firmware.provision import provision
 from hw_sim.link import LinkedPtys
 from hw_sim.pins import Finger
 from secure_store import keys
@@ -18,14 +17,8 @@ from secure_store.audit import read_entries
 FPS = 10
 
 
-def test_sim_device_seals_location_and_states_its_clock_error(tmp_path):
-    key_dir = tmp_path / "keys"
-    key_dir.mkdir()
-    made = {}
-    for kind in ("agency", "vendor", "dock"):
-        made[kind], made[kind + "_pub"] = keys.write_keypair(kind, key_dir / kind)
-    root = tmp_path / "device"
-    provision(root, "SIM-GPS", made["agency_pub"], made["vendor_pub"], [made["dock_pub"]])
+def test_sim_device_seals_location_and_states_its_clock_error(tmp_path, provision_sim_device):
+    root, made = provision_sim_device("SIM-GPS")
     config = with_overrides(
         Config(), video={"resolution": "320x240", "fps": FPS, "pre_event_s": 5.0, "segment_s": 4.0,
                          "bitrate": 300_000},
