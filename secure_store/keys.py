@@ -1,16 +1,18 @@
-"""Key files: generate, write and load the four kinds of key bodycam uses.
+"""Key files: generate, write and load the kinds of key bodycam uses.
 
-=======  =========  ==========================================
-kind     algorithm  used for
-=======  =========  ==========================================
-agency   X25519     HPKE recipient: only the agency decrypts
-device   Ed25519    signs manifests and the audit log
-dock     Ed25519    dock stations authenticate to the device
-vendor   Ed25519    signs firmware images
-=======  =========  ==========================================
+=======  ==========================  ==========================================
+kind     algorithm (hybrid: + PQ)    used for
+=======  ==========================  ==========================================
+agency   X25519 (+ ML-KEM-768)       HPKE recipient: only the agency decrypts
+device   Ed25519 (+ ML-DSA-65)       signs manifests and the audit log
+dock     Ed25519 (+ ML-DSA-65)       authenticates to the device, signs receipts
+vendor   Ed25519 (+ ML-DSA-65)       signs firmware images
+export   Ed25519                     signs the C2PA manifests of court exports
+=======  ==========================  ==========================================
 
 Private keys are PKCS#8 PEM written with mode 0600; public keys are
-SubjectPublicKeyInfo PEM. Every failure is a one-line ``KeyFileError``.
+SubjectPublicKeyInfo PEM. A hybrid key (``secure_store.hybrid``) is two PEM blocks in one
+file, the classic key first. Every failure is a one-line ``KeyFileError``.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
+from secure_store import hybrid
 from secure_store.durable import write_atomic
 
 KINDS = ("agency", "device", "dock", "vendor", "export")  # export: signs C2PA manifests of court exports
-PrivateKey = Union[ed25519.Ed25519PrivateKey, x25519.X25519PrivateKey]
-PublicKey = Union[ed25519.Ed25519PublicKey, x25519.X25519PublicKey]
+HYBRID_KINDS = ("agency", "device", "dock", "vendor")     # kinds that may have a post-quantum half
+PrivateKey = Union[ed25519.Ed25519PrivateKey, x25519.X25519PrivateKey, hybrid.HybridAgencyKey]
+PublicKey = Union[ed25519.Ed25519PublicKey, x25519.X25519PublicKey, hybrid.HybridAgencyPublicKey]
 
 
 class KeyFileError(Exception):
@@ -43,24 +47,41 @@ def _classes(kind: str) -> tuple[type, type]:
     return ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey
 
 
-def generate(kind: str) -> PrivateKey:
-    """A fresh private key of ``kind``."""
+def generate(kind: str, pq: bool = False):
+    """A fresh private key of ``kind``; ``pq``: the hybrid post-quantum form.
+
+    A hybrid agency key is a ``hybrid.HybridAgencyKey``; a hybrid signing key a
+    ``hybrid.SigningKey``; a classic key the plain ``cryptography`` object.
+    """
     private_cls, _ = _classes(kind)
-    return private_cls.generate()
+    if not pq:
+        return private_cls.generate()
+    if kind not in HYBRID_KINDS:
+        raise KeyFileError(f"a {kind} key has no post-quantum form")
+    return hybrid.HybridAgencyKey.generate() if kind == "agency" else hybrid.SigningKey.generate(True)
 
 
-def private_pem(key: PrivateKey) -> bytes:
+def private_pem(key) -> bytes:
+    if isinstance(key, (hybrid.HybridAgencyKey, hybrid.SigningKey)):
+        return key.pem()
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
-def public_pem(key: PublicKey) -> bytes:
+def public_pem(key) -> bytes:
+    if isinstance(key, (hybrid.HybridAgencyPublicKey, hybrid.VerifyKey)):
+        return key.pem()
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def raw_public(key: PublicKey) -> bytes:
-    """The 32 raw bytes of an Ed25519 or X25519 public key."""
+def raw_public(key) -> bytes:
+    """The raw public key a fingerprint hashes: 32 bytes (Ed25519, X25519), or for a hybrid agency
+    key ML-KEM-768 || X25519 (1216 bytes); a hybrid signing key is named by its Ed25519 half."""
+    if isinstance(key, hybrid.HybridAgencyPublicKey):
+        return key.raw()
+    if isinstance(key, hybrid.VerifyKey):
+        key = key.ed25519
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
@@ -69,9 +90,9 @@ def fingerprint(key: PublicKey) -> str:
     return hashlib.sha256(raw_public(key)).hexdigest()
 
 
-def write_keypair(kind: str, prefix: str | Path) -> tuple[Path, Path]:
+def write_keypair(kind: str, prefix: str | Path, pq: bool = False) -> tuple[Path, Path]:
     """Write ``PREFIX.key`` (0600) and ``PREFIX.pub``; refuse to overwrite either."""
-    key = generate(kind)
+    key = generate(kind, pq)
     prefix = Path(prefix)
     key_path = prefix.with_name(prefix.name + ".key")
     pub_path = prefix.with_name(prefix.name + ".pub")
@@ -97,28 +118,76 @@ def _read(path: Path, what: str) -> bytes:
         raise KeyFileError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
-def load_private_key(path: str | Path, kind: str) -> PrivateKey:
-    """Load a private key of ``kind`` from a PEM file."""
-    private_cls, _ = _classes(kind)
-    data = _read(Path(path), f"{kind} private key")
+def _parse(data: bytes, path: Path, kind: str, private: bool):
+    """The key in ``data`` as the loaders return it (hybrid objects for two-block files)."""
+    what = "an unencrypted PEM private key" if private else "a PEM public key"
+    if data.count(b"-----BEGIN ") > 1:
+        if kind not in HYBRID_KINDS:
+            raise KeyFileError(f"{path} holds more than one PEM block; a {kind} key has no post-quantum form")
+        parse = {("agency", True): hybrid.parse_agency_private, ("agency", False): hybrid.parse_agency_public}.get(
+            (kind, private), hybrid.parse_signing_key if private else hybrid.parse_verify_key)
+        try:
+            return parse(data)
+        except hybrid.HybridKeyError as exc:
+            raise KeyFileError(f"{path} is not a {kind} key: {exc}") from None
     try:
-        key = serialization.load_pem_private_key(data, password=None)
+        return serialization.load_pem_private_key(data, password=None) if private \
+            else serialization.load_pem_public_key(data)
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise KeyFileError(f"{path} is not an unencrypted PEM private key") from None
-    if not isinstance(key, private_cls):
+        raise KeyFileError(f"{path} is not {what}") from None
+
+
+def load_private_key(path: str | Path, kind: str) -> PrivateKey:
+    """Load a classic private key of ``kind`` (or a hybrid agency key) from a PEM file.
+
+    A hybrid *signing* key file is refused here: a caller that signs evidence must take
+    both halves (:func:`load_signing_key`), one that only needs Ed25519 says so with
+    ``load_signing_key(...).ed25519``; nothing drops the post-quantum half by accident.
+    """
+    private_cls, _ = _classes(kind)
+    key = _parse(_read(Path(path), f"{kind} private key"), Path(path), kind, True)
+    if isinstance(key, hybrid.SigningKey):
+        raise KeyFileError(f"{path} holds a hybrid {kind} key (Ed25519 + ML-DSA-65); this use needs both halves")
+    if not isinstance(key, (private_cls, hybrid.HybridAgencyKey)):
         raise KeyFileError(f"{path} holds a {type(key).__name__}, not a {kind} key")
     return key
 
 
 def load_public_key(path: str | Path, kind: str) -> PublicKey:
-    """Load a public key of ``kind`` from a PEM file."""
+    """Load a classic public key of ``kind`` (or a hybrid agency key) from a PEM file.
+
+    A hybrid signing key file is refused as in :func:`load_private_key`; use
+    :func:`load_verify_key`.
+    """
     _, public_cls = _classes(kind)
-    data = _read(Path(path), f"{kind} public key")
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise KeyFileError(f"{path} is not a PEM public key") from None
-    if not isinstance(key, public_cls):
+    key = _parse(_read(Path(path), f"{kind} public key"), Path(path), kind, False)
+    if isinstance(key, hybrid.VerifyKey):
+        raise KeyFileError(f"{path} holds a hybrid {kind} key (Ed25519 + ML-DSA-65); this use needs both halves")
+    if not isinstance(key, (public_cls, hybrid.HybridAgencyPublicKey)):
+        raise KeyFileError(f"{path} holds a {type(key).__name__}, not a {kind} public key")
+    return key
+
+
+def load_signing_key(path: str | Path, kind: str) -> hybrid.SigningKey:
+    """A device, dock or vendor private key, classic or hybrid, as a ``hybrid.SigningKey``."""
+    if kind not in HYBRID_KINDS or kind == "agency":
+        raise KeyFileError(f"a {kind} key does not sign with a hybrid signature")
+    key = _parse(_read(Path(path), f"{kind} private key"), Path(path), kind, True)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return hybrid.SigningKey(key)
+    if not isinstance(key, hybrid.SigningKey):
+        raise KeyFileError(f"{path} holds a {type(key).__name__}, not a {kind} key")
+    return key
+
+
+def load_verify_key(path: str | Path, kind: str) -> hybrid.VerifyKey:
+    """A device, dock or vendor public key, classic or hybrid, as a ``hybrid.VerifyKey``."""
+    if kind not in HYBRID_KINDS or kind == "agency":
+        raise KeyFileError(f"a {kind} key does not sign with a hybrid signature")
+    key = _parse(_read(Path(path), f"{kind} public key"), Path(path), kind, False)
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return hybrid.VerifyKey(key)
+    if not isinstance(key, hybrid.VerifyKey):
         raise KeyFileError(f"{path} holds a {type(key).__name__}, not a {kind} public key")
     return key
 
