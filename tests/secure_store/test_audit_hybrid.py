@@ -10,10 +10,12 @@ import base64
 import hashlib
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from secure_store import audit, hybrid, keys
 from secure_store.audit import AuditHead, AuditLog, Event, read_entries
@@ -251,7 +253,6 @@ def test_spec_hybrid_vector() -> None:
     key = _vector_key()
     pq_pub = key.mldsa65.public_key().public_bytes_raw()
     assert hashlib.sha256(pq_pub).hexdigest() in text  # the ML-DSA-65 public key the vector names
-    import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         (d / "audit-000000000000.log").write_text(block)
@@ -264,3 +265,23 @@ def test_spec_hybrid_vector() -> None:
         assert verify_audit(d, key.ed25519.public_key())[0].endswith("hybrid entry, but no ML-DSA-65 key to check it")
         other = hybrid.VerifyKey(key.ed25519.public_key(), mldsa.MLDSA65PrivateKey.generate().public_key())
         assert "bad ML-DSA-65 signature" in verify_audit(d, other)[0]
+
+
+@pytest.fixture(scope="module")
+def v2_log(tmp_path_factory, hkey) -> bytes:
+    d = tmp_path_factory.mktemp("v2log")
+    make_log(d, hkey, 2)
+    return file_lines(d)[0].read_bytes()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=st.integers(min_value=39, max_value=10_000), xor=st.integers(min_value=1, max_value=255))
+def test_any_changed_byte_of_a_hybrid_entry_fails(v2_log: bytes, hkey, where: int, xor: int) -> None:
+    """Flip any byte after the header of a two-entry hybrid log: it never verifies."""
+    data = bytearray(v2_log)
+    where %= len(data)
+    where = max(where, 39)
+    data[where] ^= xor
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "audit-000000000000.log").write_bytes(bytes(data))
+        assert verify_audit(Path(tmp), hkey.public_key()) != []
