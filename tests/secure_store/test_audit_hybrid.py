@@ -179,12 +179,20 @@ def test_pq_signature_has_exactly_one_encoding(tmp_path: Path, hkey, mangle, rea
 
 
 def test_details_can_not_fake_the_hybrid_envelope(tmp_path: Path, hkey) -> None:
-    """A classic entry whose details end in a "sig_mldsa65" string stays a classic entry."""
-    log = AuditLog(tmp_path, hkey.ed25519, DEVICE)
-    fake = base64.b64encode(bytes(3309)).decode()
-    log.append(Event.MARKER, zz="x", sig_mldsa65=fake)
-    assert verify_audit(tmp_path, hkey.ed25519.public_key()) == []
-    assert read_entries(tmp_path)[0].details["sig_mldsa65"] == fake and read_entries(tmp_path)[0].version == 1
+    """A classic entry whose details put `","sig_mldsa65":"` exactly where a version-2 line has it
+    stays a classic entry: the 4412 bytes after it hold a `"` (FORMAT.md, "Entry line")."""
+    def write(d: Path, n: int) -> bytes:
+        log = AuditLog(d, hkey.ed25519, DEVICE, clock=lambda: 1700000000.5, monotonic_us=lambda: 1234)
+        log.append(Event.MARKER, a="x", sig_mldsa65="A" * n)
+        return file_lines(d)[1][1]
+
+    probe = write(tmp_path / "probe", 5000)
+    n = 5000 + probe.rindex(PQ_MARK) + 4431 - len(probe)  # the marker lands at offset len - 4431
+    line = write(tmp_path / "aligned", n)
+    assert line[-4431:-4414] == PQ_MARK and line[-131:-130] == b'"'
+    assert verify_audit(tmp_path / "aligned", hkey.ed25519.public_key()) == []
+    (entry,) = read_entries(tmp_path / "aligned")
+    assert entry.version == 1 and entry.details["sig_mldsa65"] == "A" * n
 
 
 def test_hand_over_classic_to_hybrid_and_back(tmp_path: Path, hkey) -> None:
