@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from secure_store.hybrid import VerifyKey
 
 from firmware.update.image import ImageError, Manifest, iter_files, parse_version, read_manifest
 from firmware.update.slots import (
@@ -154,7 +154,7 @@ def _stage(image: BinaryIO, manifest: Manifest, header: bytes, staging: Path) ->
     return total
 
 
-def _install_locked(image_path: Path, root: DeviceRoot, key: Ed25519PublicKey, audit: object | None,
+def _install_locked(image_path: Path, root: DeviceRoot, key: VerifyKey, audit: object | None,
                     max_boot_tries: int) -> tuple:
     """The install proper, under the slot lock: verify, stage, mark, move, read back, switch."""
     cleanup_staging(root)

@@ -161,3 +161,46 @@ def test_cli_build_and_inspect_with_a_hybrid_key(tmp_path: Path, vendor, capsys)
     assert main(["firmware", "inspect", str(img), "--vendor-pub", str(tmp_path / "ed.pub")]) == 1
     err = capsys.readouterr().err.strip()
     assert "no ML-DSA-65 key to check it" in err and "\n" not in err
+
+
+def test_flash_with_a_hybrid_dock_key_onto_a_hybrid_device(tmp_path: Path, vendor, hybrid_device: DeviceRoot,
+                                                           capsys) -> None:
+    """`bodycam firmware flash --dock-key` with a hybrid dock key (the link uses its Ed25519 half), over a
+    real pty: the format-2 image installs; a format-1 image is refused by the device with its reason."""
+    import threading
+
+    from firmware.offload import OffloadServer, load_enrolled_docks
+    from firmware.provision import open_audit
+    from firmware.update.flash import FlashError, attach_firmware_commands, flash
+    from hw_sim.link import LinkedPtys
+
+    root = hybrid_device
+    dock = hybrid.SigningKey.generate(True)
+    write_atomic(tmp_path / "pqdock.key", keys.private_pem(dock), 0o600)
+    write_atomic(root.docks / f"{keys.fingerprint(dock.public_key())[:16]}.pub",
+                 keys.public_pem(dock.public_key().ed25519), 0o644)   # enrolled: the link checks Ed25519
+
+    def served(port: str) -> threading.Thread:
+        server = OffloadServer(port, store=None, audit=open_audit(root),
+                               device_key=keys.load_private_key(root.device_key, "device"), device_id="CAM-7",
+                               enrolled_docks=load_enrolled_docks(root.docks), idle_timeout=5.0)
+        attach_firmware_commands(server, root)
+        thread = threading.Thread(target=server.serve_session, kwargs={"wait": 10.0}, daemon=True)
+        thread.start()
+        return thread
+
+    with LinkedPtys() as cable:
+        thread = served(cable.a_path)
+        with pytest.raises(FlashError, match="classic-only signature from a hybrid vendor key"):
+            flash(cable.b_path, keys.load_signing_key(tmp_path / "pqdock.key", "dock"),
+                  build(tmp_path, vendor.ed25519, "1.5.0"))
+        thread.join(20)
+    assert load_state(root)["active"] == "a"
+    with LinkedPtys() as cable:
+        thread = served(cable.a_path)
+        assert main(["firmware", "flash", "--quiet", "--port", cable.b_path, "--dock-key",
+                     str(tmp_path / "pqdock.key"), str(build(tmp_path, vendor, "1.6.0"))]) == 0
+        thread.join(20)
+    assert "firmware 1.6.0 installed in slot b" in capsys.readouterr().out
+    assert load_state(root)["active"] == "b"
+    assert (root.root / "firmware" / "slot-b" / "files" / "app.py").read_bytes() == b"print('1.6.0')\n"
