@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from secure_store.hybrid import VerifyKey
-
 from firmware.update.image import ImageError, Manifest, iter_files, parse_version, read_manifest
 from firmware.update.slots import (
     DEFAULT_MAX_BOOT_TRIES,
@@ -48,6 +46,7 @@ from firmware.update.slots import (
 )
 from secure_store.audit import Event
 from secure_store.durable import fsync_dir, write_atomic
+from secure_store.hybrid import VerifyKey
 from secure_store.keys import KeyFileError
 from secure_store.layout import DeviceRoot
 
