@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
         else:
             p.add_argument("--port", required=True, help="serial port path or pyserial URL, e.g. /dev/ttyACM0")
         p.add_argument("--out", required=True, help="archive directory (one subdirectory per device)")
-        p.add_argument("--dock-key", required=True, help="this dock's Ed25519 private key (PEM)")
+        p.add_argument("--dock-key", required=True, help="this dock's private key (PEM: Ed25519, or Ed25519 + ML-DSA-65)")
         p.add_argument("--no-confirm", action="store_true",
                        help="pull and verify every segment, but do not confirm: the device keeps its copy")
         p.add_argument("--no-time-sync", action="store_true", help="do not set the device's clock offset")
@@ -59,13 +59,14 @@ def register(subparsers: Any) -> None:
     status = actions.add_parser("status", help="show a docked camera's battery, storage, firmware, clock and "
                                                "queued footage, without pulling")
     status.add_argument("--port", required=True, help="serial port path or pyserial URL, e.g. /dev/ttyACM0")
-    status.add_argument("--dock-key", required=True, help="this dock's Ed25519 private key (PEM)")
+    status.add_argument("--dock-key", required=True, help="this dock's private key (PEM: Ed25519, or Ed25519 + ML-DSA-65)")
     status.set_defaults(func=_status)
 
 
 def _load_key(path: str) -> Any:
-    from secure_store.keys import check_private_mode, load_private_key
-    key = load_private_key(path, "dock")
+    """The dock key, classic or hybrid: a hybrid one signs receipts with both halves (the link uses Ed25519)."""
+    from secure_store.keys import check_private_mode, load_signing_key
+    key = load_signing_key(path, "dock")
     check_private_mode(path)
     return key
 

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from link.transport import Link, LinkError, LinkTimeout
 from link.protocol import DEFAULT_PAYLOAD, MAX_PAYLOAD, SUPPORTED_VERSIONS, FrameType, encode_frame
+from secure_store.hybrid import SigningKey, VerifyKey
 from secure_store.keys import fingerprint, raw_public
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,11 @@ _SIG = 64
 # never gets it; docs/PROTOCOL.md §3): "part" = PART frames, resends re-cut smaller;
 # "repair1" = the receiver repairs frames with a single bit error.
 FEATURES = ("part", "repair1")
+
+
+def _ed25519(key: Any) -> Any:
+    """The Ed25519 half of a hybrid key: session authentication is ephemeral, so it stays Ed25519."""
+    return key.ed25519 if isinstance(key, (SigningKey, VerifyKey)) else key
 
 
 def _features(info: dict[str, Any]) -> list[str]:
@@ -106,7 +112,7 @@ def _reason(payload: bytes) -> str:
 
 def dock_handshake(
     link: Link,
-    dock_key: ed25519.Ed25519PrivateKey,
+    dock_key: "ed25519.Ed25519PrivateKey | SigningKey",
     *,
     timeout: float = 10.0,
     retry: float = 0.5,
@@ -118,6 +124,7 @@ def dock_handshake(
     ``cert_chain``: the dock's certificate chain (PEM), so devices of its agency admit it
     without enrolment; the device's own chain comes back in ``Session.peer_cert_pem``.
     """
+    dock_key = _ed25519(dock_key)
     ephemeral = x25519.X25519PrivateKey.generate()
     hello = json.dumps({
         **({"dock_cert": cert_chain} if cert_chain else {}),
@@ -194,7 +201,7 @@ def _exchange(link: Link, send_type: FrameType, payload: bytes, want: FrameType,
 
 def device_handshake(
     link: Link,
-    device_key: ed25519.Ed25519PrivateKey,
+    device_key: "ed25519.Ed25519PrivateKey | SigningKey",
     device_id: str,
     enrolled_docks: Iterable[ed25519.Ed25519PublicKey],
     *,
@@ -210,7 +217,8 @@ def device_handshake(
     A dock is admitted if enrolled, or if ``dock_trust(raw key, its certificate chain PEM)``
     returns its key (certified by this device's agency); ``cert_chain`` is the device's own.
     """
-    enrolled = {raw_public(key): key for key in enrolled_docks}
+    device_key = _ed25519(device_key)
+    enrolled = {raw_public(key): _ed25519(key) for key in enrolled_docks}
     start = time.monotonic()
     hello_frame = None
     while hello_frame is None:
@@ -232,7 +240,7 @@ def device_handshake(
         dock_public = _hex(info, "dock_key", 32, "dock hello")
         dock_key = enrolled.get(dock_public)
         if dock_key is None and dock_trust is not None and isinstance(info.get("dock_cert"), str):
-            dock_key = dock_trust(dock_public, info["dock_cert"])
+            dock_key = _ed25519(dock_trust(dock_public, info["dock_cert"]))
         if dock_key is None:
             link.send_frame(FrameType.REJECT, b"dock not enrolled on this device")
             raise AuthError(f"dock {hashlib.sha256(dock_public).hexdigest()[:16]}… is not enrolled")

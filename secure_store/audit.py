@@ -2,7 +2,8 @@
 
 Every decision the device takes (boot, record, marker, dock, offload, release, firmware,
 clock, power recovery, storage full ...) is one entry. Each entry carries its sequence
-number and the SHA-256 of the previous entry and is signed on its own (Ed25519, well under a millisecond), so
+number and the SHA-256 of the previous entry and is signed on its own (Ed25519, well under a millisecond;
+a hybrid device key adds ML-DSA-65 and writes version-2 entries), so
 anyone with the device *public* key can prove that every entry present is authentic and
 that none was altered, removed from the middle, reordered or spliced in from elsewhere.
 Removing the newest entries cannot be seen from the log alone; :meth:`AuditLog.head`
@@ -27,9 +28,10 @@ from typing import Any, Callable, Iterator
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from secure_store import hybrid
 from secure_store.audit_format import (
-    DEFAULT_FILE_BYTES, HEADER, MAX_LINE_BYTES, SIGNATURE_CONTEXT, VERSION, ZERO_DIGEST, BODY_PREFIX, EVENT_RE,
-    SIG_PREFIX, SUFFIX, AuditEntry, AuditHead, Event, audit_files, canonical_json, parse_line,
+    DEFAULT_FILE_BYTES, HEADER, HYBRID_VERSION, MAX_LINE_BYTES, SIGNATURE_CONTEXT, VERSION, ZERO_DIGEST, EVENT_RE,
+    AuditEntry, AuditHead, Event, audit_files, canonical_json, format_line, parse_line,
     read_audit_file, read_entries, signature_ok, utc_text,
 )
 from secure_store.audit_format import monotonic_us as default_monotonic_us
@@ -46,16 +48,17 @@ class AuditLog:
     a torn last line left by a power cut is dropped and logged as ``power_recovery``.
     """
 
-    def __init__(self, directory: Path, signing_key: Ed25519PrivateKey, device_id: str, *,
+    def __init__(self, directory: Path, signing_key: "Ed25519PrivateKey | hybrid.SigningKey", device_id: str, *,
                  clock: Callable[[], float] = time.time, monotonic_us: Callable[[], int] = default_monotonic_us,
                  max_file_bytes: int = DEFAULT_FILE_BYTES) -> None:
-        if not isinstance(signing_key, Ed25519PrivateKey):
-            raise AuditError("the audit log needs the device's Ed25519 signing key")
+        if not isinstance(signing_key, (Ed25519PrivateKey, hybrid.SigningKey)):
+            raise AuditError("the audit log needs the device's signing key (Ed25519, or Ed25519 + ML-DSA-65)")
         if not isinstance(device_id, str) or not device_id:
             raise AuditError(f"the audit log needs a device ID, not {device_id!r}")
         self.directory = Path(directory)
         self.device_id = device_id
-        self._key = signing_key
+        self._key = hybrid.as_signing_key(signing_key)
+        self._version = HYBRID_VERSION if self._key.hybrid else VERSION
         self._clock, self._monotonic_us = clock, monotonic_us
         self._max_file_bytes = max_file_bytes
         self._lock = threading.Lock()
@@ -143,15 +146,14 @@ class AuditLog:
 
     def _append_locked(self, event: str, details: dict) -> None:
         seq = self._head.seq + 1
-        body_obj = {"v": VERSION, "seq": seq, "device": self.device_id, "utc": utc_text(self._clock()),
+        body_obj = {"v": self._version, "seq": seq, "device": self.device_id, "utc": utc_text(self._clock()),
                     "mono_us": self._monotonic_us(), "event": event, "details": details,
                     "prev": self._head.digest}
         try:
             body = canonical_json(body_obj)
         except (TypeError, ValueError) as exc:
             raise AuditError(f"audit details for {event!r} are not JSON-serialisable: {exc}") from None
-        sig = self._key.sign(SIGNATURE_CONTEXT + body)
-        line = BODY_PREFIX + body + SIG_PREFIX + sig.hex().encode() + SUFFIX
+        line = format_line(body, self._key.sign(SIGNATURE_CONTEXT + body))
         if len(line) > MAX_LINE_BYTES:
             raise AuditError(f"audit entry for {event!r} is longer than {MAX_LINE_BYTES} bytes")
         record = line + b"\n"

@@ -20,10 +20,11 @@ from typing import Any, NamedTuple
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from secure_store import strict_json
+from secure_store import hybrid, signed_line, strict_json
 from secure_store.errors import AuditError
 
-VERSION = 1
+VERSION = 1         # an entry signed by a classic (Ed25519) device key
+HYBRID_VERSION = 2  # an entry signed by a hybrid (Ed25519 + ML-DSA-65) device key
 HEADER = b'{"format":"bodycam-audit","version":1}\n'
 SIGNATURE_CONTEXT = b"bodycam-audit-v1\x00"
 ZERO_DIGEST = "0" * 64
@@ -31,13 +32,9 @@ MAX_LINE_BYTES = 64 * 1024
 DEFAULT_FILE_BYTES = 1024 * 1024
 MAX_READ_BYTES = 64 * 1024 * 1024  # a reader refuses a file larger than any writer makes
 
-BODY_PREFIX = b'{"body":'
-SIG_PREFIX = b',"sig":"'
-SUFFIX = b'"}'
-_SIG_TAIL = len(SIG_PREFIX) + 128 + len(SUFFIX)
+BODY_PREFIX, SIG_PREFIX, SUFFIX = signed_line.BODY_PREFIX, signed_line.SIG_PREFIX, signed_line.SUFFIX
 _FILE_RE = re.compile(r"audit-(\d{12})\.log")
 EVENT_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
-_HEX_RE = re.compile(rb"[0-9a-f]+")
 _BODY_KEYS = {"v", "seq", "device", "utc", "mono_us", "event", "details", "prev"}
 FLOAT_FIELDS = frozenset({"details"})  # early firmware wrote clock values as JSON fractions there
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
@@ -114,6 +111,7 @@ class AuditEntry:
     digest: str
     file: str
     line: int
+    version: int = VERSION  # 2: signed by a hybrid key (Ed25519 + ML-DSA-65)
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -129,21 +127,23 @@ def monotonic_us() -> int:
     return time.monotonic_ns() // 1000
 
 
-def split_line(line: bytes, where: str) -> tuple[bytes, bytes]:
-    """(body bytes, signature) of one line, checked against the fixed envelope."""
+def split_line(line: bytes, where: str) -> tuple[bytes, hybrid.Signatures]:
+    """(body bytes, signatures) of one line, checked against the fixed envelopes (``signed_line``).
+
+    Version 1 has the Ed25519 signature only, version 2 (hybrid) also ``sig_mldsa65``;
+    :func:`parse_line` then requires the body's ``v`` to match the envelope.
+    """
     if len(line) > MAX_LINE_BYTES:
         raise AuditError(f"{where}: entry longer than {MAX_LINE_BYTES} bytes")
-    if not (line.startswith(BODY_PREFIX) and line.endswith(SUFFIX) and len(line) >= len(BODY_PREFIX) + 2 + _SIG_TAIL
-            and line[-_SIG_TAIL:-_SIG_TAIL + len(SIG_PREFIX)] == SIG_PREFIX):
-        raise AuditError(f"{where}: not an audit entry (bad envelope)")
-    sig_hex = line[-_SIG_TAIL + len(SIG_PREFIX):-len(SUFFIX)]
-    if not _HEX_RE.fullmatch(sig_hex):
-        raise AuditError(f"{where}: signature is not lowercase hex")
-    return line[len(BODY_PREFIX):-_SIG_TAIL], bytes.fromhex(sig_hex.decode())
+    try:
+        return signed_line.split(line)
+    except signed_line.EnvelopeError as exc:
+        reason = "not an audit entry (bad envelope)" if str(exc) == "bad envelope" else str(exc)
+        raise AuditError(f"{where}: {reason}") from None
 
 
-def parse_line(line: bytes, file: str, lineno: int) -> tuple[AuditEntry, bytes, bytes]:
-    """Parse one line (without its LF) into an entry, its signed body and its signature.
+def parse_line(line: bytes, file: str, lineno: int) -> tuple[AuditEntry, bytes, hybrid.Signatures]:
+    """Parse one line (without its LF) into an entry, its signed body and its signature(s).
 
     The one strict reader of entry bodies (FORMAT.md, "Entry line" and "Canonical JSON"):
     the verifier, the exporter and the writer's recovery all read entries through it.
@@ -156,8 +156,12 @@ def parse_line(line: bytes, file: str, lineno: int) -> tuple[AuditEntry, bytes, 
         raise AuditError(f"{where}: entry body is not canonical JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise AuditError(f"{where}: entry body is not a JSON object")
-    if "v" in obj and (type(obj["v"]) is not int or obj["v"] != VERSION):
+    if "v" in obj and (type(obj["v"]) is not int or obj["v"] not in (VERSION, HYBRID_VERSION)):
         raise AuditError(f"{where}: unknown audit entry version {obj['v']!r}")
+    if "v" in obj and (obj["v"] == HYBRID_VERSION) != (sig.mldsa65 is not None):
+        raise AuditError(f"{where}: a version-{obj['v']} entry " + (
+            "without its ML-DSA-65 signature (sig_mldsa65)" if sig.mldsa65 is None
+            else "with an ML-DSA-65 signature (only version 2 carries sig_mldsa65)"))
     if set(obj) != _BODY_KEYS:
         raise AuditError(f"{where}: entry fields {sorted(obj)} are not {sorted(_BODY_KEYS)}")
     for k in ("seq", "mono_us"):
@@ -181,7 +185,7 @@ def parse_line(line: bytes, file: str, lineno: int) -> tuple[AuditEntry, bytes, 
     if problem:
         raise AuditError(f"{where}: {obj['event']} entry {problem}")
     entry = AuditEntry(obj["seq"], obj["event"], obj["details"], obj["device"], obj["utc"], obj["mono_us"],
-                       obj["prev"], hashlib.sha256(line).hexdigest(), file, lineno)
+                       obj["prev"], hashlib.sha256(line).hexdigest(), file, lineno, obj["v"])
     return entry, body, sig
 
 
@@ -248,12 +252,40 @@ def read_audit_file(path: Path) -> tuple[list[bytes], bytes]:
     return lines, tail
 
 
-def signature_ok(key: Ed25519PublicKey, body: bytes, sig: bytes) -> bool:
+def format_line(body: bytes, signatures: hybrid.Signatures) -> bytes:
+    """The entry line (without LF): the version-1 envelope, or version 2 with an ML-DSA-65 signature."""
+    return signed_line.join(body, signatures)
+
+
+def signature_problem(key: "hybrid.VerifyKey | Ed25519PublicKey", body: bytes,
+                      signatures: hybrid.Signatures) -> str | None:
+    """Why ``signatures`` over ``body`` do not verify with ``key`` (FORMAT.md, L4), or None when they do.
+
+    Both halves must verify; a hybrid key's entry without ML-DSA-65 is a downgrade, and an
+    ML-DSA-65 signature under a key without that half is one nobody can check: both fail.
+    """
+    key = hybrid.as_verify_key(key)
+    message = SIGNATURE_CONTEXT + body
     try:
-        key.verify(sig, SIGNATURE_CONTEXT + body)
-        return True
+        key.ed25519.verify(signatures.ed25519, message)
     except InvalidSignature:
-        return False
+        return "bad signature (altered, or not signed by this device's key)"
+    if key.mldsa65 is None:
+        return None if signatures.mldsa65 is None else "hybrid entry, but no ML-DSA-65 key to check it"
+    if signatures.mldsa65 is None:
+        return "classic-only signature from a hybrid key (ML-DSA-65 signature missing)"
+    try:
+        key.mldsa65.verify(signatures.mldsa65, message)
+    except InvalidSignature:
+        return "bad ML-DSA-65 signature (altered, or not signed by this device's key)"
+    return None
+
+
+def signature_ok(key: "hybrid.VerifyKey | Ed25519PublicKey", body: bytes, sig: "hybrid.Signatures | bytes") -> bool:
+    """True when every signature the key calls for is present and valid (a plain ``sig`` is Ed25519 only)."""
+    if isinstance(sig, bytes):
+        sig = hybrid.Signatures(sig)
+    return signature_problem(key, body, sig) is None
 
 
 def read_entries(directory: Path) -> list[AuditEntry]:

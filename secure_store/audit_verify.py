@@ -9,6 +9,11 @@ A re-provisioned device changes key: its old key signs a hand-over entry (event
 fingerprint, ``device_id`` = the new ID) and every later entry is signed by the new key.
 Given both keys (old first or in any order), the verifier follows the hand-over; an entry
 signed by a key that is not the one in force at its place is a bad signature.
+
+Keys may be hybrid (``hybrid.VerifyKey`` with an ML-DSA-65 half): then every entry under
+that key must be a version-2 entry whose two signatures both verify; a classic entry under
+a hybrid key, or a hybrid entry under a classic key, fails (rule L4). A classic key may
+hand over to a hybrid one and the reverse: entries follow the key that signs them.
 """
 
 from __future__ import annotations
@@ -16,27 +21,43 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from secure_store import hybrid
 from secure_store import keys as keyfiles
-from secure_store.audit_format import ZERO_DIGEST, AuditEntry, AuditHead, Event, audit_files, parse_line, \
-    read_audit_file, signature_ok
+from secure_store.audit_format import SIGNATURE_CONTEXT, ZERO_DIGEST, AuditEntry, AuditHead, Event, audit_files, \
+    parse_line, read_audit_file, signature_problem
 from secure_store.errors import AuditError
 
-Parsed = tuple[AuditEntry, bytes, bytes]
+Parsed = tuple[AuditEntry, bytes, hybrid.Signatures]
+AnyVerifyKey = "hybrid.VerifyKey | Ed25519PublicKey"
 
 
-def verify_audit(directory: Path, device_public_key: Ed25519PublicKey | Iterable[Ed25519PublicKey], *,
+def trusted_verify_keys(keys: "AnyVerifyKey | Iterable[AnyVerifyKey]") -> list[hybrid.VerifyKey]:
+    """The given keys as ``VerifyKey`` objects, one per Ed25519 key; if one is given both plain and
+    hybrid, the hybrid form wins (its ML-DSA-65 half may never be dropped by a second copy)."""
+    given = [keys] if isinstance(keys, (Ed25519PublicKey, hybrid.VerifyKey)) else list(keys)
+    if not given or not all(isinstance(k, (Ed25519PublicKey, hybrid.VerifyKey)) for k in given):
+        raise AuditError("verify_audit needs the device's public key(s) (Ed25519, or Ed25519 + ML-DSA-65)")
+    by_fp: dict[str, hybrid.VerifyKey] = {}
+    for key in map(hybrid.as_verify_key, given):
+        fp = key.fingerprint()
+        if fp not in by_fp or key.hybrid:
+            by_fp[fp] = key
+    return list(by_fp.values())
+
+
+def verify_audit(directory: Path, device_public_key: "AnyVerifyKey | Iterable[AnyVerifyKey]", *,
                  device_id: str | None = None, anchor: AuditHead | None = None) -> list[str]:
     """Every problem with the audit log in ``directory``, one line each; [] when it verifies.
 
-    ``device_public_key`` is the device key, or several (a retired key and its successor).
+    ``device_public_key`` is the device key, or several (a retired key and its successor);
+    each a plain Ed25519 key or a ``hybrid.VerifyKey``.
     ``device_id`` is the expected device ID (default: the first validly signed entry's).
     """
     directory = Path(directory)
-    trusted = [device_public_key] if isinstance(device_public_key, Ed25519PublicKey) else list(device_public_key)
-    if not trusted or not all(isinstance(k, Ed25519PublicKey) for k in trusted):
-        raise AuditError("verify_audit needs the device's Ed25519 public key(s)")
+    trusted = trusted_verify_keys(device_public_key)
     files = audit_files(directory)
     if not files:
         return [f"{directory}: no audit log files"]
@@ -80,23 +101,34 @@ def _handover(entry: AuditEntry) -> tuple[str, str | None] | None:
     return None
 
 
-def _check_signatures(parsed: list[Parsed], trusted: list[Ed25519PublicKey], device_id: str | None,
+def _signer(trusted: list[hybrid.VerifyKey], body: bytes, signatures: hybrid.Signatures) -> hybrid.VerifyKey | None:
+    """The trusted key whose Ed25519 half signed ``body`` (L4: the key in force at the first entry)."""
+    for key in trusted:
+        try:
+            key.ed25519.verify(signatures.ed25519, SIGNATURE_CONTEXT + body)
+            return key
+        except InvalidSignature:
+            continue
+    return None
+
+
+def _check_signatures(parsed: list[Parsed], trusted: list[hybrid.VerifyKey], device_id: str | None,
                       problems: list[str]) -> list[tuple[AuditEntry, bool]]:
-    """Each entry's signature by the key in force at its place, and its device ID."""
+    """Each entry's signature(s) by the key in force at its place, and its device ID."""
     by_fp = {keyfiles.fingerprint(k): k for k in trusted}
-    current = next((k for k in trusted if parsed and signature_ok(k, *parsed[0][1:])), None)
+    current = _signer(trusted, *parsed[0][1:]) if parsed else None
     expected = device_id
     unverifiable: list[int] = []  # entries while no given key is in force
     bad: list[str] = []
     strangers: list[AuditEntry] = []
     checked: list[tuple[AuditEntry, bool]] = []
     for entry, body, sig in parsed:
-        ok = current is not None and signature_ok(current, body, sig)
+        why = signature_problem(current, body, sig) if current is not None else None
+        ok = current is not None and why is None
         if current is None:
             unverifiable.append(entry.seq)
         elif not ok:
-            bad.append(f"entry {entry.seq} ({entry.file} line {entry.line}): bad signature "
-                       "(altered, or not signed by this device's key)")
+            bad.append(f"entry {entry.seq} ({entry.file} line {entry.line}): {why}")
         if ok and expected is None:
             expected = entry.device
         if expected is not None and entry.device != expected:

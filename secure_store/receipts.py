@@ -2,6 +2,8 @@
 
 A receipt names the device (ID, key and certificate fingerprints), the audit head the dock
 received, the manifests it verified and confirmed, and the dock's UTC, signed by the dock key.
+A hybrid dock key (Ed25519 + ML-DSA-65) writes version-2 receipts: the body names its
+ML-DSA-65 public key too and the line carries both signatures; readers check both.
 Receipts of one device directory are numbered from 1 and hash-chained. The verifier treats
 each as an anchor: every manifest it names must still be there, unchanged, and the audit log
 must still reach its head. docs/FORMAT.md ("Receipts") specifies the bytes.
@@ -9,6 +11,8 @@ must still reach its head. docs/FORMAT.md ("Receipts") specifies the bytes.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import hashlib
 import logging
@@ -18,15 +22,16 @@ from pathlib import Path
 from typing import Iterable
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
-from secure_store import keys, strict_json
+from secure_store import hybrid, keys, signed_line, strict_json
 from secure_store.durable import write_atomic
 from secure_store.errors import FormatError
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 1         # signed by a classic (Ed25519) dock key
+HYBRID_VERSION = 2  # signed by a hybrid dock key: Ed25519 + ML-DSA-65, both named in the body
 DIRECTORY = "receipts"
 SIGNATURE_CONTEXT = b"bodycam-receipt-v1\x00"
 ZERO = "0" * 64
@@ -35,8 +40,8 @@ _FILE_RE = re.compile(r"receipt-(\d{12})\.json")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _UTC_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 _KEYS = {"v", "n", "prev", "device_id", "device_key", "device_cert", "audit_head", "manifests", "utc", "dock_key"}
-_PREFIX, _SIG_PREFIX, _SUFFIX = b'{"body":', b',"sig":"', b'"}'
-_TAIL = len(_SIG_PREFIX) + 128 + len(_SUFFIX)
+_HYBRID_KEYS = _KEYS | {"dock_key_mldsa65"}
+_MLDSA_KEY_B64_LEN = 2604  # base64 of the 1952-byte ML-DSA-65 public key, with its one "=" of padding
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,16 @@ class Receipt:
     dock_key: ed25519.Ed25519PublicKey
     digest: str               # SHA-256 of the receipt line: the next receipt's prev
     file: str
+    dock_key_mldsa65: mldsa.MLDSA65PublicKey | None = None  # version 2: the dock key's ML-DSA-65 half
+
+    @property
+    def version(self) -> int:
+        return VERSION if self.dock_key_mldsa65 is None else HYBRID_VERSION
+
+    @property
+    def verify_key(self) -> hybrid.VerifyKey:
+        """The dock key the receipt names, with its ML-DSA-65 half when hybrid."""
+        return hybrid.VerifyKey(self.dock_key, self.dock_key_mldsa65)
 
 
 def _utc_now() -> str:
@@ -67,20 +82,27 @@ def receipt_files(device_dir: Path) -> list[tuple[int, Path]]:
     return sorted((int(m.group(1)), d / n.name) for n in d.iterdir() if (m := _FILE_RE.fullmatch(n.name)))
 
 
-def write_receipt(device_dir: Path, dock_key: ed25519.Ed25519PrivateKey, device_id: str, device_key_fp: str,
+def write_receipt(device_dir: Path, dock_key: "ed25519.Ed25519PrivateKey | hybrid.SigningKey", device_id: str,
+                  device_key_fp: str,
                   device_cert_fp: str, audit_head: tuple[int, str] | None,
                   manifests: Iterable[tuple[int, str]], utc: str | None = None) -> Path:
-    """Sign and durably write the next receipt of ``device_dir``; returns its path."""
+    """Sign and durably write the next receipt of ``device_dir``; returns its path.
+
+    A hybrid dock key writes a version-2 receipt (both signatures, ``dock_key_mldsa65`` in the body).
+    """
+    dock_key = hybrid.as_signing_key(dock_key)
     files = receipt_files(device_dir)
     number = files[-1][0] + 1 if files else 1
     prev = hashlib.sha256(files[-1][1].read_bytes().rstrip(b"\n")).hexdigest() if files else ZERO
-    body = {"v": VERSION, "n": number, "prev": prev, "device_id": device_id, "device_key": device_key_fp,
+    body = {"v": HYBRID_VERSION if dock_key.hybrid else VERSION, "n": number, "prev": prev, "device_id": device_id, "device_key": device_key_fp,
             "device_cert": device_cert_fp,
             "audit_head": None if audit_head is None else {"seq": audit_head[0], "digest": audit_head[1]},
             "manifests": [{"seq": s, "sha256": d} for s, d in sorted(manifests)],
-            "utc": utc or _utc_now(), "dock_key": keys.raw_public(dock_key.public_key()).hex()}
+            "utc": utc or _utc_now(), "dock_key": keys.raw_public(dock_key.ed25519.public_key()).hex()}
+    if dock_key.mldsa65 is not None:
+        body["dock_key_mldsa65"] = base64.b64encode(dock_key.mldsa65.public_key().public_bytes_raw()).decode()
     data = strict_json.dumps(body)
-    line = _PREFIX + data + _SIG_PREFIX + dock_key.sign(SIGNATURE_CONTEXT + data).hex().encode() + _SUFFIX
+    line = signed_line.join(data, dock_key.sign(SIGNATURE_CONTEXT + data))
     if len(line) > MAX_RECEIPT_BYTES:
         raise FormatError(f"receipt {number} would be larger than {MAX_RECEIPT_BYTES} bytes")
     path = Path(device_dir) / DIRECTORY / f"receipt-{number:012d}.json"
@@ -98,19 +120,25 @@ def parse_receipt(data: bytes, number: int, name: str) -> Receipt:
     if not data.endswith(b"\n") or data.count(b"\n") != 1:
         raise FormatError(f"{name}: not one line ending in LF")
     line = data[:-1]
-    sig_hex = line[-_TAIL + len(_SIG_PREFIX):-len(_SUFFIX)]
-    if not (line.startswith(_PREFIX) and line.endswith(_SUFFIX) and len(line) > len(_PREFIX) + _TAIL
-            and line[-_TAIL:-_TAIL + len(_SIG_PREFIX)] == _SIG_PREFIX and re.fullmatch(rb"[0-9a-f]{128}", sig_hex)):
-        raise FormatError(f"{name}: bad envelope")
-    body = line[len(_PREFIX):-_TAIL]
+    try:
+        body, signatures = signed_line.split(line)
+    except signed_line.EnvelopeError as exc:
+        raise FormatError(f"{name}: {exc}") from None
     try:
         obj = strict_json.loads(body)
     except strict_json.StrictJSONError as exc:
         raise FormatError(f"{name}: body is not canonical JSON ({exc})") from None
-    if not isinstance(obj, dict) or set(obj) != _KEYS:
+    if not isinstance(obj, dict) or "v" not in obj:
         raise FormatError(f"{name}: fields are not {sorted(_KEYS)}")
-    if obj["v"] != VERSION or type(obj["v"]) is not int:
+    if type(obj["v"]) is not int or obj["v"] not in (VERSION, HYBRID_VERSION):
         raise FormatError(f"{name}: unknown receipt version {obj['v']!r}")
+    hybrid_receipt = obj["v"] == HYBRID_VERSION
+    if set(obj) != (_HYBRID_KEYS if hybrid_receipt else _KEYS):
+        raise FormatError(f"{name}: fields are not {sorted(_HYBRID_KEYS if hybrid_receipt else _KEYS)}")
+    if hybrid_receipt != (signatures.mldsa65 is not None):
+        raise FormatError(f"{name}: a version-{obj['v']} receipt " + (
+            "without its ML-DSA-65 signature (sig_mldsa65)" if signatures.mldsa65 is None
+            else "with an ML-DSA-65 signature (only version 2 carries sig_mldsa65)"))
     if type(obj["n"]) is not int or obj["n"] != number:
         raise FormatError(f"{name}: says it is receipt {obj['n']!r}")
     for k in ("prev", "device_key", "dock_key"):
@@ -137,13 +165,48 @@ def parse_receipt(data: bytes, number: int, name: str) -> Receipt:
     if seqs != sorted(set(seqs)):
         raise FormatError(f"{name}: manifests not in ascending, distinct seq order")
     dock_key = ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(obj["dock_key"]))
+    pq_key = _mldsa_key(obj["dock_key_mldsa65"], name) if hybrid_receipt else None
     try:
-        dock_key.verify(bytes.fromhex(sig_hex.decode()), SIGNATURE_CONTEXT + body)
+        hybrid.VerifyKey(dock_key, pq_key).verify(signatures, SIGNATURE_CONTEXT + body)
     except InvalidSignature:
         raise FormatError(f"{name}: signature does not verify with the dock key it names") from None
     return Receipt(number, obj["prev"], obj["device_id"], obj["device_key"], obj["device_cert"], head,
                    tuple((m["seq"], m["sha256"]) for m in manifests), obj["utc"], dock_key,
-                   hashlib.sha256(line).hexdigest(), name)
+                   hashlib.sha256(line).hexdigest(), name, pq_key)
+
+
+def _mldsa_key(text: object, name: str) -> mldsa.MLDSA65PublicKey:
+    """``dock_key_mldsa65``: the canonical base64 of a raw 1952-byte ML-DSA-65 public key."""
+    if not isinstance(text, str) or len(text) != _MLDSA_KEY_B64_LEN:
+        raise FormatError(f"{name}: dock_key_mldsa65 is not the base64 of a 1952-byte ML-DSA-65 public key")
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+        if base64.b64encode(raw).decode() != text or len(raw) != hybrid.MLDSA65_PUBLIC_LEN:
+            raise ValueError
+        return mldsa.MLDSA65PublicKey.from_public_bytes(raw)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise FormatError(f"{name}: dock_key_mldsa65 is not the base64 of a 1952-byte ML-DSA-65 public key") \
+            from None
+
+
+def certification_problem(receipt: Receipt, certified: object) -> str | None:
+    """Why ``receipt`` does not stand under the certified dock key with its Ed25519 fingerprint (R2), or None.
+
+    ``certified``: a ``hybrid.VerifyKey``, a plain Ed25519 key, or a ``pki.CertifiedKey``. A
+    hybrid certified key needs a version-2 receipt naming its very ML-DSA-65 key; a classic
+    certified key a version-1 receipt (an ML-DSA-65 key nobody certified is no protection).
+    """
+    if not isinstance(certified, (hybrid.VerifyKey, ed25519.Ed25519PublicKey)):
+        certified = getattr(certified, "verify_key", None) or getattr(certified, "key")
+    certified = hybrid.as_verify_key(certified)
+    if certified.mldsa65 is None:
+        return None if receipt.dock_key_mldsa65 is None else \
+            "hybrid receipt, but the dock's certificate has no ML-DSA-65 key to check it"
+    if receipt.dock_key_mldsa65 is None:
+        return "classic-only signature from a hybrid dock key (ML-DSA-65 signature missing)"
+    if receipt.dock_key_mldsa65.public_bytes_raw() != certified.mldsa65.public_bytes_raw():
+        return "names an ML-DSA-65 dock key that is not the certified one"
+    return None
 
 
 def _valid_utc(text: str) -> bool:
@@ -198,7 +261,7 @@ def audit_head_of(audit_dir: Path) -> tuple[int, str] | None:
     return (entries[-1].seq, entries[-1].digest) if entries else None
 
 
-def write_pull_receipt(device_dir: Path, dock_key: ed25519.Ed25519PrivateKey, device_id: str,
+def write_pull_receipt(device_dir: Path, dock_key: "ed25519.Ed25519PrivateKey | hybrid.SigningKey", device_id: str,
                        device_key: ed25519.Ed25519PublicKey, device_cert_fp: str,
                        confirmed: Iterable[str]) -> Path:
     """The receipt a dock writes at the end of a pull: what it now holds, confirmed segments by digest."""

@@ -28,7 +28,7 @@ from secure_store.audit_verify import verify_audit
 from secure_store.custody import check_anchors, check_evidence_against_audit, check_receipts, event_warnings, \
     receipt_anchors
 from secure_store.errors import AuditError
-from secure_store.receipts import read_receipts
+from secure_store.receipts import certification_problem, read_receipts
 from secure_store.segment_rules import Problem, check_segment_file, manifest_problems  # noqa: F401 - API
 from secure_store.trust import DeviceKey, DeviceTrust, certified_keys, find_device_key, resolve_trust
 
@@ -308,6 +308,8 @@ def _trust_receipts(device_dir: Path, receipts: list, trust_root, crls: list, re
         if keys.fingerprint(r.dock_key) not in docks:
             report.problems.append(Problem(str(device_dir / r.file), None, "signed by a dock key that no dock "
                                                                           "certificate chained to the agency root"))
+        elif problem := certification_problem(r, docks[keys.fingerprint(r.dock_key)]):
+            report.problems.append(Problem(str(device_dir / r.file), None, problem))
 
 
 def decrypt_chunks(segment: Path, agency_private_key: x25519.X25519PrivateKey,

@@ -51,7 +51,7 @@ def _build(args: argparse.Namespace) -> int:
     _must_exist(args.source, "source directory")
     if args.out.exists() or args.out.is_symlink():
         raise ImageError(f"{args.out} already exists; an image is never overwritten (choose another --out)")
-    vendor = keys.load_private_key(args.key, "vendor")
+    vendor = keys.load_signing_key(args.key, "vendor")  # hybrid: a format-2 image signed by both halves
     keys.check_private_mode(args.key)
     manifest = build_image(args.source, args.version, vendor, args.out, min_version=args.min_version)
     print(f"built {args.out}: firmware {manifest.version} (replaces >= {manifest.min_version}), "
@@ -64,10 +64,12 @@ def _inspect(args: argparse.Namespace) -> int:
     from secure_store import keys
 
     _must_exist(args.image, "image")
-    manifest = verify_image(args.image, keys.load_public_key(args.vendor_pub, "vendor"))
+    vendor = keys.load_verify_key(args.vendor_pub, "vendor")
+    manifest = verify_image(args.image, vendor)
     print(f"firmware {manifest.version}  min_version {manifest.min_version}  built {manifest.built_utc}")
     print(f"manifest sha256 {manifest.digest}")
-    print(f"signed by vendor key {keys.fingerprint(keys.load_public_key(args.vendor_pub, 'vendor'))}")
+    print(f"signed by vendor key {keys.fingerprint(vendor)} "
+          f"({'Ed25519 + ML-DSA-65' if vendor.hybrid else 'Ed25519'}, image format {manifest.image_format})")
     for entry in manifest.files:
         print(f"  {entry.mode:04o} {entry.size:>10} {entry.sha256[:16]}  {entry.path}")
     print(f"OK: {len(manifest.files)} files, {manifest.payload_size} bytes, signature and hashes verify")
@@ -90,7 +92,7 @@ def _flash(args: argparse.Namespace) -> int:
     from firmware.update.flash import flash
     from secure_store import keys
 
-    dock_key = keys.load_private_key(args.dock_key, "dock")
+    dock_key = keys.load_signing_key(args.dock_key, "dock")  # the link authenticates with its Ed25519 half
     reply = flash(args.port, dock_key, args.image, progress=not args.quiet and sys.stderr.isatty())
     print(f"device {reply['device_id']}: firmware {reply['version']} installed in slot {reply['slot']} "
           f"(trial; previous {reply['previous_version']} in slot {reply['previous_slot']})")
@@ -127,14 +129,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b = sub.add_parser("build", help="build and sign an image of a directory")
     b.add_argument("--version", required=True, help="X.Y.Z")
     b.add_argument("--min-version", default="0.0.0", help="oldest installed version it may replace")
-    b.add_argument("--key", required=True, type=Path, help="vendor Ed25519 private key (0600)")
+    b.add_argument("--key", required=True, type=Path, help="vendor private key (0600; Ed25519, or Ed25519 + ML-DSA-65)")
     b.add_argument("--out", required=True, type=Path, help="image file to write")
     b.add_argument("source", type=Path, metavar="SOURCE_DIR")
     b.set_defaults(func=_build)
 
     i = sub.add_parser("inspect", help="show an image; exit 0 only if it verifies")
     i.add_argument("image", type=Path, metavar="FILE")
-    i.add_argument("--vendor-pub", required=True, type=Path, help="vendor Ed25519 public key")
+    i.add_argument("--vendor-pub", required=True, type=Path, help="vendor public key (Ed25519, or Ed25519 + ML-DSA-65)")
     i.set_defaults(func=_inspect)
 
     n = sub.add_parser("install", help="install an image into the inactive slot of a device")
@@ -146,7 +148,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     f = sub.add_parser("flash", help="send an image to a docked device over the authenticated dock link")
     f.add_argument("--port", required=True, help="serial port of the docked device (path or pyserial URL)")
-    f.add_argument("--dock-key", required=True, type=Path, help="this dock's Ed25519 private key")
+    f.add_argument("--dock-key", required=True, type=Path, help="this dock's private key (Ed25519, or Ed25519 + ML-DSA-65)")
     f.add_argument("image", type=Path, metavar="IMAGE")
     f.set_defaults(func=_flash)
 

@@ -35,7 +35,7 @@ from secure_store.layout import DeviceRoot
 
 log = logging.getLogger(__name__)
 
-MAX_IMAGE_BYTES = fwimage.HEADER.size + fwimage.MAX_MANIFEST_BYTES + fwimage.SIGNATURE_BLOCK + fwimage.MAX_TOTAL_BYTES
+MAX_IMAGE_BYTES = fwimage.HEADER.size + fwimage.MAX_MANIFEST_BYTES + fwimage.HYBRID_SIGNATURE_BLOCK + fwimage.MAX_TOTAL_BYTES
 DATA_BLOCK = 256 * 1024  # bytes per fw_data request: few round trips, bounded memory
 FIRMWARE_UPLOAD = "firmware_upload"  # audit event: a dock started sending an image
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")

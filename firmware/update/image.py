@@ -2,16 +2,21 @@
 
 An image is one file (the full format is in docs/FIRMWARE.md)::
 
-    header     16 bytes   magic b"BCAMFW\\r\\n", u16 format version (1),
-                          u32 manifest length, u16 signature block length (0 or 96)
-    manifest   canonical JSON: version, min_version, built_utc, files[path, type, size, sha256, mode]
-    signature  32-byte SHA-256 of the vendor public key + 64-byte Ed25519 signature
-               over SIGNING_CONTEXT + manifest
+    header     16 bytes   magic b"BCAMFW\\r\\n", u16 format version (1 classic, 2 hybrid),
+                          u32 manifest length, u16 signature block length (96, or 3405 in format 2)
+    manifest   canonical JSON: image_format, version, min_version, built_utc, files[path, type, size, sha256, mode]
+    signature  32-byte SHA-256 of the vendor's Ed25519 public key + 64-byte Ed25519 signature
+               (+ 3309-byte ML-DSA-65 signature in format 2), each over SIGNING_CONTEXT + manifest
     payload    the files' bytes, back to back, in manifest order; nothing after
 
 Every length is checked against a hard limit before anything is read, the manifest is
 verified before any payload byte is trusted, and each file's SHA-256 is checked as it
 streams by, so a hostile image costs at most the limits and never a write outside its slot.
+
+A hybrid vendor key (Ed25519 + ML-DSA-65) builds format-2 images, whose signed manifest
+says ``image_format`` 2, so stripping the ML-DSA-65 signature cannot pass for a format-1
+image; a device that trusts a hybrid vendor key refuses format-1 images, and one that
+trusts a classic key refuses format 2 (a signature it cannot check protects nothing).
 """
 
 from __future__ import annotations
@@ -31,15 +36,18 @@ from typing import BinaryIO, Callable, Iterator
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from secure_store import keys
+from secure_store import hybrid, keys
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"BCAMFW\r\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1          # signed by a classic (Ed25519) vendor key
+HYBRID_FORMAT_VERSION = 2   # signed by a hybrid vendor key: Ed25519 and ML-DSA-65
 HEADER = struct.Struct(">8sHIH")
 SIGNING_CONTEXT = b"bodycam firmware image v1\x00"
 SIGNATURE_BLOCK = 32 + 64
+HYBRID_SIGNATURE_BLOCK = SIGNATURE_BLOCK + hybrid.MLDSA65_SIGNATURE_LEN  # 3405
+_BLOCK_LEN = {FORMAT_VERSION: SIGNATURE_BLOCK, HYBRID_FORMAT_VERSION: HYBRID_SIGNATURE_BLOCK}
 
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_FILES = 4096
@@ -89,6 +97,7 @@ class Manifest:
     built_utc: str
     files: tuple[FileEntry, ...]
     raw: bytes  # the exact signed bytes
+    image_format: int = FORMAT_VERSION  # 2: signed by a hybrid vendor key
 
     @property
     def payload_size(self) -> int:
@@ -161,7 +170,7 @@ def parse_manifest(raw: bytes) -> Manifest:
         raise ImageError("manifest is not ASCII JSON") from None
     if not isinstance(obj, dict) or set(obj) != _MANIFEST_KEYS:
         raise ImageError(f"manifest fields are not {sorted(_MANIFEST_KEYS)}")
-    if obj["image_format"] != FORMAT_VERSION:
+    if type(obj["image_format"]) is not int or obj["image_format"] not in _BLOCK_LEN:
         raise ImageError(f"manifest format {obj['image_format']!r} unsupported")
     parse_version(obj["version"])
     parse_version(obj["min_version"])
@@ -185,7 +194,7 @@ def parse_manifest(raw: bytes) -> Manifest:
     total = sum(f.size for f in files)
     if total > MAX_TOTAL_BYTES:
         raise ImageError(f"image is oversized: {total} bytes of files > limit {MAX_TOTAL_BYTES}")
-    return Manifest(obj["version"], obj["min_version"], obj["built_utc"], files, raw)
+    return Manifest(obj["version"], obj["min_version"], obj["built_utc"], files, raw, obj["image_format"])
 
 
 def _read_exact(stream: BinaryIO, n: int, what: str) -> bytes:
@@ -195,38 +204,54 @@ def _read_exact(stream: BinaryIO, n: int, what: str) -> bytes:
     return data
 
 
-def read_manifest(stream: BinaryIO, vendor_key: ed25519.Ed25519PublicKey) -> Manifest:
-    """Read header, manifest and signature from ``stream`` and verify them with the vendor key.
+def read_manifest(stream: BinaryIO, vendor_key: "hybrid.VerifyKey | ed25519.Ed25519PublicKey") -> Manifest:
+    """Read header, manifest and signature(s) from ``stream`` and verify them with the vendor key.
 
-    Leaves ``stream`` at the first payload byte.
+    A hybrid vendor key accepts only format-2 images with both signatures valid; a classic
+    key only format-1 images. Leaves ``stream`` at the first payload byte.
     """
+    vendor_key = hybrid.as_verify_key(vendor_key)
     header = stream.read(HEADER.size)
     if len(header) < len(MAGIC) or header[: len(MAGIC)] != MAGIC:
         raise ImageError("not a bodycam firmware image (bad magic)")
     if len(header) != HEADER.size:
         raise ImageError("image truncated in the header")
     _, fmt, manifest_len, sig_len = HEADER.unpack(header)
-    if fmt != FORMAT_VERSION:
-        raise ImageError(f"image format version {fmt} unsupported (this reader knows {FORMAT_VERSION})")
+    if fmt not in _BLOCK_LEN:
+        raise ImageError(f"image format version {fmt} unsupported (this reader knows "
+                         f"{FORMAT_VERSION} and {HYBRID_FORMAT_VERSION})")
     if manifest_len > MAX_MANIFEST_BYTES:
         raise ImageError(f"manifest of {manifest_len} bytes is oversized (limit {MAX_MANIFEST_BYTES})")
     raw = _read_exact(stream, manifest_len, "manifest")
     if sig_len == 0:
         raise ImageError("image is unsigned")
-    if sig_len != SIGNATURE_BLOCK:
-        raise ImageError(f"signature block of {sig_len} bytes (expected {SIGNATURE_BLOCK})")
+    if sig_len != _BLOCK_LEN[fmt]:
+        raise ImageError(f"signature block of {sig_len} bytes (expected {_BLOCK_LEN[fmt]} in format {fmt})")
     block = _read_exact(stream, sig_len, "signature")
-    key_id, signature = block[:32], block[32:]
+    key_id, signature, pq_signature = block[:32], block[32:96], block[96:] or None
     expected = bytes.fromhex(keys.fingerprint(vendor_key))
     if key_id != expected:
         raise ImageError(
             f"image signed by key {key_id.hex()[:16]}, not the vendor key {expected.hex()[:16]} (wrong key)"
         )
+    if vendor_key.hybrid and pq_signature is None:
+        raise ImageError("classic-only signature from a hybrid vendor key (format-1 image refused: "
+                         "this device needs the ML-DSA-65 signature too)")
+    if not vendor_key.hybrid and pq_signature is not None:
+        raise ImageError("image carries an ML-DSA-65 signature, but the vendor key has no ML-DSA-65 key to check it")
     try:
-        vendor_key.verify(signature, SIGNING_CONTEXT + raw)
+        vendor_key.ed25519.verify(signature, SIGNING_CONTEXT + raw)
     except InvalidSignature:
         raise ImageError("signature does not verify with the vendor key (manifest tampered)") from None
-    return parse_manifest(raw)
+    if pq_signature is not None:
+        try:
+            vendor_key.mldsa65.verify(pq_signature, SIGNING_CONTEXT + raw)
+        except InvalidSignature:
+            raise ImageError("ML-DSA-65 signature does not verify with the vendor key (manifest tampered)") from None
+    manifest = parse_manifest(raw)
+    if manifest.image_format != fmt:
+        raise ImageError(f"manifest says image format {manifest.image_format} in a format-{fmt} image")
+    return manifest
 
 
 def iter_files(
@@ -264,7 +289,7 @@ def iter_files(
         raise ImageError("image has trailing data after the last file")
 
 
-def verify_image(path: str | Path, vendor_key: ed25519.Ed25519PublicKey) -> Manifest:
+def verify_image(path: str | Path, vendor_key: "hybrid.VerifyKey | ed25519.Ed25519PublicKey") -> Manifest:
     """Check the whole image (signature, manifest, every file hash) without writing anything."""
     try:
         with open(path, "rb") as stream:
@@ -301,26 +326,35 @@ def collect_source(source_dir: str | Path) -> list[tuple[Path, FileEntry]]:
     return found
 
 
-def pack(manifest_raw: bytes, signature_block: bytes, payloads: Iterator[bytes] | list[bytes], out: BinaryIO) -> None:
-    """Low-level writer: header + manifest + signature block + payload, no checks (tests use it)."""
-    out.write(HEADER.pack(MAGIC, FORMAT_VERSION, len(manifest_raw), len(signature_block)))
+def pack(manifest_raw: bytes, signature_block: bytes, payloads: Iterator[bytes] | list[bytes], out: BinaryIO,
+         fmt: int | None = None) -> None:
+    """Low-level writer: header + manifest + signature block + payload, no checks (tests use it).
+
+    ``fmt`` defaults to 2 for a hybrid-sized signature block, else 1.
+    """
+    if fmt is None:
+        fmt = HYBRID_FORMAT_VERSION if len(signature_block) == HYBRID_SIGNATURE_BLOCK else FORMAT_VERSION
+    out.write(HEADER.pack(MAGIC, fmt, len(manifest_raw), len(signature_block)))
     out.write(manifest_raw)
     out.write(signature_block)
     for data in payloads:
         out.write(data)
 
 
-def sign_manifest(manifest_raw: bytes, vendor_private: ed25519.Ed25519PrivateKey) -> bytes:
-    """The 96-byte signature block: key fingerprint + Ed25519 signature."""
+def sign_manifest(manifest_raw: bytes, vendor_private: "hybrid.SigningKey | ed25519.Ed25519PrivateKey") -> bytes:
+    """The signature block: key fingerprint + Ed25519 signature (96 bytes), + ML-DSA-65 signature if hybrid."""
+    vendor_private = hybrid.as_signing_key(vendor_private)
     key_id = bytes.fromhex(keys.fingerprint(vendor_private.public_key()))
-    return key_id + vendor_private.sign(SIGNING_CONTEXT + manifest_raw)
+    signatures = vendor_private.sign(SIGNING_CONTEXT + manifest_raw)
+    return key_id + signatures.ed25519 + (signatures.mldsa65 or b"")
 
 
-def manifest_bytes(version: str, min_version: str, files: list[FileEntry], built_utc: str | None = None) -> bytes:
-    """Canonical manifest JSON for these entries."""
+def manifest_bytes(version: str, min_version: str, files: list[FileEntry], built_utc: str | None = None,
+                   image_format: int = FORMAT_VERSION) -> bytes:
+    """Canonical manifest JSON for these entries (``image_format`` 2 for a hybrid vendor key)."""
     built_utc = built_utc or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return canonical_json({
-        "image_format": FORMAT_VERSION,
+        "image_format": image_format,
         "version": version,
         "min_version": min_version,
         "built_utc": built_utc,
@@ -334,15 +368,17 @@ def manifest_bytes(version: str, min_version: str, files: list[FileEntry], built
 def build_image(
     source_dir: str | Path,
     version: str,
-    vendor_private: ed25519.Ed25519PrivateKey,
+    vendor_private: "hybrid.SigningKey | ed25519.Ed25519PrivateKey",
     out_path: str | Path,
     min_version: str = "0.0.0",
 ) -> Manifest:
     """Build and sign an image of SOURCE_DIR; the result is checked by parsing it back."""
     if parse_version(min_version) > parse_version(version):
         raise ImageError(f"min_version {min_version} is above version {version}")
+    vendor_private = hybrid.as_signing_key(vendor_private)
     found = collect_source(source_dir)
-    raw = manifest_bytes(version, min_version, [entry for _, entry in found])
+    raw = manifest_bytes(version, min_version, [entry for _, entry in found],
+                         image_format=HYBRID_FORMAT_VERSION if vendor_private.hybrid else FORMAT_VERSION)
     manifest = parse_manifest(raw)  # the same limits the device applies
 
     def payloads() -> Iterator[bytes]:

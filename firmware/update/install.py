@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from firmware.update.image import ImageError, Manifest, iter_files, parse_version, read_manifest
 from firmware.update.slots import (
     DEFAULT_MAX_BOOT_TRIES,
@@ -48,6 +46,7 @@ from firmware.update.slots import (
 )
 from secure_store.audit import Event
 from secure_store.durable import fsync_dir, write_atomic
+from secure_store.hybrid import VerifyKey
 from secure_store.keys import KeyFileError
 from secure_store.layout import DeviceRoot
 
@@ -154,7 +153,7 @@ def _stage(image: BinaryIO, manifest: Manifest, header: bytes, staging: Path) ->
     return total
 
 
-def _install_locked(image_path: Path, root: DeviceRoot, key: Ed25519PublicKey, audit: object | None,
+def _install_locked(image_path: Path, root: DeviceRoot, key: VerifyKey, audit: object | None,
                     max_boot_tries: int) -> tuple:
     """The install proper, under the slot lock: verify, stage, mark, move, read back, switch."""
     cleanup_staging(root)

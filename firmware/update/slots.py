@@ -33,7 +33,7 @@ from typing import Iterator
 
 from firmware import __version__ as FACTORY_VERSION
 from firmware.update.image import ImageError, parse_version, read_manifest
-from secure_store import keys
+from secure_store import hybrid, keys
 from secure_store.audit import Event
 from secure_store.durable import write_atomic
 from secure_store.layout import DeviceRoot
@@ -133,10 +133,11 @@ def slot_lock(root: DeviceRoot, *, wait: bool = True) -> Iterator[None]:
         os.close(fd)
 
 
-def vendor_key(root: DeviceRoot) -> keys.PublicKey:
+def vendor_key(root: DeviceRoot) -> hybrid.VerifyKey:
+    """The trusted vendor key, classic or hybrid: a hybrid one admits only images signed by both halves."""
     if not root.vendor_pub.exists():
         raise UpdateRefused(f"device {root.root} is not provisioned (no {root.vendor_pub.name})")
-    return keys.load_public_key(root.vendor_pub, "vendor")
+    return keys.load_verify_key(root.vendor_pub, "vendor")
 
 
 def verify_slot(root: DeviceRoot, slot: str, state: dict) -> None:

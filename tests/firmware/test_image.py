@@ -111,7 +111,7 @@ def _bad_images(tmp_path, key, other_key, good: bytes):
     cases["truncated payload"] = (good[:-1], "truncated in file")
     cases["trailing data"] = (good + b"x", "trailing data")
     cases["bad magic"] = (b"PK\x03\x04" + good[4:], "bad magic")
-    cases["future format"] = (good[:8] + b"\x00\x02" + good[10:], "format version 2 unsupported")
+    cases["future format"] = (good[:8] + b"\x00\x03" + good[10:], "format version 3 unsupported")  # 2 is hybrid
     cases["path traversal"] = (crafted("t", [entry("lib/../../evil", data)], [data]), "path traversal")
     cases["absolute path"] = (crafted("a", [entry("/etc/cron.d/evil", data)], [data]), "absolute path")
     cases["symlink entry"] = (crafted("s", [entry("lib", b"/etc", kind="symlink")], [b"/etc"]), "symlink")

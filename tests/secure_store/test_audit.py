@@ -255,12 +255,14 @@ def test_unknown_versions_are_refused(tmp_path: Path, key) -> None:
     path = only_file(tmp_path)
     lines = lines_of(path)
     obj = json.loads(lines[2][len(b'{"body":'):-138])
-    obj["v"] = 2
-    body = audit.canonical_json(obj)
-    sig = key.sign(b"bodycam-audit-v1\x00" + body).hex().encode()
-    lines[2] = b'{"body":' + body + b',"sig":"' + sig + b'"}'
-    write_lines(path, lines)
-    assert verify_audit(tmp_path, key.public_key()) == [f"{path.name} line 3: unknown audit entry version 2"]
+    for v, reason in ((2, "a version-2 entry without its ML-DSA-65 signature (sig_mldsa65)"),
+                      (3, "unknown audit entry version 3")):  # 2 is hybrid (test_audit_hybrid.py)
+        obj["v"] = v
+        body = audit.canonical_json(obj)
+        sig = key.sign(b"bodycam-audit-v1\x00" + body).hex().encode()
+        lines[2] = b'{"body":' + body + b',"sig":"' + sig + b'"}'
+        write_lines(path, lines)
+        assert verify_audit(tmp_path, key.public_key()) == [f"{path.name} line 3: {reason}"]
 
     lines[0] = b'{"format":"bodycam-audit","version":2}'
     write_lines(path, lines)
