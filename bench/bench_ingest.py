@@ -129,7 +129,7 @@ def run() -> str:
     from dock.ingest import Ingestor
     from dock.seaweed import SeaweedServer
     from dock.store_config import StoreConfig
-    from secure_store.sources import S3Source, verify_source
+    from secure_store.sources import S3Source, SourcePath
     from secure_store.verify import verify_path
 
     with tempfile.TemporaryDirectory(dir=ROOT, prefix=".bench-ingest-") as tmp, SeaweedServer() as seaweed:
@@ -176,7 +176,7 @@ def run() -> str:
             assert verify_path(device_dir).ok
             local_s.append(time.perf_counter() - t)
             t = time.perf_counter()
-            report = verify_source(S3Source(url, s3))
+            report = verify_path(SourcePath(S3Source(url, s3)))
             assert report.ok and len(report.segments) == SEGMENTS, report.problems
             remote_s.append(time.perf_counter() - t)
 
