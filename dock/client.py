@@ -12,6 +12,7 @@ device frees its space. A rerun fetches nothing twice. The dock keeps per device
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import logging
@@ -266,10 +267,12 @@ class _Download:
     def close(self) -> None:
         """Keep what arrived (for a resume), durably."""
         if self.file is not None:
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
-            self.file = None
+            file, self.file = self.file, None
+            try:
+                file.flush()
+                os.fsync(file.fileno())
+            finally:
+                file.close()
 
     def finish(self, r: Range) -> None:
         self.close()
@@ -397,6 +400,8 @@ def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *,
             device_cert = trust.admit(device_dir, session, dock_key)
         except AdmissionError as exc:
             raise PullError(str(exc)) from None
+        except OSError as exc:
+            raise _disk_error(exc, out, session.device_id, summary) from None
         try:
             _deliver_crls(client, trust.crl_pems())
             if sync_time:
@@ -424,12 +429,24 @@ def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *,
                                                      device_cert, summary.confirmed))
         except LinkError as exc:
             raise PullError(f"link to {session.device_id} lost: {exc}; rerun to resume") from None
+        except OSError as exc:
+            raise _disk_error(exc, out, session.device_id, summary) from None
         finally:
             summary.retransmits = client.link.stats["retransmits"]
             summary.damaged_frames = client.link.decoder.bad_payloads  # (bad headers include false magics)
             summary.repaired_frames = client.link.decoder.repaired
             summary.seconds = time.monotonic() - started
     return summary
+
+
+def _disk_error(exc: OSError, out: Path, device_id: str, summary: PullSummary) -> Exception:
+    """A full (or failing) archive disk as one line: what was confirmed, and that the rest was not."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS):
+        return exc
+    what = "is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "cannot be written"
+    return PullError(f"archive {out} {what} ({exc.strerror}) while pulling {device_id}: "
+                     f"{len(summary.confirmed)} segment(s) confirmed before that; nothing else was confirmed and "
+                     f"the device keeps it; free space on the dock and pull again (the pull resumes)")
 
 
 def _deliver_crls(client: DockClient, crls: list[str]) -> None:
