@@ -92,6 +92,9 @@ class Ingestor:
         self._skip_until = 0.0
         self._known: set[tuple[str, str]] = set()   # (key, sha256) seen held by this process
         self._composites: dict[str, str] = {}        # sha256 → composite checksum of our parts
+        self._fresh: set[str] = set()                # keys queued anew by this process, not yet tried
+        self._part_sums: dict[str, list[str]] = {}   # sha256 → each part's SHA-256, taken in the same pass
+        self._objects = ThreadPoolExecutor(max(2, config.max_concurrency), thread_name_prefix="ingest-object")
 
     # -- the bucket ------------------------------------------------------------------
 
@@ -129,18 +132,39 @@ class Ingestor:
 
     def enqueue(self, device_dir: Path, rel: str) -> Upload:
         """Queue ``rel`` of ``device_dir`` (durably, before any upload) with its SHA-256 now."""
+        upload, new = self._prepare(device_dir, rel)
+        if new:
+            self.queue.save(upload)
+        return upload
+
+    def _prepare(self, device_dir: Path, rel: str) -> tuple[Upload, bool]:
+        """The queue entry of ``rel`` with its SHA-256 taken now, and whether it must be written
+        (not if the queue has it already, nor if this process saw the store hold these bytes)."""
         path = device_dir / rel
-        with open(path, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-        size = path.stat().st_size
+        digest, size = self._hash(path)
         device_id = device_dir.name
         upload = Upload(f"{device_id}/{rel}", object_key(self.config, device_id, rel, digest, size), digest, size,
                         category_of(rel))
+        if (upload.key, digest) in self._known:
+            return upload, False
         old = self.queue.get(upload.key)
         if old is not None and old.sha256 == digest:
-            return old                   # keep its multipart upload ID
-        self.queue.save(upload)
-        return upload
+            return old, False            # keep its multipart upload ID
+        return upload, True
+
+    def _hash(self, path: Path) -> tuple[str, int]:
+        """(SHA-256, size) of a file; for one that goes up in parts, each part's SHA-256 in the
+        same pass (the parts are then sent with these: the store refuses bytes that differ)."""
+        whole, parts, size = hashlib.sha256(), [], 0
+        with open(path, "rb") as f:
+            while block := f.read(self.config.part_size):
+                whole.update(block)
+                parts.append(_b64(hashlib.sha256(block).digest()))
+                size += len(block)
+        digest = whole.hexdigest()
+        if size >= self.config.multipart_threshold:
+            self._part_sums[digest] = parts
+        return digest, size
 
     # -- one object ------------------------------------------------------------------
 
@@ -148,34 +172,41 @@ class Ingestor:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
 
-    def ingest(self, upload: Upload) -> None:
-        """Make the store hold ``upload`` under retention, checked; then drop it from the queue.
+    def ingest(self, upload: Upload, forget: bool = True) -> bool:
+        """Make the store hold ``upload`` under retention, checked; then drop it from the queue
+        (``forget=False``: the caller drops it; True is returned if it is to be dropped).
 
         StoreUnreachable: left queued. ObjectConflict: moved to the conflicts list, never retried.
         """
         with self._lock(upload.key):
             if not self.queue.holds(upload):
-                return                   # another bay or the background worker finished it
+                return False             # another bay or the background worker finished it
             if (upload.key, upload.sha256) in self._known:
-                self.queue.forget(upload)
-                return
+                return self._done(upload, forget)
             if upload.path.split("/", 2)[1] in ("audit", "receipts") and not self._unchanged(upload):
-                self.queue.forget(upload)     # the log grew since: its newer snapshot is queued instead
-                return
+                return self._done(upload, forget)   # the log grew since: its newer snapshot is queued instead
             try:
-                # a small object goes straight up (create-only: a 412 means "there already"); a large one
-                # is looked for first, so that a retry never sends megabytes the store already holds
-                if upload.size < self.config.multipart_threshold or not self._held(upload):
+                # a small object goes straight up (create-only: a 412 means "there already"), and so does
+                # a large one queued just now by this process; a retry of a large one (an entry found in
+                # the queue) is looked for first, so that it never sends megabytes the store already holds
+                fresh = upload.key in self._fresh
+                self._fresh.discard(upload.key)
+                if upload.size < self.config.multipart_threshold or fresh or not self._held(upload):
                     self._upload(upload)
                     if not self._held(upload):
                         raise IngestError(f"{upload.key}: not found after upload")
             except ObjectConflict:
                 self._keep_conflict(upload)
                 raise
-            self.queue.forget(upload)
             self._known.add((upload.key, upload.sha256))
             self._skip_until = 0.0
             log.info("store holds %s (%d bytes, retention in force)", upload.key, upload.size)
+            return self._done(upload, forget)
+
+    def _done(self, upload: Upload, forget: bool) -> bool:
+        if forget:
+            self.queue.forget(upload)
+        return True
 
     def _unchanged(self, upload: Upload) -> bool:
         path = self.archive / upload.path
@@ -234,10 +265,12 @@ class Ingestor:
         else:
             upload_id = upload.upload_id
         resumed = 0
+        sums = self._part_sums.pop(upload.sha256, None)   # taken with the whole file's SHA-256
+        whole = hashlib.sha256() if sums is None or len(sums) != -(-upload.size // size) else None
 
         def send(number: int, data: bytes) -> dict:
             nonlocal resumed
-            checksum = _b64(hashlib.sha256(data).digest())
+            checksum = _b64(hashlib.sha256(data).digest()) if whole is not None else sums[number - 1]
             held = done.get(number)
             if held and held.get("Size") == len(data) and held.get("ETag", "").strip('"') == hashlib.md5(
                     data, usedforsecurity=False).hexdigest():
@@ -253,8 +286,13 @@ class Ingestor:
             for number in range(1, -(-upload.size // size) + 1):
                 if len(futures) >= self.config.max_concurrency:   # bound memory: parts in flight
                     futures[len(futures) - self.config.max_concurrency].result()
-                futures.append(pool.submit(send, number, f.read(size)))
+                data = f.read(size)
+                if whole is not None:
+                    whole.update(data)
+                futures.append(pool.submit(send, number, data))
             parts = [fut.result() for fut in futures]
+        if whole is not None and whole.hexdigest() != upload.sha256:   # parts hashed now: check the whole
+            raise IngestError(f"{upload.path}: changed on the dock's disk since it was verified; not completed")
         composite = hashlib.sha256(b"".join(base64.b64decode(p["ChecksumSHA256"]) for p in parts)).digest()
         self._composites[upload.sha256] = f"{_b64(composite)}-{len(parts)}"   # what the store will report
         if resumed:
@@ -333,10 +371,33 @@ class Ingestor:
     # -- what the dock calls -----------------------------------------------------------
 
     def queue_segment(self, device_dir: Path, segment: str) -> list[Upload]:
-        """Queue a verified segment, its manifest and the device identity (durably, no upload)."""
+        """Queue a verified segment, its manifest and the device identity (durably, no upload:
+        every entry fsync'd, one directory fsync for them all)."""
         rels = ["identity.json"] if (device_dir / "identity.json").exists() else []
         rels += [f"evidence/{segment}", f"evidence/{Path(segment).with_suffix('.manifest')}"]
-        return [self.enqueue(device_dir, rel) for rel in rels]
+        prepared = [self._prepare(device_dir, rel) for rel in rels]
+        self.queue.save_all([upload for upload, new in prepared if new])
+        self._fresh.update(upload.key for upload, new in prepared if new)
+        return [upload for upload, _ in prepared]
+
+    def ingest_together(self, uploads: list[Upload]) -> None:
+        """Ingest several objects at once: the largest here, the others (a manifest, the identity)
+        on other threads meanwhile; the entries of those held are dropped with one directory fsync.
+        Raises the first StoreUnreachable, else the first other IngestError."""
+        if not uploads:
+            return
+        big, *rest = sorted(uploads, key=lambda u: -u.size)
+        futures = [self._objects.submit(self.ingest, u, False) for u in rest]
+        held, errors = [], []
+        for upload, outcome in [(big, None), *zip(rest, futures)]:
+            try:
+                if (self.ingest(upload, False) if outcome is None else outcome.result()):
+                    held.append(upload)
+            except IngestError as exc:
+                errors.append(exc)
+        self.queue.forget_all(held)
+        if errors:
+            raise next((e for e in errors if isinstance(e, StoreUnreachable)), errors[0])
 
     def segment_held(self, device_dir: Path, segment: str) -> bool:
         """Queue a verified segment and try to put it into the store now; True only once the
@@ -349,8 +410,7 @@ class Ingestor:
         if time.monotonic() < self._skip_until:
             return False         # the store was just unreachable: queue only, do not keep the bay waiting
         try:
-            for upload in uploads:
-                self.ingest(upload)
+            self.ingest_together(uploads)
         except StoreUnreachable as exc:
             self._skip_until = time.monotonic() + self.retry_after
             log.warning("%s: %s; queued, the device keeps its copy", segment, exc)
