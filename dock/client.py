@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import inspect
 import itertools
 import logging
 import os
@@ -322,7 +323,8 @@ def _fetch_items(client: DockClient, items: list[RemoteItem], device_dir: Path, 
 
 
 def _verify_and_confirm(client: DockClient, device_dir: Path, segments: list[str], summary: PullSummary,
-                        confirm: bool = True, store_holds: Callable[[Path, str], bool] | None = None) -> None:
+                        confirm: bool = True, store_holds: Callable[[Path, str], bool] | None = None,
+                        digests: dict[str, str] | None = None) -> None:
     """Verify each segment (and its link to the one before) with the device key; confirm the good
     ones (unless ``confirm`` is False: verified, and the device keeps its copy), and with
     ``store_holds`` only those the evidence store holds."""
@@ -351,7 +353,7 @@ def _verify_and_confirm(client: DockClient, device_dir: Path, segments: list[str
         summary.verified.append(name)
         if not confirm:
             continue
-        if store_holds is not None and not store_holds(device_dir, name):
+        if store_holds is not None and not _store_holds(store_holds, device_dir, name, digests or {}):
             summary.awaiting_store.append(name)   # the device keeps its copy until the store holds it
             continue
         digest = hashlib.sha256((evidence / name).with_suffix(".manifest").read_bytes()).hexdigest()
@@ -360,6 +362,14 @@ def _verify_and_confirm(client: DockClient, device_dir: Path, segments: list[str
             summary.confirmed.append(name)
         except DeviceError as exc:
             summary.problems.append(f"{name}: {exc}")
+
+
+def _store_holds(store_holds: Callable[..., bool], device_dir: Path, name: str, digests: dict[str, str]) -> bool:
+    """Ask the evidence store; one that takes ``digests`` gets the SHA-256 of each file as the
+    fetch verified it against the device's listing (``dock.ingest``: no second read to hash)."""
+    if "digests" in inspect.signature(store_holds).parameters:
+        return store_holds(device_dir, name, digests=digests)
+    return store_holds(device_dir, name)
 
 
 def _archive_dir(out: Path) -> Path:
@@ -417,7 +427,8 @@ def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *,
             summary.fetch_seconds = time.monotonic() - fetch_started
             segments = [i.name for i in evidence if i.kind == "segment" and i.name in good
                         and i.name.replace(".seg", ".manifest") in good]
-            _verify_and_confirm(client, device_dir, segments, summary, confirm, store_holds)
+            _verify_and_confirm(client, device_dir, segments, summary, confirm, store_holds,
+                                {i.name: i.sha256 for i in evidence if i.name in good})
             # the audit log last: it now holds this session's confirmations too
             audit = [i for i in client.list_evidence() if i.kind == "audit" and _NAME_RE.fullmatch(i.name)]
             _fetch_items(client, audit, device_dir, summary, _NoProgress())

@@ -36,7 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from dock.ingest_queue import REL_RE, IngestError, IngestQueue, Upload, category_of, object_key
 from dock.store_config import StoreConfig
@@ -137,11 +137,12 @@ class Ingestor:
             self.queue.save(upload)
         return upload
 
-    def _prepare(self, device_dir: Path, rel: str) -> tuple[Upload, bool]:
-        """The queue entry of ``rel`` with its SHA-256 taken now, and whether it must be written
-        (not if the queue has it already, nor if this process saw the store hold these bytes)."""
+    def _prepare(self, device_dir: Path, rel: str, digest: str | None = None) -> tuple[Upload, bool]:
+        """The queue entry of ``rel`` with its SHA-256 (``digest`` if the dock took it already, as
+        it fetched and checked the file; else taken now), and whether it must be written (not if
+        the queue has it already, nor if this process saw the store hold these bytes)."""
         path = device_dir / rel
-        digest, size = self._hash(path)
+        digest, size = (digest, path.stat().st_size) if digest else self._hash(path)
         device_id = device_dir.name
         upload = Upload(f"{device_id}/{rel}", object_key(self.config, device_id, rel, digest, size), digest, size,
                         category_of(rel))
@@ -370,12 +371,15 @@ class Ingestor:
 
     # -- what the dock calls -----------------------------------------------------------
 
-    def queue_segment(self, device_dir: Path, segment: str) -> list[Upload]:
+    def queue_segment(self, device_dir: Path, segment: str, digests: Mapping[str, str] | None = None) -> list[Upload]:
         """Queue a verified segment, its manifest and the device identity (durably, no upload:
-        every entry fsync'd, one directory fsync for them all)."""
+        every entry fsync'd, one directory fsync for them all). ``digests``: file name → SHA-256
+        the dock took as it fetched the file (those not given are hashed now)."""
         rels = ["identity.json"] if (device_dir / "identity.json").exists() else []
         rels += [f"evidence/{segment}", f"evidence/{Path(segment).with_suffix('.manifest')}"]
-        prepared = [self._prepare(device_dir, rel) for rel in rels]
+        digests = digests or {}
+        prepared = [self._prepare(device_dir, rel, digests.get(rel.rsplit("/", 1)[-1]) if rel != "identity.json"
+                                  else None) for rel in rels]
         self.queue.save_all([upload for upload, new in prepared if new])
         self._fresh.update(upload.key for upload, new in prepared if new)
         return [upload for upload, _ in prepared]
@@ -399,11 +403,16 @@ class Ingestor:
         if errors:
             raise next((e for e in errors if isinstance(e, StoreUnreachable)), errors[0])
 
-    def segment_held(self, device_dir: Path, segment: str) -> bool:
+    def segment_held(self, device_dir: Path, segment: str, digests: Mapping[str, str] | None = None) -> bool:
         """Queue a verified segment and try to put it into the store now; True only once the
-        store holds it, its manifest and the device identity as it must (then confirm)."""
+        store holds it, its manifest and the device identity as it must (then confirm).
+
+        ``digests``: file name → SHA-256 as the dock fetched and checked it (``dock.client``
+        hands them on), so the file is not read once more to hash it; the store checks the
+        bytes it receives against it (and a file sent in parts against it as the parts are read).
+        """
         try:
-            uploads = self.queue_segment(device_dir, segment)
+            uploads = self.queue_segment(device_dir, segment, digests)
         except OSError as exc:
             log.error("%s: cannot queue for the store (%s); not confirmed", segment, exc.strerror)
             return False
