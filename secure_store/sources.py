@@ -110,7 +110,8 @@ class S3Source:
             import boto3
             client = boto3.session.Session().client("s3")
         self.client = client
-        self._listing: dict[str, tuple[str, int]] | None = None   # rel -> (key, size)
+        self._listing: dict[str, tuple[str, int]] | None = None   # rel -> (key, size), listed once
+        self._sizes: dict[str, int] | None = None
 
     def _call(self, what: str, fn: Any, **kw: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -148,7 +149,9 @@ class S3Source:
         return self._listing
 
     def files(self) -> dict[str, int]:
-        return {rel: size for rel, (_, size) in self._list().items()}
+        if self._sizes is None:
+            self._sizes = {rel: size for rel, (_, size) in self._list().items()}
+        return self._sizes
 
     def open(self, rel: str) -> BinaryIO:
         key, size = self._list().get(rel, (f"{self.prefix}/{rel}", None))
