@@ -7,8 +7,8 @@ for a source, which answers the few path questions they ask (``/``, ``name``, ``
 ``iterdir``, ``glob``, ``open("rb")``, ``read_bytes``) from the source's listing and reads.
 So a bucket verifies and exports exactly as a dock's disk does, with every reader rule of
 docs/FORMAT.md, and **nothing is copied to disk**: a segment is read through ``S3Object``,
-a seekable file object that fetches one window (``WINDOW`` bytes) per ranged GET, never the
-whole object; small objects (manifests, audit snapshots, receipts, identity, certificates)
+a seekable file object that fetches one window (``WINDOW`` bytes) per ranged GET, the next
+one in the background while the reader hashes this one, never the whole object; small objects (manifests, audit snapshots, receipts, identity, certificates)
 are one GET each, read into memory. The store's key layout (written by the dock's ingest,
 docs/STORE.md) is::
 
@@ -28,6 +28,7 @@ import io
 import os
 import re
 import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Iterator, Protocol, Union
 
@@ -157,7 +158,7 @@ class S3Source:
         key, size = self._list().get(rel, (f"{self.prefix}/{rel}", None))
         if size is None:
             raise SourceError(f"{self.url}/{rel}: no such object")
-        return io.BufferedReader(S3Object(self, key, size, rel), max(io.DEFAULT_BUFFER_SIZE, min(size, WINDOW)))
+        return S3Object(self, key, size, rel)  # type: ignore[return-value] - a binary file with its own window
 
     def read_bytes(self, rel: str) -> bytes:
         with self.open(rel) as f:
@@ -176,14 +177,19 @@ class S3Source:
 
 
 class S3Object(io.RawIOBase):
-    """One object of the store as a seekable, read-only raw file: each ``readinto`` is one
-    ranged GET of at most the caller's buffer (``io.BufferedReader`` asks for a window at a
-    time), so a segment is never held whole in memory nor written to disk."""
+    """One object of the store as a seekable, read-only file: it holds one window of the
+    object (one ranged GET of at most ``WINDOW`` bytes) and, once a reader is half-way
+    through it, fetches the next one in the background, so hashing one window overlaps the
+    GET of the next. At most two windows are in memory, never the whole object, and nothing
+    is written to disk. A reader that only looks at the header causes one GET."""
 
     def __init__(self, source: S3Source, key: str, size: int, rel: str) -> None:
         super().__init__()
         self.source, self.key, self.size, self.name = source, key, size, rel
+        self.window = max(1, WINDOW)
         self._pos = 0
+        self._data, self._start = b"", 0          # the window held, and where it starts
+        self._ahead: tuple[int, Future] | None = None
 
     def readable(self) -> bool:
         return True
@@ -201,17 +207,53 @@ class S3Object(io.RawIOBase):
         self._pos = base + offset
         return self._pos
 
-    def readinto(self, buffer: Any) -> int:
-        want = min(len(buffer), self.size - self._pos)
-        if want <= 0:
-            return 0
-        data = self.source.get_range(self.key, self._pos, want, self.name)
+    def _fetch(self, start: int) -> bytes:
+        want = min(self.window, self.size - start)
+        data = self.source.get_range(self.key, start, want, self.name)
         if len(data) != want:
             raise SourceError(f"{self.source.url}/{self.name}: the store returned {len(data)} of {want} bytes "
-                              f"at offset {self._pos}")
-        buffer[:want] = data
-        self._pos += want
-        return want
+                              f"at offset {start}")
+        return data
+
+    def _hold(self, start: int) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == start:
+            self._data = ahead[1].result()
+        else:
+            if ahead is not None:
+                ahead[1].cancel()
+            self._data = self._fetch(start)
+        self._start = start
+
+    def readinto(self, buffer: Any) -> int:
+        view, done = memoryview(buffer).cast("B"), 0
+        while done < len(view) and self._pos < self.size:
+            offset = self._pos - self._start
+            if not 0 <= offset < len(self._data):
+                self._hold(self._pos)
+                offset = 0
+            n = min(len(view) - done, len(self._data) - offset)
+            view[done:done + n] = self._data[offset:offset + n]
+            done, self._pos = done + n, self._pos + n
+            end = self._start + len(self._data)
+            if self._ahead is None and end < self.size and self._pos - self._start >= len(self._data) // 2:
+                self._ahead = (end, _read_ahead().submit(self._fetch, end))
+        return done
+
+    def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead[1].cancel()
+        self._ahead, self._data = None, b""
+        super().close()
+
+
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _read_ahead() -> ThreadPoolExecutor:
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(4, thread_name_prefix="s3-read-ahead"))
+    return _POOL[0]
 
 
 # --- paths into a source: what the verifier and exporter read through -----------------------

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from secure_store import keys
-from secure_store.sources import as_path
 from secure_store.errors import FormatError
+from secure_store.sources import as_path
 
 SEARCH_PARENTS = 3
 MAX_IDENTITY_BYTES = 64 * 1024
