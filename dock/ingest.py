@@ -147,6 +147,7 @@ class Ingestor:
         upload = Upload(f"{device_id}/{rel}", object_key(self.config, device_id, rel, digest, size), digest, size,
                         category_of(rel))
         if (upload.key, digest) in self._known:
+            self._part_sums.pop(digest, None)
             return upload, False
         old = self.queue.get(upload.key)
         if old is not None and old.sha256 == digest:
