@@ -27,7 +27,6 @@ Key layout (no personal data: agency code, device ID, file names made on the dev
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import logging
@@ -38,6 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from dock.ingest_parts import composite, hash_file, send_parts
 from dock.ingest_queue import REL_RE, IngestError, IngestQueue, Upload, category_of, object_key
 from dock.store_config import StoreConfig
 
@@ -58,10 +58,6 @@ class StoreRefused(IngestError):
 
 class ObjectConflict(IngestError):
     """The key already holds other bytes: never overwritten; the dock's copy kept beside it."""
-
-
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode()
 
 
 def _client_error(exc: Exception, what: str) -> IngestError:
@@ -157,13 +153,7 @@ class Ingestor:
     def _hash(self, path: Path) -> tuple[str, int]:
         """(SHA-256, size) of a file; for one that goes up in parts, each part's SHA-256 in the
         same pass (the parts are then sent with these: the store refuses bytes that differ)."""
-        whole, parts, size = hashlib.sha256(), [], 0
-        with open(path, "rb") as f:
-            while block := f.read(self.config.part_size):
-                whole.update(block)
-                parts.append(_b64(hashlib.sha256(block).digest()))
-                size += len(block)
-        digest = whole.hexdigest()
+        digest, size, parts = hash_file(path, self.config.part_size)
         if size >= self.config.multipart_threshold:
             self._part_sums[digest] = parts
         return digest, size
@@ -266,37 +256,12 @@ class Ingestor:
                 self.queue.save(upload)           # a crash from here on resumes this upload
         else:
             upload_id = upload.upload_id
-        resumed = 0
-        sums = self._part_sums.pop(upload.sha256, None)   # taken with the whole file's SHA-256
-        whole = hashlib.sha256() if sums is None or len(sums) != -(-upload.size // size) else None
-
-        def send(number: int, data: bytes) -> dict:
-            nonlocal resumed
-            checksum = _b64(hashlib.sha256(data).digest()) if whole is not None else sums[number - 1]
-            held = done.get(number)
-            if held and held.get("Size") == len(data) and held.get("ETag", "").strip('"') == hashlib.md5(
-                    data, usedforsecurity=False).hexdigest():
-                resumed += 1
-                return {"PartNumber": number, "ETag": held["ETag"], "ChecksumSHA256": checksum}
-            answer = self.client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                             Body=data, ChecksumSHA256=checksum)
-            return {"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum}
-
-        with open(self.archive / upload.path, "rb") as f, \
-                ThreadPoolExecutor(self.config.max_concurrency, thread_name_prefix="ingest-part") as pool:
-            futures = []
-            for number in range(1, -(-upload.size // size) + 1):
-                if len(futures) >= self.config.max_concurrency:   # bound memory: parts in flight
-                    futures[len(futures) - self.config.max_concurrency].result()
-                data = f.read(size)
-                if whole is not None:
-                    whole.update(data)
-                futures.append(pool.submit(send, number, data))
-            parts = [fut.result() for fut in futures]
-        if whole is not None and whole.hexdigest() != upload.sha256:   # parts hashed now: check the whole
+        parts, read, resumed = send_parts(self.client, bucket, key, upload_id, self.archive / upload.path, upload.size,
+                                          size, self.config.max_concurrency, done,
+                                          self._part_sums.pop(upload.sha256, None))
+        if read is not None and read != upload.sha256:   # parts hashed as read: the whole must be what was verified
             raise IngestError(f"{upload.path}: changed on the dock's disk since it was verified; not completed")
-        composite = hashlib.sha256(b"".join(base64.b64decode(p["ChecksumSHA256"]) for p in parts)).digest()
-        self._composites[upload.sha256] = f"{_b64(composite)}-{len(parts)}"   # what the store will report
+        self._composites[upload.sha256] = composite([p["ChecksumSHA256"] for p in parts])   # what the store reports
         if resumed:
             log.info("%s: resumed multipart upload, %d of %d parts already at the store", key, resumed, len(parts))
         self.client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
@@ -308,11 +273,7 @@ class Ingestor:
         if upload.sha256 in self._composites:
             expected.add(self._composites[upload.sha256])
         elif upload.size >= self.config.multipart_threshold:
-            digests = b""
-            with open(self.archive / upload.path, "rb") as f:
-                while data := f.read(self.config.part_size):
-                    digests += hashlib.sha256(data).digest()
-            expected.add(f"{_b64(hashlib.sha256(digests).digest())}-{len(digests) // 32}")
+            expected.add(composite(hash_file(self.archive / upload.path, self.config.part_size)[2]))
         return expected
 
     def _held(self, upload: Upload, key: str | None = None) -> bool:
