@@ -12,7 +12,9 @@ device frees its space. A rerun fetches nothing twice. The dock keeps per device
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import inspect
 import itertools
 import logging
 import os
@@ -266,10 +268,12 @@ class _Download:
     def close(self) -> None:
         """Keep what arrived (for a resume), durably."""
         if self.file is not None:
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
-            self.file = None
+            file, self.file = self.file, None
+            try:
+                file.flush()
+                os.fsync(file.fileno())
+            finally:
+                file.close()
 
     def finish(self, r: Range) -> None:
         self.close()
@@ -319,7 +323,8 @@ def _fetch_items(client: DockClient, items: list[RemoteItem], device_dir: Path, 
 
 
 def _verify_and_confirm(client: DockClient, device_dir: Path, segments: list[str], summary: PullSummary,
-                        confirm: bool = True, store_holds: Callable[[Path, str], bool] | None = None) -> None:
+                        confirm: bool = True, store_holds: Callable[[Path, str], bool] | None = None,
+                        digests: dict[str, str] | None = None) -> None:
     """Verify each segment (and its link to the one before) with the device key; confirm the good
     ones (unless ``confirm`` is False: verified, and the device keeps its copy), and with
     ``store_holds`` only those the evidence store holds."""
@@ -348,7 +353,7 @@ def _verify_and_confirm(client: DockClient, device_dir: Path, segments: list[str
         summary.verified.append(name)
         if not confirm:
             continue
-        if store_holds is not None and not store_holds(device_dir, name):
+        if store_holds is not None and not _store_holds(store_holds, device_dir, name, digests or {}):
             summary.awaiting_store.append(name)   # the device keeps its copy until the store holds it
             continue
         digest = hashlib.sha256((evidence / name).with_suffix(".manifest").read_bytes()).hexdigest()
@@ -357,6 +362,14 @@ def _verify_and_confirm(client: DockClient, device_dir: Path, segments: list[str
             summary.confirmed.append(name)
         except DeviceError as exc:
             summary.problems.append(f"{name}: {exc}")
+
+
+def _store_holds(store_holds: Callable[..., bool], device_dir: Path, name: str, digests: dict[str, str]) -> bool:
+    """Ask the evidence store; one that takes ``digests`` gets the SHA-256 of each file as the
+    fetch verified it against the device's listing (``dock.ingest``: no second read to hash)."""
+    if "digests" in inspect.signature(store_holds).parameters:
+        return store_holds(device_dir, name, digests=digests)
+    return store_holds(device_dir, name)
 
 
 def _archive_dir(out: Path) -> Path:
@@ -397,6 +410,8 @@ def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *,
             device_cert = trust.admit(device_dir, session, dock_key)
         except AdmissionError as exc:
             raise PullError(str(exc)) from None
+        except OSError as exc:
+            raise _disk_error(exc, out, session.device_id, summary) from None
         try:
             _deliver_crls(client, trust.crl_pems())
             if sync_time:
@@ -412,7 +427,8 @@ def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *,
             summary.fetch_seconds = time.monotonic() - fetch_started
             segments = [i.name for i in evidence if i.kind == "segment" and i.name in good
                         and i.name.replace(".seg", ".manifest") in good]
-            _verify_and_confirm(client, device_dir, segments, summary, confirm, store_holds)
+            _verify_and_confirm(client, device_dir, segments, summary, confirm, store_holds,
+                                {i.name: i.sha256 for i in evidence if i.name in good})
             # the audit log last: it now holds this session's confirmations too
             audit = [i for i in client.list_evidence() if i.kind == "audit" and _NAME_RE.fullmatch(i.name)]
             _fetch_items(client, audit, device_dir, summary, _NoProgress())
@@ -424,12 +440,24 @@ def pull(port: str, out_dir: str | Path, dock_key: ed25519.Ed25519PrivateKey, *,
                                                      device_cert, summary.confirmed))
         except LinkError as exc:
             raise PullError(f"link to {session.device_id} lost: {exc}; rerun to resume") from None
+        except OSError as exc:
+            raise _disk_error(exc, out, session.device_id, summary) from None
         finally:
             summary.retransmits = client.link.stats["retransmits"]
             summary.damaged_frames = client.link.decoder.bad_payloads  # (bad headers include false magics)
             summary.repaired_frames = client.link.decoder.repaired
             summary.seconds = time.monotonic() - started
     return summary
+
+
+def _disk_error(exc: OSError, out: Path, device_id: str, summary: PullSummary) -> Exception:
+    """A full (or failing) archive disk as one line: what was confirmed, and that the rest was not."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS):
+        return exc
+    what = "is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "cannot be written"
+    return PullError(f"archive {out} {what} ({exc.strerror}) while pulling {device_id}: "
+                     f"{len(summary.confirmed)} segment(s) confirmed before that; nothing else was confirmed and "
+                     f"the device keeps it; free space on the dock and pull again (the pull resumes)")
 
 
 def _deliver_crls(client: DockClient, crls: list[str]) -> None:

@@ -27,7 +27,6 @@ Key layout (no personal data: agency code, device ID, file names made on the dev
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import logging
@@ -36,8 +35,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
+from dock.ingest_parts import composite, hash_file, send_parts
 from dock.ingest_queue import REL_RE, IngestError, IngestQueue, Upload, category_of, object_key
 from dock.store_config import StoreConfig
 
@@ -58,10 +58,6 @@ class StoreRefused(IngestError):
 
 class ObjectConflict(IngestError):
     """The key already holds other bytes: never overwritten; the dock's copy kept beside it."""
-
-
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode()
 
 
 def _client_error(exc: Exception, what: str) -> IngestError:
@@ -92,6 +88,9 @@ class Ingestor:
         self._skip_until = 0.0
         self._known: set[tuple[str, str]] = set()   # (key, sha256) seen held by this process
         self._composites: dict[str, str] = {}        # sha256 → composite checksum of our parts
+        self._fresh: set[str] = set()                # keys queued anew by this process, not yet tried
+        self._part_sums: dict[str, list[str]] = {}   # sha256 → each part's SHA-256, taken in the same pass
+        self._objects = ThreadPoolExecutor(max(2, config.max_concurrency), thread_name_prefix="ingest-object")
 
     # -- the bucket ------------------------------------------------------------------
 
@@ -129,18 +128,35 @@ class Ingestor:
 
     def enqueue(self, device_dir: Path, rel: str) -> Upload:
         """Queue ``rel`` of ``device_dir`` (durably, before any upload) with its SHA-256 now."""
+        upload, new = self._prepare(device_dir, rel)
+        if new:
+            self.queue.save(upload)
+        return upload
+
+    def _prepare(self, device_dir: Path, rel: str, digest: str | None = None) -> tuple[Upload, bool]:
+        """The queue entry of ``rel`` with its SHA-256 (``digest`` if the dock took it already, as
+        it fetched and checked the file; else taken now), and whether it must be written (not if
+        the queue has it already, nor if this process saw the store hold these bytes)."""
         path = device_dir / rel
-        with open(path, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-        size = path.stat().st_size
+        digest, size = (digest, path.stat().st_size) if digest else self._hash(path)
         device_id = device_dir.name
         upload = Upload(f"{device_id}/{rel}", object_key(self.config, device_id, rel, digest, size), digest, size,
                         category_of(rel))
+        if (upload.key, digest) in self._known:
+            self._part_sums.pop(digest, None)
+            return upload, False
         old = self.queue.get(upload.key)
         if old is not None and old.sha256 == digest:
-            return old                   # keep its multipart upload ID
-        self.queue.save(upload)
-        return upload
+            return old, False            # keep its multipart upload ID
+        return upload, True
+
+    def _hash(self, path: Path) -> tuple[str, int]:
+        """(SHA-256, size) of a file; for one that goes up in parts, each part's SHA-256 in the
+        same pass (the parts are then sent with these: the store refuses bytes that differ)."""
+        digest, size, parts = hash_file(path, self.config.part_size)
+        if size >= self.config.multipart_threshold:
+            self._part_sums[digest] = parts
+        return digest, size
 
     # -- one object ------------------------------------------------------------------
 
@@ -148,34 +164,41 @@ class Ingestor:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
 
-    def ingest(self, upload: Upload) -> None:
-        """Make the store hold ``upload`` under retention, checked; then drop it from the queue.
+    def ingest(self, upload: Upload, forget: bool = True) -> bool:
+        """Make the store hold ``upload`` under retention, checked; then drop it from the queue
+        (``forget=False``: the caller drops it; True is returned if it is to be dropped).
 
         StoreUnreachable: left queued. ObjectConflict: moved to the conflicts list, never retried.
         """
         with self._lock(upload.key):
             if not self.queue.holds(upload):
-                return                   # another bay or the background worker finished it
+                return False             # another bay or the background worker finished it
             if (upload.key, upload.sha256) in self._known:
-                self.queue.forget(upload)
-                return
+                return self._done(upload, forget)
             if upload.path.split("/", 2)[1] in ("audit", "receipts") and not self._unchanged(upload):
-                self.queue.forget(upload)     # the log grew since: its newer snapshot is queued instead
-                return
+                return self._done(upload, forget)   # the log grew since: its newer snapshot is queued instead
             try:
-                # a small object goes straight up (create-only: a 412 means "there already"); a large one
-                # is looked for first, so that a retry never sends megabytes the store already holds
-                if upload.size < self.config.multipart_threshold or not self._held(upload):
+                # a small object goes straight up (create-only: a 412 means "there already"), and so does
+                # a large one queued just now by this process; a retry of a large one (an entry found in
+                # the queue) is looked for first, so that it never sends megabytes the store already holds
+                fresh = upload.key in self._fresh
+                self._fresh.discard(upload.key)
+                if upload.size < self.config.multipart_threshold or fresh or not self._held(upload):
                     self._upload(upload)
                     if not self._held(upload):
                         raise IngestError(f"{upload.key}: not found after upload")
             except ObjectConflict:
                 self._keep_conflict(upload)
                 raise
-            self.queue.forget(upload)
             self._known.add((upload.key, upload.sha256))
             self._skip_until = 0.0
             log.info("store holds %s (%d bytes, retention in force)", upload.key, upload.size)
+            return self._done(upload, forget)
+
+    def _done(self, upload: Upload, forget: bool) -> bool:
+        if forget:
+            self.queue.forget(upload)
+        return True
 
     def _unchanged(self, upload: Upload) -> bool:
         path = self.archive / upload.path
@@ -233,30 +256,12 @@ class Ingestor:
                 self.queue.save(upload)           # a crash from here on resumes this upload
         else:
             upload_id = upload.upload_id
-        resumed = 0
-
-        def send(number: int, data: bytes) -> dict:
-            nonlocal resumed
-            checksum = _b64(hashlib.sha256(data).digest())
-            held = done.get(number)
-            if held and held.get("Size") == len(data) and held.get("ETag", "").strip('"') == hashlib.md5(
-                    data, usedforsecurity=False).hexdigest():
-                resumed += 1
-                return {"PartNumber": number, "ETag": held["ETag"], "ChecksumSHA256": checksum}
-            answer = self.client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                             Body=data, ChecksumSHA256=checksum)
-            return {"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum}
-
-        with open(self.archive / upload.path, "rb") as f, \
-                ThreadPoolExecutor(self.config.max_concurrency, thread_name_prefix="ingest-part") as pool:
-            futures = []
-            for number in range(1, -(-upload.size // size) + 1):
-                if len(futures) >= self.config.max_concurrency:   # bound memory: parts in flight
-                    futures[len(futures) - self.config.max_concurrency].result()
-                futures.append(pool.submit(send, number, f.read(size)))
-            parts = [fut.result() for fut in futures]
-        composite = hashlib.sha256(b"".join(base64.b64decode(p["ChecksumSHA256"]) for p in parts)).digest()
-        self._composites[upload.sha256] = f"{_b64(composite)}-{len(parts)}"   # what the store will report
+        parts, read, resumed = send_parts(self.client, bucket, key, upload_id, self.archive / upload.path, upload.size,
+                                          size, self.config.max_concurrency, done,
+                                          self._part_sums.pop(upload.sha256, None))
+        if read is not None and read != upload.sha256:   # parts hashed as read: the whole must be what was verified
+            raise IngestError(f"{upload.path}: changed on the dock's disk since it was verified; not completed")
+        self._composites[upload.sha256] = composite([p["ChecksumSHA256"] for p in parts])   # what the store reports
         if resumed:
             log.info("%s: resumed multipart upload, %d of %d parts already at the store", key, resumed, len(parts))
         self.client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
@@ -268,11 +273,7 @@ class Ingestor:
         if upload.sha256 in self._composites:
             expected.add(self._composites[upload.sha256])
         elif upload.size >= self.config.multipart_threshold:
-            digests = b""
-            with open(self.archive / upload.path, "rb") as f:
-                while data := f.read(self.config.part_size):
-                    digests += hashlib.sha256(data).digest()
-            expected.add(f"{_b64(hashlib.sha256(digests).digest())}-{len(digests) // 32}")
+            expected.add(composite(hash_file(self.archive / upload.path, self.config.part_size)[2]))
         return expected
 
     def _held(self, upload: Upload, key: str | None = None) -> bool:
@@ -332,25 +333,55 @@ class Ingestor:
 
     # -- what the dock calls -----------------------------------------------------------
 
-    def queue_segment(self, device_dir: Path, segment: str) -> list[Upload]:
-        """Queue a verified segment, its manifest and the device identity (durably, no upload)."""
+    def queue_segment(self, device_dir: Path, segment: str, digests: Mapping[str, str] | None = None) -> list[Upload]:
+        """Queue a verified segment, its manifest and the device identity (durably, no upload:
+        every entry fsync'd, one directory fsync for them all). ``digests``: file name → SHA-256
+        the dock took as it fetched the file (those not given are hashed now)."""
         rels = ["identity.json"] if (device_dir / "identity.json").exists() else []
         rels += [f"evidence/{segment}", f"evidence/{Path(segment).with_suffix('.manifest')}"]
-        return [self.enqueue(device_dir, rel) for rel in rels]
+        digests = digests or {}
+        prepared = [self._prepare(device_dir, rel, digests.get(rel.rsplit("/", 1)[-1]) if rel != "identity.json"
+                                  else None) for rel in rels]
+        self.queue.save_all([upload for upload, new in prepared if new])
+        self._fresh.update(upload.key for upload, new in prepared if new)
+        return [upload for upload, _ in prepared]
 
-    def segment_held(self, device_dir: Path, segment: str) -> bool:
+    def ingest_together(self, uploads: list[Upload]) -> None:
+        """Ingest several objects at once: the largest here, the others (a manifest, the identity)
+        on other threads meanwhile; the entries of those held are dropped with one directory fsync.
+        Raises the first StoreUnreachable, else the first other IngestError."""
+        if not uploads:
+            return
+        big, *rest = sorted(uploads, key=lambda u: -u.size)
+        futures = [self._objects.submit(self.ingest, u, False) for u in rest]
+        held, errors = [], []
+        for upload, outcome in [(big, None), *zip(rest, futures)]:
+            try:
+                if (self.ingest(upload, False) if outcome is None else outcome.result()):
+                    held.append(upload)
+            except IngestError as exc:
+                errors.append(exc)
+        self.queue.forget_all(held)
+        if errors:
+            raise next((e for e in errors if isinstance(e, StoreUnreachable)), errors[0])
+
+    def segment_held(self, device_dir: Path, segment: str, digests: Mapping[str, str] | None = None) -> bool:
         """Queue a verified segment and try to put it into the store now; True only once the
-        store holds it, its manifest and the device identity as it must (then confirm)."""
+        store holds it, its manifest and the device identity as it must (then confirm).
+
+        ``digests``: file name → SHA-256 as the dock fetched and checked it (``dock.client``
+        hands them on), so the file is not read once more to hash it; the store checks the
+        bytes it receives against it (and a file sent in parts against it as the parts are read).
+        """
         try:
-            uploads = self.queue_segment(device_dir, segment)
+            uploads = self.queue_segment(device_dir, segment, digests)
         except OSError as exc:
             log.error("%s: cannot queue for the store (%s); not confirmed", segment, exc.strerror)
             return False
         if time.monotonic() < self._skip_until:
             return False         # the store was just unreachable: queue only, do not keep the bay waiting
         try:
-            for upload in uploads:
-                self.ingest(upload)
+            self.ingest_together(uploads)
         except StoreUnreachable as exc:
             self._skip_until = time.monotonic() + self.retry_after
             log.warning("%s: %s; queued, the device keeps its copy", segment, exc)

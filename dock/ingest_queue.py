@@ -13,7 +13,9 @@ import base64
 import hashlib
 import json
 import logging
+import os
 import re
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -79,6 +81,24 @@ class IngestQueue:
         self.dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self._file(upload.key), json.dumps(asdict(upload), sort_keys=True).encode())
 
+    def save_all(self, uploads: list[Upload]) -> None:
+        """Write several entries, each fsync'd, with one fsync of the directory for them all."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for upload in uploads:
+            path = self._file(upload.key)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(json.dumps(asdict(upload), sort_keys=True).encode())
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:      # a full disk, say: no torn entry is left behind
+                tmp.unlink(missing_ok=True)
+                raise
+        if uploads:
+            fsync_dir(self.dir)
+
     def holds(self, upload: Upload) -> bool:
         return self._file(upload.key).exists()
 
@@ -94,6 +114,12 @@ class IngestQueue:
         if path.exists():
             path.unlink()
             fsync_dir(path.parent)
+
+    def forget_all(self, uploads: list[Upload]) -> None:
+        """Drop several held entries. Not fsync'd: an entry back after a power cut only makes the
+        dock ask the store once more (HeadObject: held, same bytes) and drop it again."""
+        for upload in uploads:
+            self._file(upload.key).unlink(missing_ok=True)
 
     def park_conflict(self, upload: Upload, copy_key: str) -> None:
         """Move the entry to the conflicts directory, noting where the dock's copy went."""

@@ -39,6 +39,7 @@ from secure_store import keys
 from secure_store.durable import fsync_dir, write_atomic
 from secure_store.errors import StoreError
 from secure_store.format import read_header, sha256
+from secure_store.sources import as_path
 from secure_store.verify import VerifiedSegment, VerifyReport, decrypt_chunks, verify_path
 
 from export import provenance, report_html
@@ -103,7 +104,7 @@ def export_evidence(path: Path, agency_key: x25519.X25519PrivateKey, out_dir: Pa
     and the reports say so. ``trust_root``: the agency root certificate (PEM) the reports name
     and each signed MP4 is checked against before it is reported.
     """
-    path, out_dir = Path(path), Path(out_dir)
+    path, out_dir = as_path(path), Path(out_dir)
     try:
         verification = verify_path(path, device_key)
     except StoreError as exc:
@@ -168,7 +169,7 @@ def _sealed_to_another_key(segments: list[VerifiedSegment], agency_key: x25519.X
     foreign = {}
     for s in segments:
         try:
-            with open(s.path, "rb") as f:
+            with as_path(s.path).open("rb") as f:
                 header, _ = read_header(f, Path(s.path).name)
         except (OSError, StoreError) as exc:
             raise ExportError(f"{Path(s.path).name}: cannot read its header: {exc}") from None
@@ -288,10 +289,10 @@ def _chunks(s: VerifiedSegment, plan: RecordingPlan, agency_key: x25519.X25519Pr
             device_key: ed25519.Ed25519PublicKey | None, lost: list[dict]) -> Iterator[bytes]:
     """Each chunk's plaintext; for a damaged segment only the authentic ones, the others noted in ``lost``."""
     if s.path not in plan.damaged:
-        yield from decrypt_chunks(Path(s.path), agency_key, device_key)
+        yield from decrypt_chunks(as_path(s.path), agency_key, device_key)
         return
     name = Path(s.path).name
-    for chunk in salvage_chunks(Path(s.path), s.manifest, agency_key):
+    for chunk in salvage_chunks(as_path(s.path), s.manifest, agency_key):
         if chunk.plaintext is not None:
             yield chunk.plaintext
             continue

@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple
 
 from buffer.frame import Frame
 from secure_store.durable import fsync_dir
+from secure_store.sources import as_path
 
 from export.audio import SAMPLE_RATE as AUDIO_RATE, AudioTrack, count_audio_packets
 from export.errors import ExportError
@@ -26,7 +27,7 @@ TIME_BASE = Fraction(1, 1_000_000)  # frame timestamps are µs; the MP4 keeps th
 
 
 def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
+    with as_path(path).open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 

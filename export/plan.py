@@ -19,6 +19,7 @@ from typing import Any, Iterable
 from secure_store.audit import Event, read_entries
 from secure_store.errors import AuditError, FormatError
 from secure_store.sealer import MANIFEST_SUFFIX, SEGMENT_SUFFIX
+from secure_store.sources import as_path
 from secure_store.verify import (TrustedKeys, VerifiedSegment, VerifyReport, check_manifest, read_manifest,
                                  verify_segment)
 from secure_store.trust import find_device_key
@@ -64,7 +65,7 @@ def plan_recordings(path: Path, verification: VerifyReport, device_key: TrustedK
                     best_effort: bool) -> list[RecordingPlan]:
     """One plan per recording found under ``path``, in chain order."""
     bad, damaged = _damaged_segments(verification, device_key) if best_effort else ({}, {})
-    known = _sibling_manifests(path, device_key) if Path(path).is_file() else []
+    known = _sibling_manifests(path, device_key) if as_path(path).is_file() else []
     logged = _audit_recordings(verification)
     per, apart = attribute_problems(verification)
     plans = []
@@ -139,7 +140,7 @@ def _damaged_segments(verification: VerifyReport, device_key: TrustedKeys) -> tu
     named = {by_name[p.file] for p in verification.problems if p.file in by_name}
     bad, damaged = {}, {}
     for seg_path in sorted(named):
-        _, problems = verify_segment(Path(seg_path), device_key)
+        _, problems = verify_segment(as_path(seg_path), device_key)
         if problems:
             why = "; ".join(str(p) for p in problems)
             (damaged if all(p.chunk is not None for p in problems) else bad)[seg_path] = why
@@ -175,7 +176,7 @@ def _audit_recordings(verification: VerifyReport) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for directory in verification.audit_logs:
         try:
-            entries = read_entries(Path(directory))
+            entries = read_entries(as_path(directory))
         except AuditError:
             continue  # verified just now; the report's audit section says if it changed since
         for e in entries:

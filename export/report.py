@@ -15,6 +15,7 @@ from typing import Any
 
 from secure_store.audit import Event, read_entries
 from secure_store.errors import AuditError
+from secure_store.sources import as_path
 from secure_store.verify import VerifiedSegment, VerifyReport
 
 from export.errors import ExportError
@@ -53,7 +54,7 @@ def build_report(plan: RecordingPlan, verification: VerifyReport, mp4: dict[str,
                          "segments_checked": len(verification.segments),
                          "audit_logs_checked": verification.audit_logs,
                          "device_trust": getattr(verification, "trust", None) or None},  # what the keys rest on
-        "inputs": [item for s in segments for item in _input_hashes(Path(s.path))],
+        "inputs": [item for s in segments for item in _input_hashes(as_path(s.path))],
         "mp4": {**mp4, "codec": "h264", "reencoded": False, "fast_start": True},
         "start_utc": iso_utc(first.first_utc_us), "end_utc": iso_utc(last.last_utc_us),
         "frame_count": mp4["frames"],
@@ -133,7 +134,7 @@ def device_certificate(segments: list[VerifiedSegment]) -> dict[str, Any] | None
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    evidence = Path(segments[0].path).parent  # a flat copy holds certs/ itself; a device directory beside evidence/
+    evidence = as_path(segments[0].path).parent  # a flat copy holds certs/ itself; a device directory beside evidence/
     directory = next((d / "certs" for d in (evidence, evidence.parent) if (d / "certs").is_dir()), None)
     raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
     for path in sorted(directory.glob("*.pem")) if directory is not None else []:
@@ -173,7 +174,7 @@ def audit_context(verification: VerifyReport, segments: list[VerifiedSegment]) -
     logs, entries = [], []
     for directory in verification.audit_logs:
         try:
-            found = read_entries(Path(directory))
+            found = read_entries(as_path(directory))
         except AuditError as exc:  # verified just now, so only a file changed since then gets here
             raise ExportError(f"audit log changed during export: {exc}") from None
         if found:
@@ -189,7 +190,7 @@ def audit_context(verification: VerifyReport, segments: list[VerifiedSegment]) -
 
 def verify_commands(report: dict[str, Any], plan: RecordingPlan) -> list[str]:
     """What an independent expert runs: the evidence against the device key, the MP4 against the root."""
-    seg_dir = Path(plan.segments[0].path).parent
+    seg_dir = as_path(plan.segments[0].path).parent
     mp4 = report["mp4"]["file"]
     lines = ["# 1. the sealed evidence: signatures, chain, every chunk (public keys only; docs/FORMAT.md)",
              f"bodycam verify {shlex.quote(str(seg_dir))}",

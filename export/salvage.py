@@ -39,7 +39,7 @@ def salvage_chunks(segment: Path, manifest: Manifest, agency_key: x25519.X25519P
     raw_public = agency_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     seen = 0
     try:
-        with open(segment, "rb", buffering=0) as f:
+        with segment.open("rb", buffering=0) as f:
             header, raw = read_header(f, name)
             header_digest = sha256(raw)
             if header_digest != manifest.header_digest:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from secure_store import hybrid, signed_line, strict_json
 from secure_store.errors import AuditError
+from secure_store.sources import as_path, listdir
 
 VERSION = 1         # an entry signed by a classic (Ed25519) device key
 HYBRID_VERSION = 2  # an entry signed by a hybrid (Ed25519 + ML-DSA-65) device key
@@ -223,17 +223,17 @@ def details_problem(event: str, details: dict) -> str | None:
 def audit_files(directory: Path) -> list[tuple[int, Path]]:
     """Audit files in order of their first entry; other names are ignored."""
     try:
-        names = os.listdir(directory)
+        names = listdir(directory)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    found = [(int(m.group(1)), Path(directory) / n) for n in names if (m := _FILE_RE.fullmatch(n))]
+    found = [(int(m.group(1)), as_path(directory) / n) for n in names if (m := _FILE_RE.fullmatch(n))]
     return sorted(found)
 
 
 def read_audit_file(path: Path) -> tuple[list[bytes], bytes]:
     """The complete lines after the header, and any torn tail (bytes after the last LF)."""
     try:
-        with open(path, "rb") as f:
+        with as_path(path).open("rb") as f:
             data = f.read(MAX_READ_BYTES + 1)
     except OSError as exc:
         raise AuditError(f"{path.name}: cannot read: {exc.strerror}") from None
@@ -291,7 +291,7 @@ def signature_ok(key: "hybrid.VerifyKey | Ed25519PublicKey", body: bytes, sig: "
 def read_entries(directory: Path) -> list[AuditEntry]:
     """All entries in file order, for tools; a torn last line is skipped. Raises AuditError."""
     entries: list[AuditEntry] = []
-    files = audit_files(Path(directory))
+    files = audit_files(as_path(directory))
     for i, (_, path) in enumerate(files):
         lines, tail = read_audit_file(path)
         if tail and i < len(files) - 1:

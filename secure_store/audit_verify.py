@@ -29,6 +29,7 @@ from secure_store import keys as keyfiles
 from secure_store.audit_format import SIGNATURE_CONTEXT, ZERO_DIGEST, AuditEntry, AuditHead, Event, audit_files, \
     parse_line, read_audit_file, signature_problem
 from secure_store.errors import AuditError
+from secure_store.sources import as_path
 
 Parsed = tuple[AuditEntry, bytes, hybrid.Signatures]
 AnyVerifyKey = "hybrid.VerifyKey | Ed25519PublicKey"
@@ -56,7 +57,7 @@ def verify_audit(directory: Path, device_public_key: "AnyVerifyKey | Iterable[An
     each a plain Ed25519 key or a ``hybrid.VerifyKey``.
     ``device_id`` is the expected device ID (default: the first validly signed entry's).
     """
-    directory = Path(directory)
+    directory = as_path(directory)
     trusted = trusted_verify_keys(device_public_key)
     files = audit_files(directory)
     if not files:

@@ -71,11 +71,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         except keys.KeyFileError as exc:
             raise UsageError(str(exc)) from None
     root, crls, anchors = _trust_args(args)
-    if is_store_url(args.path):   # straight from the evidence store (docs/STORE.md)
-        from secure_store.sources import open_source, verify_source
-        report = verify_source(open_source(args.path), device_key, trust_root=root, crls=crls, anchors=anchors)
-    else:
-        report = verify_path(args.path, device_key, trust_root=root, crls=crls, anchors=anchors)
+    path = args.path
+    if is_store_url(args.path):   # straight from the evidence store, nothing copied (docs/STORE.md)
+        from secure_store.sources import SourcePath, open_source
+        path = SourcePath(open_source(args.path))
+    report = verify_path(path, device_key, trust_root=root, crls=crls, anchors=anchors)
     if args.json:
         print(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:

@@ -31,6 +31,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from secure_store import keys
 from secure_store.durable import write_atomic
 from secure_store.errors import StoreError
+from secure_store.sources import as_path
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def load_certs(data: bytes, source: str) -> list[x509.Certificate]:
 
 def read_certs(path: str | Path) -> list[x509.Certificate]:
     try:
-        data = Path(path).read_bytes()
+        data = as_path(path).read_bytes()
     except OSError as exc:
         raise PkiError(f"{path}: cannot read ({exc.strerror})") from None
     return load_certs(data, str(path))

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 from secure_store import hybrid, keys, signed_line, strict_json
 from secure_store.durable import write_atomic
 from secure_store.errors import FormatError
+from secure_store.sources import as_path
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def _utc_now() -> str:
 
 
 def receipt_files(device_dir: Path) -> list[tuple[int, Path]]:
-    d = Path(device_dir) / DIRECTORY
+    d = as_path(device_dir) / DIRECTORY
     if not d.is_dir():
         return []
     return sorted((int(m.group(1)), d / n.name) for n in d.iterdir() if (m := _FILE_RE.fullmatch(n.name)))
@@ -232,7 +233,7 @@ def read_receipts(device_dir: Path) -> tuple[list[Receipt], list[tuple[str, str]
             problems.append((DIRECTORY, f"receipt(s) {span} missing (removed)"))
         expected = number + 1
         try:
-            with open(path, "rb") as f:
+            with path.open("rb") as f:
                 data = f.read(MAX_RECEIPT_BYTES + 2)
             found.append(parse_receipt(data, number, f"{DIRECTORY}/{path.name}"))
         except OSError as exc:

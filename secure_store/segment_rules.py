@@ -84,7 +84,7 @@ def check_segment_file(path: Path, manifest: Manifest) -> list[Problem]:
     expected = manifest.chunk_digests
     metas: list = []
     try:
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             header, raw = read_header(f, name)
             if sha256(raw) != manifest.header_digest:
                 fields = [k for k in _REPEATED if getattr(header, k) != getattr(manifest, k)]

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from secure_store import keys
 from secure_store.errors import FormatError
+from secure_store.sources import as_path
 
 SEARCH_PARENTS = 3
 MAX_IDENTITY_BYTES = 64 * 1024
@@ -85,12 +86,12 @@ def identity_json(device_id: str, key: ed25519.Ed25519PublicKey) -> bytes:
 
 def find_device_key(directory: Path) -> DeviceKey | None:
     """The device key beside ``directory`` or in one of its parents; None if none is there."""
-    directory = Path(directory).resolve()
+    directory = as_path(directory).resolve()
     for d in [directory, *directory.parents][:SEARCH_PARENTS + 1]:
         identity = d / "identity.json"
         if identity.is_file():
             try:
-                with open(identity, "rb") as f:
+                with identity.open("rb") as f:
                     data = f.read(MAX_IDENTITY_BYTES + 1)
             except OSError as exc:
                 raise FormatError(f"{identity}: cannot read ({exc.strerror})") from None
@@ -155,7 +156,7 @@ def cert_chains(device_dir: Path) -> list[tuple[str, list]]:
     """Every ``certs/*.pem`` chain (leaf first) of a device directory, with its file name."""
     from secure_store import pki
 
-    d = Path(device_dir) / CERTS_DIR
+    d = as_path(device_dir) / CERTS_DIR
     out = []
     for path in sorted(d.glob("*.pem")) if d.is_dir() else []:
         if path.name.endswith(".crl.pem"):

@@ -30,6 +30,7 @@ from secure_store.custody import check_anchors, check_evidence_against_audit, ch
 from secure_store.errors import AuditError
 from secure_store.receipts import certification_problem, read_receipts
 from secure_store.segment_rules import Problem, check_segment_file, manifest_problems  # noqa: F401 - API
+from secure_store.sources import as_path
 from secure_store.trust import DeviceKey, DeviceTrust, certified_keys, find_device_key, resolve_trust
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class VerifyReport:
 def read_manifest(path: Path) -> Manifest:
     """Parse a manifest file (FormatError on anything malformed or oversized)."""
     try:
-        with open(path, "rb") as f:
+        with as_path(path).open("rb") as f:
             data = f.read(MAX_MANIFEST_FILE + 1)
     except OSError as exc:
         raise FormatError(f"{path.name}: cannot read manifest ({exc.strerror})") from None
@@ -137,7 +138,7 @@ def verify_segment(path: Path, device_key: TrustedKeys = None,
     ``device_key``: the device's public key, or several (keys retired by re-provisioning
     stay valid for what they signed); None to use the key found beside the evidence.
     """
-    path = Path(path)
+    path = as_path(path)
     manifest_path = path.with_suffix(MANIFEST_SUFFIX)
     if not manifest_path.exists():
         return None, [Problem(path.name, None, "no manifest: segment never sealed, or its manifest removed")]
@@ -222,7 +223,7 @@ def verify_path(path: Path, device_key: TrustedKeys = None, *, trust_root=None, 
     the agency root certificate, which replaces both with certificates that chain to it;
     ``anchors``: audit heads recorded elsewhere that each device's log must still reach.
     """
-    path = Path(path)
+    path = as_path(path)
     report = VerifyReport()
     given = trusted_keys(device_key) or None
     crls = list(crls)
@@ -319,12 +320,12 @@ def decrypt_chunks(segment: Path, agency_private_key: x25519.X25519PrivateKey,
     Raises VerifyError before yielding anything if the segment does not verify,
     and if any chunk fails to authenticate while decrypting.
     """
-    segment = Path(segment)
+    segment = as_path(segment)
     verified, problems = verify_segment(segment, device_key)
     if problems or verified is None:
         raise VerifyError("; ".join(str(p) for p in problems))
     expected = verified.manifest.chunk_digests
-    with open(segment, "rb", buffering=0) as f:  # re-checked as it is read: the file may change after verification
+    with segment.open("rb", buffering=0) as f:  # re-checked as it is read: the file may change after verification
         header, raw = read_header(f, segment.name)
         header_digest = sha256(raw)
         if header_digest != verified.manifest.header_digest:
