@@ -104,8 +104,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "--best-effort also exports what verifies of damaged recordings.")
     p.add_argument("path", type=location, metavar="PATH",
                    help="a segment, a recording or a directory tree of evidence, or s3://BUCKET/PREFIX/DEVICE")
-    p.add_argument("--agency-key", required=True, type=Path, metavar="FILE", help="agency private key (PEM): X25519, or hybrid "
-                   "ML-KEM-768 + X25519 (two blocks)")
+    p.add_argument("--agency-key", required=True, type=Path, metavar="FILE",
+                   help="agency private key (PEM): X25519, or hybrid ML-KEM-768 + X25519 (two blocks)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the MP4s and reports")
     p.add_argument("--device-pub", type=Path, metavar="FILE",
                    help="device public key, Ed25519 or hybrid Ed25519 + ML-DSA-65 "

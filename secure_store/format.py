@@ -129,7 +129,7 @@ class SegmentHeader:
 
     device_id: str
     device_key_fp: bytes      # SHA-256 of the raw Ed25519 device public key
-    agency_key_fp: bytes      # SHA-256 of the raw X25519 agency public key
+    agency_key_fp: bytes      # SHA-256 of the raw agency public key (suite 2: pk_MLKEM768 || pk_X25519)
     segment_seq: int          # device-wide, 1, 2, 3 ...
     recording_id: str
     index: int                # index of this segment within its recording, from 0
@@ -150,7 +150,8 @@ class SegmentHeader:
             _text(self.recording_id, "recording_id", "B", MAX_ID, _RECORDING_ID, allow_empty=False),
             struct.pack(">Iq", self.index, self.utc_offset_us),
             _text(self.clock_source, "clock_source", "B", MAX_ID, _ASCII_PRINTABLE),
-            struct.pack(">H", len(self.wrapped_key)), _fixed(self.wrapped_key, WRAPPED_KEY_LENS[self.suite], "wrapped_key"),
+            struct.pack(">H", len(self.wrapped_key)),
+            _fixed(self.wrapped_key, WRAPPED_KEY_LENS[self.suite], "wrapped_key"),
         ])
         total = len(SEGMENT_MAGIC) + 4 + len(body)
         return SEGMENT_MAGIC + struct.pack(">HH", VERSION, total) + body

@@ -37,7 +37,8 @@ def suite_for(agency_public_key) -> int:
         return SUITE_HPKE_MLKEM768X25519_AES256GCM
     if isinstance(agency_public_key, x25519.X25519PublicKey):
         return SUITE_HPKE_X25519_AES256GCM
-    raise FormatError(f"an agency key must be X25519 or hybrid ML-KEM-768 + X25519, not {type(agency_public_key).__name__}")
+    raise FormatError("an agency key must be X25519 or hybrid ML-KEM-768 + X25519, "
+                      f"not {type(agency_public_key).__name__}")
 
 
 def suite_of_private(agency_private_key) -> int:
@@ -46,7 +47,8 @@ def suite_of_private(agency_private_key) -> int:
         return SUITE_HPKE_MLKEM768X25519_AES256GCM
     if isinstance(agency_private_key, x25519.X25519PrivateKey):
         return SUITE_HPKE_X25519_AES256GCM
-    raise FormatError(f"an agency key must be X25519 or hybrid ML-KEM-768 + X25519, not {type(agency_private_key).__name__}")
+    raise FormatError("an agency key must be X25519 or hybrid ML-KEM-768 + X25519, "
+                      f"not {type(agency_private_key).__name__}")
 
 
 def wrap_data_key(data_key: bytes, agency_public_key) -> bytes:
