@@ -225,6 +225,33 @@ def test_sealer_reproduces_the_hybrid_spec_vectors(tmp_path) -> None:
     assert verify_segment(segment, key.ed25519)[1]
 
 
+def test_hybrid_wrap_follows_the_written_rules() -> None:
+    """Open the suite-2 vector from FORMAT.md's words alone: X-Wing combiner, then the RFC 9180 key schedule."""
+    import hmac
+
+    spec = spec_vectors("vectors-pq")
+    _, agency = vector_keys({k: spec[k] for k in INPUTS_PQ})
+    wrapped = bytes.fromhex(spec["wrapped_key"])
+    ct_mlkem, ct_x25519, sealed = wrapped[:1088], wrapped[1088:1120], wrapped[1120:]
+    ss_mlkem = agency.mlkem768.decapsulate(ct_mlkem)
+    ss_x25519 = agency.x25519.exchange(x25519.X25519PublicKey.from_public_bytes(ct_x25519))
+    pk_x25519 = bytes.fromhex(spec["agency_public_key"])[1184:]
+    shared = hashlib.sha3_256(ss_mlkem + ss_x25519 + ct_x25519 + pk_x25519 + bytes.fromhex("5c2e2f2f5e5c")).digest()
+    suite_id = b"HPKE" + struct.pack(">HHH", 0x647A, 0x0001, 0x0002)
+
+    def extract(salt: bytes, label: bytes, ikm: bytes) -> bytes:
+        return hmac.new(salt, b"HPKE-v1" + suite_id + label + ikm, "sha256").digest()
+
+    def expand(prk: bytes, label: bytes, info: bytes, n: int) -> bytes:  # n ≤ 32: one HKDF block
+        message = struct.pack(">H", n) + b"HPKE-v1" + suite_id + label + info + b"\x01"
+        return hmac.new(prk, message, "sha256").digest()[:n]
+
+    context = b"\x00" + extract(b"", b"psk_id_hash", b"") + extract(b"", b"info_hash", HPKE_INFO)
+    secret = extract(shared, b"secret", b"")
+    key, nonce = expand(secret, b"key", context, 32), expand(secret, b"base_nonce", context, 12)
+    assert AESGCM(key).decrypt(nonce, sealed, b"").hex() == spec["data_key"]
+
+
 def test_version_1_manifest_without_clock_block_still_parses() -> None:
     """Evidence sealed before the clock block existed (manifest version 1) stays readable."""
     import dataclasses
