@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hpke
+from hypothesis import HealthCheck, given, settings, strategies as st
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
 
 from recorder.chunk import decode_chunk
@@ -331,3 +332,32 @@ def test_verify_cli_takes_a_hybrid_device_pub(hybrid_evidence, tmp_path, capsys)
     classic.write_bytes(keys.public_pem(HYBRID_DEVICE.public_key().ed25519))
     code, out, _ = _run(capsys, "verify", str(hybrid_evidence / SEG), "--device-pub", str(classic))
     assert code == 1 and "no ML-DSA-65 key to check it" in out
+
+
+def _mutations(data: bytes):
+    n = len(data)
+    return st.one_of(
+        st.tuples(st.integers(0, n - 1), st.integers(1, 255)).map(
+            lambda t: data[:t[0]] + bytes([data[t[0]] ^ t[1]]) + data[t[0] + 1:]),
+        st.integers(0, n - 1).map(lambda i: data[:i]),
+        st.tuples(st.integers(0, n), st.binary(min_size=1, max_size=8)).map(lambda t: data[:t[0]] + t[1] + data[t[0]:]),
+    )
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], deadline=None)
+@given(data=st.data())
+def test_mutated_hybrid_evidence_is_a_problem_never_a_crash(hybrid_evidence, tmp_path_factory, data) -> None:
+    which = data.draw(st.sampled_from([SEG, "seg-0000000001.manifest"]))
+    original = (hybrid_evidence / which).read_bytes()
+    blob = data.draw(_mutations(original))
+    copy = tmp_path_factory.mktemp("m")
+    for p in hybrid_evidence.iterdir():
+        (copy / p.name).write_bytes(p.read_bytes())
+    (copy / which).write_bytes(blob)
+    if which != SEG:
+        try:
+            assert Manifest.parse(blob).encode() == blob  # only the canonical encoding parses
+        except FormatError as exc:
+            assert str(exc) and "\n" not in str(exc)
+    _, problems = verify_segment(copy / SEG, HYBRID_DEVICE.public_key())
+    assert bool(problems) == (blob != original) and all(p.reason for p in problems)
