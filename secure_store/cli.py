@@ -107,6 +107,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"WARN {warning}")
         for directory, trust in report.trust.items():
             print(f"TRUST {directory}: {trust['source']}")
+        kinds: dict[tuple, int] = {}
+        for s in report.segments:  # how the footage is protected (FORMAT.md, "Post-quantum protection")
+            kind = tuple(s.protection[k] for k in ("signatures", "suite", "key_wrap"))
+            kinds[kind] = kinds.get(kind, 0) + 1
+        for (signatures, suite, wrap), n in sorted(kinds.items(), key=str):
+            print(f"PROTECTION {n} segment(s): signatures {signatures}, key wrap suite {suite} ({wrap})")
         recordings = {s.manifest.recording_id for s in report.segments}
         status = "OK" if report.ok else "FAILED"
         if not report.segments and not report.audit_logs and not report.problems:

@@ -361,3 +361,11 @@ def test_mutated_hybrid_evidence_is_a_problem_never_a_crash(hybrid_evidence, tmp
             assert str(exc) and "\n" not in str(exc)
     _, problems = verify_segment(copy / SEG, HYBRID_DEVICE.public_key())
     assert bool(problems) == (blob != original) and all(p.reason for p in problems)
+
+
+def test_verify_cli_says_how_each_segment_is_protected(hybrid_evidence, tmp_path, capsys) -> None:
+    pub = tmp_path / "device.pub"
+    pub.write_bytes(keys.public_pem(HYBRID_DEVICE.public_key()))
+    code, out, _ = _run(capsys, "verify", str(hybrid_evidence / SEG), "--device-pub", str(pub))
+    assert code == 0
+    assert "PROTECTION 1 segment(s): signatures ed25519+mldsa65, key wrap suite 2 (hpke-mlkem768-x25519)" in out
