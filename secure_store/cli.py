@@ -107,13 +107,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"WARN {warning}")
         for directory, trust in report.trust.items():
             print(f"TRUST {directory}: {trust['source']}")
-        kinds: dict[tuple, int] = {}
-        for s in report.segments:  # how the footage is protected (FORMAT.md, "Post-quantum protection")
-            kind = tuple(s.protection[k] for k in ("signatures", "suite", "key_wrap"))
-            kinds[kind] = kinds.get(kind, 0) + 1
-        for (signatures, suite, wrap), n in sorted(kinds.items(), key=str):
-            print(f"PROTECTION {n} segment(s): signatures {signatures}, key wrap suite {suite} ({wrap})")
         recordings = {s.manifest.recording_id for s in report.segments}
+        _print_protection(report.segments)
         status = "OK" if report.ok else "FAILED"
         if not report.segments and not report.audit_logs and not report.problems:
             print(f"FAILED: no evidence found under {args.path}")
@@ -123,6 +118,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"{status}: {len(report.segments)} segment(s) in {len(recordings)} recording(s), "
                   f"{len(report.audit_logs)} audit log(s), {len(report.problems)} problem(s); {anchored}")
     return 0 if report.ok else 1
+
+
+def _print_protection(segments: list) -> None:
+    """One line per kind of protection the segments have (FORMAT.md, "Post-quantum protection")."""
+    kinds: dict[tuple, int] = {}
+    for s in segments:
+        kind = tuple(s.protection[k] for k in ("signatures", "suite", "key_wrap"))
+        kinds[kind] = kinds.get(kind, 0) + 1
+    for (signatures, suite, wrap), n in sorted(kinds.items(), key=str):
+        print(f"PROTECTION {n} segment(s): signatures {signatures}, key wrap suite {suite} ({wrap})")
 
 
 def _trust_args(args: argparse.Namespace) -> tuple:
