@@ -35,6 +35,8 @@ def test_cli_exports_a_hybrid_wrapped_recording(tmp_path: Path, make_device, cap
     report = json.loads((tmp_path / "out" / "CAM-0042_rec-pq.json").read_text())
     assert {(s["suite"], s["key_wrap"], s["signatures"]) for s in report["segments"]} == {
         (2, "hpke-mlkem768-x25519", "ed25519")}
+    html = (tmp_path / "out" / "CAM-0042_rec-pq.html").read_text()
+    assert "signed Ed25519; key wrapped ML-KEM-768 + X25519 (post-quantum)" in html
 
     # The X25519 half alone: refused with one line that says why, nothing written.
     half = tmp_path / "x25519-only.key"
