@@ -153,9 +153,9 @@ def run() -> str:
                              "check": _check_per_segment(device)}
         for name, best in _interleaved(sealing).items():
             results[name]["seal_cpu"] = best[1]
-        for name, best in _interleaved(checking, repeat=11).items():
+        for name, best in _interleaved(checking, repeat=21).items():
             results[name]["verify_segments"] = best
-        for name, best in (_interleaved(whole) if len(whole) == 2 else {}).items():
+        for name, best in (_interleaved(whole, repeat=21) if len(whole) == 2 else {}).items():
             results[name]["verify_all"] = best
     scale = 3600 / SECONDS
     c, h = results["classic"], results["hybrid"]
@@ -180,7 +180,8 @@ def run() -> str:
             rows.append(f"| {label} (MB/s) | {footage / c[key][0] / 1e6:.0f} | {footage / h[key][0] / 1e6:.0f} | "
                         f"{c[key][0] / h[key][0] * 100:.0f} % of classic (CPU: "
                         f"{c[key][1] / h[key][1] * 100:.0f} %) |")
-    ratio = c["verify_segments"][0] / h["verify_segments"][0] * 100
+    key = "verify_all" if "verify_all" in h else "verify_segments"
+    ratio, ratio_cpu = (c[key][i] / h[key][i] * 100 for i in (0, 1))
     audit_note = ("audit entries hybrid (`\"v\":2`)" if h["audit_hybrid"] else
                   "audit entries still Ed25519 only (the audit log does not take a hybrid key yet), so the audit "
                   "bytes are the same on both sides")
@@ -195,9 +196,12 @@ def run() -> str:
         *rows,
         "",
         f"Bytes added: {share:.3f} % of the footage (goal ≤ 0.1 %: {'met' if share <= 0.1 else 'missed'}). "
-        f"Verification of the segments runs at {ratio:.0f} % of classic speed (goal ≥ 90 %: "
-        f"{'met' if ratio >= 90 else 'missed'}). CPU per hour is scaled from {SECONDS} s; every figure is the best "
-        "of 7 (verify: 11) runs taken in turns (classic, hybrid, classic, ...) on a shared 2-core machine. The whole-store sealing figure carries the "
+        f"Verification ({'every rule' if key == 'verify_all' else 'the segment rules'}) runs at {ratio_cpu:.0f} % "
+        f"of classic speed by CPU time, {ratio:.0f} % by wall time (goal ≥ 90 %: "
+        f"{'met' if min(ratio, ratio_cpu) >= 90 else 'met by CPU time' if ratio_cpu >= 90 else 'missed'}; "
+        "wall time on this shared machine moves with the other jobs, CPU time is the verifier's own work). "
+        f"CPU per hour is scaled from {SECONDS} s; every figure is the best "
+        "of 7 (verify: 21) runs taken in turns (classic, hybrid, classic, ...) on a shared 2-core machine. The whole-store sealing figure carries the "
         "fsync-bound noise of that machine, so the per-segment public-key work is also timed alone (200 key wraps "
         "and manifest signatures). Verify MB/s are by wall time.",
     ])
