@@ -369,3 +369,22 @@ def test_verify_cli_says_how_each_segment_is_protected(hybrid_evidence, tmp_path
     code, out, _ = _run(capsys, "verify", str(hybrid_evidence / SEG), "--device-pub", str(pub))
     assert code == 0
     assert "PROTECTION 1 segment(s): signatures ed25519+mldsa65, key wrap suite 2 (hpke-mlkem768-x25519)" in out
+
+
+def test_a_hybrid_device_directory_verifies_with_every_rule(tmp_path, h) -> None:
+    """Hybrid store and hybrid audit log: verify_path passes every rule, and says so per segment."""
+    root = tmp_path / "dev"
+    store = EvidenceStore(h.provision_root(root, _Agency(HYBRID_AGENCY), HYBRID_DEVICE.ed25519),
+                          device_id=h.DEVICE_ID, signing_key=HYBRID_DEVICE,
+                          agency_public_key=HYBRID_AGENCY.public_key(),
+                          audit=AuditLog(root / "audit", HYBRID_DEVICE, h.DEVICE_ID), reserve_bytes=0)
+    h.record(store, "rec-1", segments=3, chunks=2, frames_per_chunk=5)
+    from secure_store.verify import verify_path
+    report = verify_path(root, HYBRID_DEVICE.public_key())
+    assert report.ok, [str(p) for p in report.problems]
+    assert [(s["seq"], s["signatures"], s["suite"]) for s in report.to_json()["segments"]] == [
+        (1, "ed25519+mldsa65", 2), (2, "ed25519+mldsa65", 2), (3, "ed25519+mldsa65", 2)]
+    downgraded = verify_path(root, HYBRID_DEVICE.public_key().ed25519)  # a verifier that lost the ML-DSA half
+    assert not downgraded.ok and not downgraded.segments
+    manifests = [p for p in downgraded.problems if p.file.endswith(".manifest")]
+    assert len(manifests) == 3 and all("no ML-DSA-65 key to check it" in p.reason for p in manifests)
