@@ -18,6 +18,7 @@ until then it is given the Ed25519 half and the table says so). Measured:
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -131,6 +132,7 @@ def _interleaved(fns: dict[str, object], repeat: int = 7) -> dict[str, tuple[flo
 
 
 def run() -> str:
+    load = os.getloadavg()[0]
     gops = _gops()
     footage = sum(len(f.data) for g in gops for f in g)
     results: dict[str, dict] = {}
@@ -201,7 +203,8 @@ def run() -> str:
         f"{'met' if min(ratio, ratio_cpu) >= 90 else 'met by CPU time' if ratio_cpu >= 90 else 'missed'}; "
         "wall time on this shared machine moves with the other jobs, CPU time is the verifier's own work). "
         f"CPU per hour is scaled from {SECONDS} s; every figure is the best "
-        "of 7 (verify: 21) runs taken in turns (classic, hybrid, classic, ...) on a shared 2-core machine. The whole-store sealing figure carries the "
+        "of 7 (verify: 21) runs taken in turns (classic, hybrid, classic, ...) on a shared 2-core machine "
+        f"(load average {load:.1f} when the run began). The whole-store sealing figure carries the "
         "fsync-bound noise of that machine, so the per-segment public-key work is also timed alone (200 key wraps "
         "and manifest signatures). Verify MB/s are by wall time.",
     ])
