@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from secure_store import hybrid, keys
-from secure_store.errors import FormatError, StoreError, VerifyError
+from secure_store.errors import FormatError, VerifyError
 from secure_store.format import Manifest, iter_records, open_record, read_header, sha256
 from secure_store.keywrap import SUITE_NAMES, suite_mismatch, unwrap_data_key
 from secure_store.sealer import MANIFEST_SUFFIX, SEGMENT_SUFFIX
@@ -191,16 +191,9 @@ def verify_segment(path: Path, device_key: TrustedKeys = None,
     seg = VerifiedSegment(str(path), manifest, manifest.device_key_fp.hex())
     if not path.exists():
         return seg, [Problem(path.name, None, "segment file missing for a signed manifest")]
-    problems = check_segment_file(path, manifest)
-    return replace(seg, suite=_suite(path)), problems
-
-
-def _suite(path: Path) -> int | None:
-    try:
-        with path.open("rb") as f:  # a local file or one in the evidence store (``sources.as_path``)
-            return read_header(f, path.name)[0].suite
-    except (OSError, StoreError):  # unreadable: check_segment_file has already said why
-        return None
+    headers: list = []
+    problems = check_segment_file(path, manifest, headers.append)  # one read of the file, also from a bucket
+    return replace(seg, suite=headers[0].suite if headers else None), problems
 
 
 def check_chain(segments: list[VerifiedSegment]) -> list[Problem]:
