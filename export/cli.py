@@ -22,6 +22,7 @@ def _export(args: argparse.Namespace) -> int:
     from export.exporter import ExportRefused, export_evidence
     from export.provenance import ExportSigner, read_pem
     from secure_store import keys
+    from secure_store.cli import device_pub
 
     if not is_store_url(args.path) and not args.path.exists():
         print(f"bodycam export: {args.path}: no such file or directory", file=sys.stderr)
@@ -30,7 +31,7 @@ def _export(args: argparse.Namespace) -> int:
         print("bodycam export: --export-cert and --export-key go together", file=sys.stderr)
         return 2
     agency_key = keys.load_private_key(args.agency_key, "agency")
-    device_key = keys.load_public_key(args.device_pub, "device") if args.device_pub else None
+    device_key = device_pub(args.device_pub) if args.device_pub else None
     signer = ExportSigner.from_files(args.export_cert, args.export_key) if args.export_cert else None
     root = read_pem(args.trust_root, "trust root") if args.trust_root else None
     try:
@@ -103,10 +104,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "--best-effort also exports what verifies of damaged recordings.")
     p.add_argument("path", type=location, metavar="PATH",
                    help="a segment, a recording or a directory tree of evidence, or s3://BUCKET/PREFIX/DEVICE")
-    p.add_argument("--agency-key", required=True, type=Path, metavar="FILE", help="agency X25519 private key (PEM)")
+    p.add_argument("--agency-key", required=True, type=Path, metavar="FILE",
+                   help="agency private key (PEM): X25519, or hybrid ML-KEM-768 + X25519 (two blocks)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the MP4s and reports")
     p.add_argument("--device-pub", type=Path, metavar="FILE",
-                   help="device Ed25519 public key (default: found beside the evidence)")
+                   help="device public key, Ed25519 or hybrid Ed25519 + ML-DSA-65 "
+                        "(default: found beside the evidence)")
     p.add_argument("--export-cert", type=Path, metavar="CHAIN.pem",
                    help="agency export certificate, then its intermediates (PEM): sign each MP4 (C2PA)")
     p.add_argument("--export-key", type=Path, metavar="KEY.pem",

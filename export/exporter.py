@@ -35,10 +35,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from recorder.chunk import ChunkFormatError, decode_chunk
-from secure_store import keys
+from secure_store import hybrid, keys
 from secure_store.durable import fsync_dir, write_atomic
 from secure_store.errors import StoreError
 from secure_store.format import read_header, sha256
+from secure_store.keywrap import suite_mismatch
 from secure_store.sources import as_path
 from secure_store.verify import VerifiedSegment, VerifyReport, decrypt_chunks, verify_path
 
@@ -94,7 +95,7 @@ class ExportResult:
         return not (self.skipped or self.verification.problems or any(r.partial for r in self.recordings))
 
 
-def export_evidence(path: Path, agency_key: x25519.X25519PrivateKey, out_dir: Path,
+def export_evidence(path: Path, agency_key: "x25519.X25519PrivateKey | hybrid.HybridAgencyKey", out_dir: Path,
                     device_key: ed25519.Ed25519PublicKey | None = None, *,
                     signer: provenance.ExportSigner | None = None, trust_root: bytes | None = None,
                     best_effort: bool = False) -> ExportResult:
@@ -173,7 +174,10 @@ def _sealed_to_another_key(segments: list[VerifiedSegment], agency_key: x25519.X
                 header, _ = read_header(f, Path(s.path).name)
         except (OSError, StoreError) as exc:
             raise ExportError(f"{Path(s.path).name}: cannot read its header: {exc}") from None
-        if header.agency_key_fp != fingerprint:
+        wrong_kind = suite_mismatch(header.suite, agency_key, Path(s.path).name)
+        if wrong_kind:
+            foreign[s.path] = wrong_kind
+        elif header.agency_key_fp != fingerprint:
             foreign[s.path] = (f"{Path(s.path).name}: sealed to another agency key "
                                f"({header.agency_key_fp.hex()[:16]}, not {fingerprint.hex()[:16]})")
     if segments and len(foreign) == len(segments):

@@ -122,7 +122,7 @@ def segment_entry(s: VerifiedSegment) -> dict[str, Any]:
             "chunks": len(m.chunk_digests), "first_timestamp_us": m.first_ts_us, "last_timestamp_us": m.last_ts_us,
             "first_utc": iso_utc(m.first_utc_us), "last_utc": iso_utc(m.last_utc_us), "utc_offset_us": m.utc_offset_us,
             "clock_source": m.clock_source, "recovered": m.recovered, "storage_full": m.storage_full,
-            "manifest_sha256": m.digest.hex()}
+            "manifest_sha256": m.digest.hex(), **s.protection}
 
 
 def device_certificate(segments: list[VerifiedSegment]) -> dict[str, Any] | None:

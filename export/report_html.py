@@ -196,11 +196,22 @@ def _missing(report: dict[str, Any]) -> str:
 
 
 def _segments(report: dict[str, Any]) -> str:
-    return _table(["File", "Seq", "Index", "From (UTC)", "To (UTC)", "Frames", "Clock", "Notes", "Manifest SHA-256"],
+    return _table(["File", "Seq", "Index", "From (UTC)", "To (UTC)", "Frames", "Clock", "Notes", "Protection",
+                   "Manifest SHA-256"],
                   [[s["file"], s["segment_seq"], s["index"], s["first_utc"], s["last_utc"], s["frames"],
                     s["clock_source"], ", ".join(n for n, on in (("recovered", s["recovered"]),
                                                                  ("storage full", s["storage_full"])) if on),
-                    _hash(s["manifest_sha256"])] for s in report["segments"]], "")
+                    _protection(s), _hash(s["manifest_sha256"])] for s in report["segments"]], "")
+
+
+_SIGNED = {"ed25519": "signed Ed25519", "ed25519+mldsa65": "signed Ed25519 + ML-DSA-65 (post-quantum)"}
+_WRAPPED = {"hpke-x25519": "key wrapped X25519", "hpke-mlkem768-x25519": "key wrapped ML-KEM-768 + X25519 "
+                                                                         "(post-quantum)"}
+
+
+def _protection(s: dict[str, Any]) -> str:
+    """How the segment is protected, in words (FORMAT.md, "Post-quantum protection")."""
+    return escape("; ".join([_SIGNED.get(s.get("signatures"), "?"), _WRAPPED.get(s.get("key_wrap"), "?")]))
 
 
 def _trust(report: dict[str, Any]) -> str:

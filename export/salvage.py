@@ -13,12 +13,14 @@ import logging
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import x25519
+from typing import Any
+
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from secure_store import keys
 from secure_store.errors import StoreError, TornRecordError
-from secure_store.format import Manifest, iter_records, open_record, read_header, sha256, unwrap_data_key
+from secure_store.format import Manifest, iter_records, open_record, read_header, sha256
+from secure_store.keywrap import suite_mismatch, unwrap_data_key
 
 from export.errors import ExportError
 
@@ -33,10 +35,13 @@ class SalvagedChunk(NamedTuple):
     lost: str = ""
 
 
-def salvage_chunks(segment: Path, manifest: Manifest, agency_key: x25519.X25519PrivateKey) -> Iterator[SalvagedChunk]:
-    """Each chunk of ``segment`` in order (the final, empty one excepted), opened only if authentic."""
+def salvage_chunks(segment: Path, manifest: Manifest, agency_key: Any) -> Iterator[SalvagedChunk]:
+    """Each chunk of ``segment`` in order (the final, empty one excepted), opened only if authentic.
+
+    ``agency_key``: the agency's X25519 or hybrid (ML-KEM-768 + X25519) private key.
+    """
     name, expected = segment.name, manifest.chunk_digests
-    raw_public = agency_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    raw_public = keys.raw_public(agency_key.public_key())
     seen = 0
     try:
         with segment.open("rb", buffering=0) as f:
@@ -44,9 +49,12 @@ def salvage_chunks(segment: Path, manifest: Manifest, agency_key: x25519.X25519P
             header_digest = sha256(raw)
             if header_digest != manifest.header_digest:
                 raise ExportError(f"{name}: header altered, so no chunk of it can be opened")
+            wrong_kind = suite_mismatch(header.suite, agency_key, name)
+            if wrong_kind:
+                raise ExportError(wrong_kind)
             if header.agency_key_fp != sha256(raw_public):
                 raise ExportError(f"{name}: sealed to another agency key")
-            aead = AESGCM(unwrap_data_key(header.wrapped_key, agency_key, name))
+            aead = AESGCM(unwrap_data_key(header.wrapped_key, agency_key, name, header.suite))
             for record in iter_records(f, len(raw), name):
                 seen = record.index + 1
                 if record.index >= len(expected):

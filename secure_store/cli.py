@@ -24,6 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     new = keys_sub.add_parser("new", help="write PREFIX.key (private, 0600) and PREFIX.pub")
     new.add_argument("kind", help=f"one of: {', '.join(keys.KINDS)}")
     new.add_argument("--out", required=True, metavar="PREFIX", help="path prefix of the two files")
+    new.add_argument("--classic", action="store_true",
+                     help="agency: X25519 only (default: hybrid ML-KEM-768 + X25519, so footage recorded today "
+                          "stays closed to a future quantum computer)")
+    new.add_argument("--pq", action="store_true",
+                     help="device, dock, vendor: hybrid Ed25519 + ML-DSA-65 signing key (default: Ed25519 only)")
     new.set_defaults(func=cmd_keys_new)
     keys_parser.set_defaults(func=lambda args: _usage(keys_parser))
 
@@ -53,10 +58,27 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def cmd_keys_new(args: argparse.Namespace) -> int:
     if args.kind not in keys.KINDS:
         raise UsageError(f"unknown key kind {args.kind!r} (expected one of {', '.join(keys.KINDS)})")
-    key_path, pub_path = keys.write_keypair(args.kind, args.out)
-    fp = keys.fingerprint(keys.load_public_key(pub_path, args.kind))
-    print(f"wrote {key_path} (private, 0600) and {pub_path}; {args.kind} key {fp}")
+    if args.classic and args.kind != "agency":
+        raise UsageError(f"--classic is for agency keys (a {args.kind} key is classic unless --pq)")
+    if args.pq and args.kind not in keys.HYBRID_KINDS:
+        raise UsageError(f"a {args.kind} key has no post-quantum form")
+    if args.pq and args.classic:
+        raise UsageError("--pq and --classic contradict each other")
+    # Agency keys are hybrid by default: harvest-now-decrypt-later threatens footage recorded today,
+    # for ~1.1 KB and well under a millisecond per 10-s segment (BENCHMARKS.md).
+    pq = not args.classic if args.kind == "agency" else args.pq
+    key_path, pub_path = keys.write_keypair(args.kind, args.out, pq=pq)
+    public = keys.load_public_key(pub_path, args.kind) if args.kind in ("agency", "export") \
+        else keys.load_verify_key(pub_path, args.kind)
+    kind = ("hybrid " if pq else "") + args.kind
+    print(f"wrote {key_path} (private, 0600) and {pub_path}; {kind} key {keys.fingerprint(public)}")
     return 0
+
+
+def device_pub(path: Path):
+    """A ``--device-pub`` file: a classic Ed25519 key as the plain key, a hybrid one (two PEM blocks) whole."""
+    key = keys.load_verify_key(path, "device")
+    return key if key.hybrid else key.ed25519
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -67,7 +89,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     device_key = None
     if args.device_pub:
         try:
-            device_key = [keys.load_public_key(p, "device") for p in args.device_pub]
+            device_key = [device_pub(p) for p in args.device_pub]
         except keys.KeyFileError as exc:
             raise UsageError(str(exc)) from None
     root, crls, anchors = _trust_args(args)
@@ -86,6 +108,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for directory, trust in report.trust.items():
             print(f"TRUST {directory}: {trust['source']}")
         recordings = {s.manifest.recording_id for s in report.segments}
+        _print_protection(report.segments)
         status = "OK" if report.ok else "FAILED"
         if not report.segments and not report.audit_logs and not report.problems:
             print(f"FAILED: no evidence found under {args.path}")
@@ -95,6 +118,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"{status}: {len(report.segments)} segment(s) in {len(recordings)} recording(s), "
                   f"{len(report.audit_logs)} audit log(s), {len(report.problems)} problem(s); {anchored}")
     return 0 if report.ok else 1
+
+
+def _print_protection(segments: list) -> None:
+    """One line per kind of protection the segments have (FORMAT.md, "Post-quantum protection")."""
+    kinds: dict[tuple, int] = {}
+    for s in segments:
+        kind = tuple(s.protection[k] for k in ("signatures", "suite", "key_wrap"))
+        kinds[kind] = kinds.get(kind, 0) + 1
+    for (signatures, suite, wrap), n in sorted(kinds.items(), key=str):
+        print(f"PROTECTION {n} segment(s): signatures {signatures}, key wrap suite {suite} ({wrap})")
 
 
 def _trust_args(args: argparse.Namespace) -> tuple:

@@ -14,21 +14,22 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from secure_store.clock_bound import CLOCK_BLOCK, ClockBound
 from secure_store.errors import FormatError, TornRecordError, VerifyError
+from secure_store.hybrid import MLDSA65_SIGNATURE_LEN, Signatures
+from secure_store.keywrap import (  # noqa: F401 - the key wrap's names, as this module always offered them
+    HPKE_INFO, HPKE_SUITE, HPKE_SUITE_PQ, SUITE_HPKE_MLKEM768X25519_AES256GCM, SUITE_HPKE_X25519_AES256GCM,
+    WRAPPED_KEY_LEN, WRAPPED_KEY_LENS, unwrap_data_key, wrap_data_key,
+)
 
 SEGMENT_MAGIC = b"BCAMSEG\n"
 MANIFEST_MAGIC = b"BCAMMAN\n"
 VERSION = 1
 MANIFEST_VERSION = 2          # manifests gained the clock block (docs/FORMAT.md, "Clock error bound")
-MANIFEST_VERSIONS = (1, 2)    # what a reader accepts: old evidence keeps verifying
-SUITE_HPKE_X25519_AES256GCM = 1
-HPKE_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
-HPKE_INFO = b"bodycam segment data key v1"
-WRAPPED_KEY_LEN = 80  # HPKE enc (32) || AES-256-GCM(data key) (32 + 16)
+MANIFEST_VERSION_HYBRID = 3   # the version-2 body, signed with Ed25519 and ML-DSA-65 ("Post-quantum protection")
+MANIFEST_VERSIONS = (1, 2, 3)  # what a reader accepts: old evidence keeps verifying
 ZERO_DIGEST = bytes(32)
 
 MAX_HEADER = 4096
@@ -128,17 +129,20 @@ class SegmentHeader:
 
     device_id: str
     device_key_fp: bytes      # SHA-256 of the raw Ed25519 device public key
-    agency_key_fp: bytes      # SHA-256 of the raw X25519 agency public key
+    agency_key_fp: bytes      # SHA-256 of the raw agency public key (suite 2: pk_MLKEM768 || pk_X25519)
     segment_seq: int          # device-wide, 1, 2, 3 ...
     recording_id: str
     index: int                # index of this segment within its recording, from 0
     utc_offset_us: int        # utc_us = timestamp_us + utc_offset_us
     clock_source: str
     wrapped_key: bytes        # HPKE enc || sealed data key
+    suite: int = SUITE_HPKE_X25519_AES256GCM  # 1: X25519; 2: ML-KEM-768 + X25519 (secure_store.keywrap)
 
     def encode(self) -> bytes:
+        if self.suite not in WRAPPED_KEY_LENS:
+            raise FormatError(f"unknown cipher suite {self.suite}")
         body = b"".join([
-            struct.pack(">H", SUITE_HPKE_X25519_AES256GCM),
+            struct.pack(">H", self.suite),
             _text(self.device_id, "device_id", "B", MAX_ID, allow_empty=False),
             _fixed(self.device_key_fp, 32, "device_key_fp"),
             _fixed(self.agency_key_fp, 32, "agency_key_fp"),
@@ -146,7 +150,8 @@ class SegmentHeader:
             _text(self.recording_id, "recording_id", "B", MAX_ID, _RECORDING_ID, allow_empty=False),
             struct.pack(">Iq", self.index, self.utc_offset_us),
             _text(self.clock_source, "clock_source", "B", MAX_ID, _ASCII_PRINTABLE),
-            struct.pack(">H", len(self.wrapped_key)), _fixed(self.wrapped_key, WRAPPED_KEY_LEN, "wrapped_key"),
+            struct.pack(">H", len(self.wrapped_key)),
+            _fixed(self.wrapped_key, WRAPPED_KEY_LENS[self.suite], "wrapped_key"),
         ])
         total = len(SEGMENT_MAGIC) + 4 + len(body)
         return SEGMENT_MAGIC + struct.pack(">HH", VERSION, total) + body
@@ -162,7 +167,7 @@ class SegmentHeader:
         if total != len(data):
             raise FormatError(f"{what}: header_len {total} does not match {len(data)}")
         suite = c.unpack("H", "suite")
-        if suite != SUITE_HPKE_X25519_AES256GCM:
+        if suite not in WRAPPED_KEY_LENS:
             raise FormatError(f"{what}: unknown cipher suite {suite}")
         device_id = c.text("device_id", "B", MAX_ID, allow_empty=False)
         device_fp, agency_fp = c.take(32, "device_key_fp"), c.take(32, "agency_key_fp")
@@ -170,11 +175,12 @@ class SegmentHeader:
         recording_id = c.text("recording_id", "B", MAX_ID, _RECORDING_ID, allow_empty=False)
         index, offset = c.unpack("I", "index"), c.unpack("q", "utc_offset_us")
         clock_source = c.text("clock_source", "B", MAX_ID, _ASCII_PRINTABLE)
-        if c.unpack("H", "wrapped_key length") != WRAPPED_KEY_LEN:
-            raise FormatError(f"{what}: wrapped_key must be {WRAPPED_KEY_LEN} bytes for suite 1")
-        wrapped = c.take(WRAPPED_KEY_LEN, "wrapped_key")
+        wrapped_len = WRAPPED_KEY_LENS[suite]
+        if c.unpack("H", "wrapped_key length") != wrapped_len:
+            raise FormatError(f"{what}: wrapped_key must be {wrapped_len} bytes for suite {suite}")
+        wrapped = c.take(wrapped_len, "wrapped_key")
         c.end()
-        return cls(device_id, device_fp, agency_fp, seq, recording_id, index, offset, clock_source, wrapped)
+        return cls(device_id, device_fp, agency_fp, seq, recording_id, index, offset, clock_source, wrapped, suite)
 
 
 def _fixed(value: bytes, n: int, name: str) -> bytes:
@@ -300,23 +306,6 @@ def iter_records(f: BinaryIO, offset: int, what: str = "segment") -> Iterator[Re
         index += 1
 
 
-# --- data key wrapping ----------------------------------------------------------------------
-
-def wrap_data_key(data_key: bytes, agency_public_key) -> bytes:
-    """HPKE base-mode single-shot seal of the data key to the agency (RFC 9180)."""
-    return HPKE_SUITE.encrypt(data_key, agency_public_key, info=HPKE_INFO)
-
-
-def unwrap_data_key(wrapped: bytes, agency_private_key, what: str = "segment") -> bytes:
-    try:
-        key = HPKE_SUITE.decrypt(wrapped, agency_private_key, info=HPKE_INFO)
-    except Exception:  # cryptography raises InvalidTag or ValueError here
-        raise VerifyError(f"{what}: data key does not unwrap with this agency key") from None
-    if len(key) != 32:
-        raise VerifyError(f"{what}: wrapped data key has {len(key)} bytes, not 32")
-    return key
-
-
 # --- manifest -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -348,11 +337,22 @@ class Manifest:
     chunk_digests: tuple[bytes, ...]
     markers: tuple[Marker, ...] = field(default=())
     clock: ClockBound = field(default_factory=ClockBound)  # the clock error bound (secure_store.clock_bound)
-    signature: bytes = b""
-    version: int = MANIFEST_VERSION  # 1: before the clock block (still read: old evidence verifies); 2: with it
+    signature: bytes = b""          # Ed25519, 64 bytes
+    version: int = MANIFEST_VERSION  # 1: before the clock block (still read: old evidence verifies); 2: with it;
+    #                                  3: version 2 signed by a hybrid key (both signatures)
+    signature_mldsa65: bytes = b""  # version 3 only: ML-DSA-65, 3309 bytes, over the same message
+
+    @property
+    def signatures(self) -> Signatures:
+        """The trailer as ``hybrid.VerifyKey.verify`` takes it."""
+        return Signatures(self.signature, self.signature_mldsa65 or None)
+
+    @property
+    def hybrid(self) -> bool:
+        return self.version >= MANIFEST_VERSION_HYBRID
 
     def signed_bytes(self) -> bytes:
-        """Everything before the signature: the exact Ed25519 message."""
+        """Everything before the signatures: the exact message both algorithms sign."""
         if len(self.chunk_digests) > MAX_CHUNKS or len(self.markers) > MAX_MARKERS:
             raise FormatError("manifest: too many chunks or markers")
         flags = (MANIFEST_RECOVERED if self.recovered else 0) | (MANIFEST_STORAGE_FULL if self.storage_full else 0)
@@ -381,7 +381,10 @@ class Manifest:
     def encode(self) -> bytes:
         if len(self.signature) != SIGNATURE_LEN:
             raise FormatError("manifest: not signed")
-        return self.signed_bytes() + self.signature
+        if len(self.signature_mldsa65) != (MLDSA65_SIGNATURE_LEN if self.hybrid else 0):
+            raise FormatError(f"manifest: version {self.version} " + (
+                "needs an ML-DSA-65 signature" if self.hybrid else "has no room for an ML-DSA-65 signature"))
+        return self.signed_bytes() + self.signature + self.signature_mldsa65
 
     @property
     def digest(self) -> bytes:
@@ -390,7 +393,7 @@ class Manifest:
 
     @classmethod
     def parse(cls, data: bytes, what: str = "manifest") -> "Manifest":
-        if len(data) > 14 + 32 * MAX_CHUNKS + MAX_MARKERS * (10 + MAX_LABEL) + 1024:
+        if len(data) > 14 + 32 * MAX_CHUNKS + MAX_MARKERS * (10 + MAX_LABEL) + 1024 + MLDSA65_SIGNATURE_LEN:
             raise FormatError(f"{what}: {len(data)} bytes is larger than any manifest can be")
         c = _Cursor(data, what)
         if c.take(8, "magic") != MANIFEST_MAGIC:
@@ -398,7 +401,8 @@ class Manifest:
         version = c.unpack("H", "version")
         _check_version(version, what, MANIFEST_VERSIONS)
         body_len = c.unpack("I", "body_len")
-        if body_len != len(data) - 14 - SIGNATURE_LEN:
+        trailer = SIGNATURE_LEN + (MLDSA65_SIGNATURE_LEN if version >= MANIFEST_VERSION_HYBRID else 0)
+        if body_len != len(data) - 14 - trailer:
             raise FormatError(f"{what}: body_len {body_len} does not match the file size {len(data)}")
         device_id = c.text("device_id", "B", MAX_ID, allow_empty=False)
         device_fp, seq = c.take(32, "device_key_fp"), c.unpack("Q", "segment_seq")
@@ -428,10 +432,12 @@ class Manifest:
             except ValueError as exc:
                 raise FormatError(f"{what}: clock block: {exc}") from None
         signature = c.take(SIGNATURE_LEN, "signature")
+        pq_signature = c.take(MLDSA65_SIGNATURE_LEN, "ML-DSA-65 signature") if trailer > SIGNATURE_LEN else b""
         c.end()
         m = cls(device_id, device_fp, seq, recording_id, index, header_digest,
                 bool(flags & MANIFEST_RECOVERED), bool(flags & MANIFEST_STORAGE_FULL), frames, first, last,
-                offset, clock_source, first_utc, last_utc, prev, chunks, markers, clock, signature, version)
-        if m.signed_bytes() != data[:-SIGNATURE_LEN]:
+                offset, clock_source, first_utc, last_utc, prev, chunks, markers, clock, signature, version,
+                pq_signature)
+        if m.signed_bytes() != data[:-trailer]:
             raise FormatError(f"{what}: not in canonical encoding")
         return m

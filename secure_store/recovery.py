@@ -17,7 +17,7 @@ import os
 
 from cryptography.exceptions import InvalidSignature
 
-from secure_store import keys
+from secure_store import hybrid, keys
 from secure_store.audit_format import Event, audit_files, parse_line, read_audit_file
 from secure_store.chain import ChainHead
 from secure_store.durable import fsync_dir
@@ -70,7 +70,10 @@ def _load_manifest(store: SealingStore, path) -> Manifest | None:
     try:
         data = path.read_bytes()
         manifest = Manifest.parse(data, path.name)
-        store.signing_key.public_key().verify(manifest.signature, manifest.signed_bytes())
+        key = hybrid.as_verify_key(store.signing_key.public_key())
+        if key.hybrid != manifest.hybrid:  # no downgrade: a hybrid key's manifests carry both signatures
+            return None
+        key.verify(manifest.signatures, manifest.signed_bytes())
         return manifest
     except (OSError, FormatError, InvalidSignature):
         return None

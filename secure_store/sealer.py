@@ -21,14 +21,16 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from buffer.frame import Frame
 from recorder.chunk import encode_chunk, video_span
 from recorder.location import encode_records
-from secure_store import keys
+from secure_store import hybrid, keys
 from secure_store.chain import ChainHead
 from secure_store.clock_bound import ClockBound
 from secure_store.durable import fsync_dir, write_atomic
 from secure_store.errors import FormatError, SealerStateError, StorageFull
 from secure_store.format import (
-    ChunkMeta, Manifest, Marker, SegmentHeader, check_marker, check_recording_id, seal_record, sha256, wrap_data_key,
+    MANIFEST_VERSION, MANIFEST_VERSION_HYBRID, ChunkMeta, Manifest, Marker, SegmentHeader, check_marker,
+    check_recording_id, seal_record, sha256,
 )
+from secure_store.keywrap import suite_for, wrap_data_key
 from secure_store.layout import DeviceRoot
 
 log = logging.getLogger(__name__)
@@ -47,8 +49,8 @@ class SealingStore(Protocol):
 
     root: DeviceRoot
     device_id: str
-    signing_key: ed25519.Ed25519PrivateKey
-    agency_public_key: x25519.X25519PublicKey
+    signing_key: "ed25519.Ed25519PrivateKey | hybrid.SigningKey"
+    agency_public_key: "x25519.X25519PublicKey | hybrid.HybridAgencyPublicKey"
     audit: Any
     chain_head: ChainHead
     recovery_pending: bool
@@ -97,7 +99,12 @@ class SegmentTally:
 def seal_manifest(store: "SealingStore", header: SegmentHeader, header_digest: bytes, tally: SegmentTally,
                   markers: Sequence[Marker], *, recovered: bool, storage_full: bool,
                   clock: ClockBound | None = None) -> Manifest:
-    """Sign the manifest, write it durably next to its segment, advance the chain head."""
+    """Sign the manifest, write it durably next to its segment, advance the chain head.
+
+    A hybrid device key signs version 3 (Ed25519 and ML-DSA-65 over the same bytes); a
+    classic key keeps writing version 2, so its evidence reads as it always did.
+    """
+    key = hybrid.as_signing_key(store.signing_key)
     head = store.chain_head
     if header.segment_seq != head.next_seq:
         raise SealerStateError(f"segment {header.segment_seq} does not follow chain head {head.seq}")
@@ -110,8 +117,11 @@ def seal_manifest(store: "SealingStore", header: SegmentHeader, header_digest: b
         clock_source=header.clock_source, first_utc_us=first + header.utc_offset_us,
         last_utc_us=tally.last_ts_us + header.utc_offset_us, prev_digest=head.digest,
         chunk_digests=tuple(tally.chunk_digests), markers=tuple(markers), clock=clock or ClockBound(),
+        version=MANIFEST_VERSION_HYBRID if key.hybrid else MANIFEST_VERSION,
     )
-    manifest = Manifest(**{**unsigned.__dict__, "signature": store.signing_key.sign(unsigned.signed_bytes())})
+    signatures = key.sign(unsigned.signed_bytes())
+    manifest = Manifest(**{**unsigned.__dict__, "signature": signatures.ed25519,
+                           "signature_mldsa65": signatures.mldsa65 or b""})
     data = manifest.encode()
     path = store.root.evidence / (segment_stem(header.segment_seq) + MANIFEST_SUFFIX)
     # Each write may draw on the sealing reserve: a full disk never leaves a segment unsealed.
@@ -223,9 +233,10 @@ class SegmentSealer:
 
     def _write_header(self, utc_offset_us: int) -> None:
         device_pub = self._store.signing_key.public_key()
+        agency = self._store.agency_public_key
         self._header = SegmentHeader(
             device_id=self._store.device_id, device_key_fp=sha256(keys.raw_public(device_pub)),
-            agency_key_fp=sha256(keys.raw_public(self._store.agency_public_key)),
+            agency_key_fp=sha256(keys.raw_public(agency)), suite=suite_for(agency),
             segment_seq=self._store.chain_head.next_seq, recording_id=self._recording_id, index=self._index,
             utc_offset_us=utc_offset_us, clock_source=self._store.clock_source(), wrapped_key=self._wrapped,
         )

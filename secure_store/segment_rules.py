@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from secure_store.errors import FormatError, TornRecordError
-from secure_store.format import Manifest, iter_records, read_header, sha256
+from secure_store.format import Manifest, SegmentHeader, iter_records, read_header, sha256
 from secure_store.sealer import segment_stem
 
 
@@ -75,8 +76,12 @@ def _shape_problems(name: str, metas: list, manifest: Manifest) -> list[Problem]
     return out
 
 
-def check_segment_file(path: Path, manifest: Manifest) -> list[Problem]:
-    """Header, every chunk digest, order, chunk shapes, final chunk and truncation against a verified manifest."""
+def check_segment_file(path: Path, manifest: Manifest,
+                       on_header: Callable[[SegmentHeader], None] | None = None) -> list[Problem]:
+    """Header, every chunk digest, order, chunk shapes, final chunk and truncation against a verified manifest.
+
+    ``on_header`` is given the parsed header (e.g. for its suite): the file is read once, also from a bucket.
+    """
     name, problems = path.name, manifest_problems(manifest, path.name)
     if path.stem != segment_stem(manifest.segment_seq):
         problems.append(Problem(name, None, f"misplaced: file name says {path.stem} but its manifest is "
@@ -86,6 +91,8 @@ def check_segment_file(path: Path, manifest: Manifest) -> list[Problem]:
     try:
         with path.open("rb") as f:
             header, raw = read_header(f, name)
+            if on_header is not None:
+                on_header(header)
             if sha256(raw) != manifest.header_digest:
                 fields = [k for k in _REPEATED if getattr(header, k) != getattr(manifest, k)]
                 problems.append(Problem(name, None, "header altered: its SHA-256 differs from the signed manifest"

@@ -23,6 +23,7 @@ from typing import Any, Callable, Literal
 
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
+from secure_store import hybrid
 from secure_store.chain import ChainHead, load_head, save_head
 from secure_store.clock_bound import ClockBound
 from secure_store.durable import fsync_dir
@@ -76,8 +77,8 @@ class EvidenceStore:
         root: DeviceRoot,
         *,
         device_id: str,
-        signing_key: ed25519.Ed25519PrivateKey,
-        agency_public_key: x25519.X25519PublicKey,
+        signing_key: ed25519.Ed25519PrivateKey | hybrid.SigningKey,
+        agency_public_key: x25519.X25519PublicKey | hybrid.HybridAgencyPublicKey,
         audit: Any,
         clock: Callable[[], float] = time.time,
         clock_source: str | Callable[[], str] | None = None,
@@ -89,10 +90,10 @@ class EvidenceStore:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         sealing_reserve: SealingReserve | None = None,
     ) -> None:
-        if not isinstance(signing_key, ed25519.Ed25519PrivateKey):
-            raise KeyMissing("the evidence store needs the device's Ed25519 signing key")
-        if not isinstance(agency_public_key, x25519.X25519PublicKey):
-            raise KeyMissing("the evidence store needs the agency's X25519 public key")
+        if not isinstance(signing_key, (ed25519.Ed25519PrivateKey, hybrid.SigningKey)):
+            raise KeyMissing("the evidence store needs the device's Ed25519 (or hybrid) signing key")
+        if not isinstance(agency_public_key, (x25519.X25519PublicKey, hybrid.HybridAgencyPublicKey)):
+            raise KeyMissing("the evidence store needs the agency's X25519 (or hybrid) public key")
         self.root = DeviceRoot(root) if not isinstance(root, DeviceRoot) else root
         self.device_id = device_id
         self.signing_key = signing_key

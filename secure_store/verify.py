@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Union
 
@@ -19,9 +19,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from secure_store import keys
+from secure_store import hybrid, keys
 from secure_store.errors import FormatError, VerifyError
-from secure_store.format import Manifest, iter_records, open_record, read_header, sha256, unwrap_data_key
+from secure_store.format import Manifest, iter_records, open_record, read_header, sha256
+from secure_store.keywrap import SUITE_NAMES, suite_mismatch, unwrap_data_key
 from secure_store.sealer import MANIFEST_SUFFIX, SEGMENT_SUFFIX
 from secure_store.audit_format import AuditHead, audit_files, read_entries
 from secure_store.audit_verify import verify_audit
@@ -34,7 +35,8 @@ from secure_store.sources import as_path
 from secure_store.trust import DeviceKey, DeviceTrust, certified_keys, find_device_key, resolve_trust
 
 log = logging.getLogger(__name__)
-TrustedKeys = Union[ed25519.Ed25519PublicKey, DeviceKey, Iterable[ed25519.Ed25519PublicKey], None]
+TrustedKeys = Union[ed25519.Ed25519PublicKey, hybrid.VerifyKey, DeviceKey,
+                    Iterable[Union[ed25519.Ed25519PublicKey, hybrid.VerifyKey]], None]
 MAX_MANIFEST_FILE = 64 * 1024 * 1024
 _EVIDENCE_NAME = re.compile(r"seg-[0-9]{10}\.(seg|manifest)")
 
@@ -46,6 +48,13 @@ class VerifiedSegment:
     path: str
     manifest: Manifest = field(repr=False)
     device_key_fp: str
+    suite: int | None = None  # how its data key is wrapped (header ``suite``); None if the header is unreadable
+
+    @property
+    def protection(self) -> dict:
+        """Which algorithms protect it (FORMAT.md, "Post-quantum protection"): reports say it per segment."""
+        return {"signatures": "ed25519+mldsa65" if self.manifest.hybrid else "ed25519", "suite": self.suite,
+                "key_wrap": SUITE_NAMES.get(self.suite)}
 
     def summary(self) -> dict:
         m = self.manifest
@@ -54,7 +63,7 @@ class VerifiedSegment:
                 "first_utc_us": m.first_utc_us, "last_utc_us": m.last_utc_us, "recovered": m.recovered,
                 "storage_full": m.storage_full, "markers": [asdict(x) for x in m.markers],
                 "clock_error_us": m.clock.error_us, "clock": m.clock.describe(),
-                "manifest_sha256": m.digest.hex()}
+                "manifest_sha256": m.digest.hex(), **self.protection}
 
 
 @dataclass
@@ -100,7 +109,7 @@ def trusted_keys(device_key: TrustedKeys) -> list[ed25519.Ed25519PublicKey]:
     """One key, a DeviceKey (current + retired keys) or several keys, as a list."""
     if device_key is None:
         return []
-    if isinstance(device_key, ed25519.Ed25519PublicKey):
+    if isinstance(device_key, (ed25519.Ed25519PublicKey, hybrid.VerifyKey)):
         return [device_key]
     if isinstance(device_key, DeviceKey):
         return list(device_key.all)
@@ -111,8 +120,12 @@ def trusted_keys(device_key: TrustedKeys) -> list[ed25519.Ed25519PublicKey]:
 
 def check_manifest(manifest: Manifest, name: str, device_key: TrustedKeys,
                    device_id: str | None = None) -> list[Problem]:
-    """Origin and signature of one manifest, against the device's trusted key(s)."""
-    by_fp = {sha256(keys.raw_public(k)): k for k in trusted_keys(device_key)}
+    """Origin and signature of one manifest, against the device's trusted key(s) (FORMAT.md M2, M6)."""
+    by_fp: dict[bytes, hybrid.VerifyKey] = {}
+    for k in map(hybrid.as_verify_key, trusted_keys(device_key)):
+        fp = sha256(keys.raw_public(k))  # a hybrid key is named by its Ed25519 half
+        if fp not in by_fp or k.hybrid:  # the same key known as hybrid anywhere is hybrid: no downgrade
+            by_fp[fp] = k
     if isinstance(device_key, DeviceTrust):  # a certificate names the device its key belongs to
         fp = manifest.device_key_fp.hex()
         device_id = device_key.ids[fp] if fp in device_key.ids else device_id or device_key.device_id
@@ -123,11 +136,29 @@ def check_manifest(manifest: Manifest, name: str, device_key: TrustedKeys,
         trusted = ", ".join(fp.hex()[:16] for fp in by_fp)
         return [Problem(name, None, f"signed by another key: manifest names key {manifest.device_key_fp.hex()[:16]}, "
                                     f"device key is {trusted}")]
-    device_key = by_fp[manifest.device_key_fp]
+    return signature_problems(manifest, name, by_fp[manifest.device_key_fp])
+
+
+def signature_problems(manifest: Manifest, name: str, key: hybrid.VerifyKey) -> list[Problem]:
+    """M2 and M6: every signature the key calls for, and only those (no downgrade either way)."""
+    if key.hybrid and not manifest.hybrid:
+        return [Problem(name, None, f"classic-only signature from a hybrid key: manifest version {manifest.version} "
+                                    "has no ML-DSA-65 signature (stripped, or signed by a downgraded device)")]
+    if manifest.hybrid and not key.hybrid:
+        return [Problem(name, None, "hybrid manifest (version 3) but no ML-DSA-65 key to check it: the trusted "
+                                    "device key is Ed25519 only")]
+    message = manifest.signed_bytes()
     try:
-        device_key.verify(manifest.signature, manifest.signed_bytes())
+        key.ed25519.verify(manifest.signature, message)
     except InvalidSignature:
-        return [Problem(name, None, "manifest signature invalid: manifest altered or re-signed with another key")]
+        return [Problem(name, None, "manifest signature invalid (Ed25519): manifest altered or re-signed with "
+                                    "another key")]
+    if key.hybrid:
+        try:
+            key.mldsa65.verify(manifest.signature_mldsa65, message)
+        except InvalidSignature:
+            return [Problem(name, None, "manifest signature invalid (ML-DSA-65): manifest altered or re-signed "
+                                        "with another key")]
     return []
 
 
@@ -160,7 +191,9 @@ def verify_segment(path: Path, device_key: TrustedKeys = None,
     seg = VerifiedSegment(str(path), manifest, manifest.device_key_fp.hex())
     if not path.exists():
         return seg, [Problem(path.name, None, "segment file missing for a signed manifest")]
-    return seg, check_segment_file(path, manifest)
+    headers: list = []
+    problems = check_segment_file(path, manifest, headers.append)  # one read of the file, also from a bucket
+    return replace(seg, suite=headers[0].suite if headers else None), problems
 
 
 def check_chain(segments: list[VerifiedSegment]) -> list[Problem]:
@@ -313,7 +346,7 @@ def _trust_receipts(device_dir: Path, receipts: list, trust_root, crls: list, re
             report.problems.append(Problem(str(device_dir / r.file), None, problem))
 
 
-def decrypt_chunks(segment: Path, agency_private_key: x25519.X25519PrivateKey,
+def decrypt_chunks(segment: Path, agency_private_key: "x25519.X25519PrivateKey | hybrid.HybridAgencyKey",
                    device_key: TrustedKeys = None) -> Iterator[bytes]:
     """Verify a segment, then yield each chunk's plaintext (recorder.chunk format) in order.
 
@@ -330,9 +363,12 @@ def decrypt_chunks(segment: Path, agency_private_key: x25519.X25519PrivateKey,
         header_digest = sha256(raw)
         if header_digest != verified.manifest.header_digest:
             raise VerifyError(f"{segment.name}: header changed since it was verified")
+        wrong_kind = suite_mismatch(header.suite, agency_private_key, segment.name)
+        if wrong_kind:
+            raise VerifyError(wrong_kind)
         if header.agency_key_fp != sha256(keys.raw_public(agency_private_key.public_key())):
             raise VerifyError(f"{segment.name}: sealed to another agency key")
-        aead = AESGCM(unwrap_data_key(header.wrapped_key, agency_private_key, segment.name))
+        aead = AESGCM(unwrap_data_key(header.wrapped_key, agency_private_key, segment.name, header.suite))
         count = 0
         for record in iter_records(f, len(raw), segment.name):
             if record.index >= len(expected) or record.digest != expected[record.index]:

@@ -5,6 +5,7 @@ the export of the same evidence from local disk."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -72,6 +73,8 @@ def test_export_from_the_store_equals_the_local_export(store_config, s3, bucket,
     assert [p.name for p in from_store] == [p.name for p in from_disk] and len(from_store) == 2
     for a, b in zip(from_store, from_disk):                              # the very same MP4, byte for byte
         assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+    report = json.loads(from_store[0].with_suffix(".json").read_text())
+    assert {(s["suite"], s["signatures"]) for s in report["segments"]} == {(1, "ed25519")}  # headers read from the bucket
     # the frames are the camera's: numbers drawn into the picture, read back after H.264
     from hw_sim.camera import read_frame_number
     import av

@@ -105,11 +105,13 @@ def test_huge_lengths_do_not_allocate(sample) -> None:
 
 
 def test_unknown_versions_refused_clearly(sample) -> None:
-    for blob, parse in ((sample["segment"], parse_segment), (sample["manifest"], Manifest.parse)):
-        with pytest.raises(FormatError, match="format version 3 is not supported"):
-            parse(blob[:8] + b"\x00\x03" + blob[10:])
+    for blob, parse, version in ((sample["segment"], parse_segment, 2), (sample["manifest"], Manifest.parse, 4)):
+        with pytest.raises(FormatError, match=f"format version {version} is not supported"):
+            parse(blob[:8] + struct.pack(">H", version) + blob[10:])
     header_len = struct.unpack(">H", sample["segment"][10:12])[0]
     with pytest.raises(FormatError, match="unknown cipher suite"):
+        SegmentHeader.parse(sample["segment"][:12] + b"\x00\x03" + sample["segment"][14:header_len])
+    with pytest.raises(FormatError, match="wrapped_key must be 1168 bytes for suite 2"):  # suite 1's key, relabelled
         SegmentHeader.parse(sample["segment"][:12] + b"\x00\x02" + sample["segment"][14:header_len])
 
 

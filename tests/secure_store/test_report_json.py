@@ -35,6 +35,7 @@ def test_report_names_every_segment_field_and_every_problem(device, keyset, h):
         "manifest_sha256": hashlib.sha256((evidence / "seg-0000000001.manifest").read_bytes()).hexdigest(),
         "clock_error_us": None,            # this store's clock was never set against a reference
         "clock": "clock error unknown (no time reference since the clock was last set or jumped)",
+        "signatures": "ed25519", "suite": 1, "key_wrap": "hpke-x25519",  # classic keys: suite 1, manifest v2
     }
     assert abs(offset / 1e6 - 1_764_000_000.0) < 1
     assert (second["seq"], second["index"], second["chunks"], second["frames"], second["markers"]) == (2, 1, 2, 3, [])
