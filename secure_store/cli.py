@@ -67,7 +67,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     device_key = None
     if args.device_pub:
         try:
-            device_key = [keys.load_public_key(p, "device") for p in args.device_pub]
+            device_key = [keys.load_verify_key(p, "device") for p in args.device_pub]  # K2: may be hybrid
         except keys.KeyFileError as exc:
             raise UsageError(str(exc)) from None
     root, crls, anchors = _trust_args(args)
@@ -107,8 +107,7 @@ def _trust_args(args: argparse.Namespace) -> tuple:
     root = None
     if args.trust is not None:
         try:
-            root = pki.read_certs(args.trust)[0]
-            pki.check_root(root, str(args.trust))
+            root = pki.read_roots(args.trust)  # the Ed25519 root, and the ML-DSA-65 one of a hybrid agency
         except pki.PkiError as exc:
             raise UsageError(f"--trust wants the agency root certificate: {exc}") from None
     try:

@@ -255,6 +255,7 @@ def _verify_device_dir(device_dir: Path, evidence: Path, given, trust_root, crls
     report.add_trust(str(device_dir), trust)
     where = lambda name: str(device_dir / name)  # noqa: E731
     report.problems += [Problem(str(device_dir), None, p) for p in trust.problems]
+    report.warnings += [Problem(str(device_dir), None, w) for w in trust.warnings]  # W5, W6
     if not trust.anchored:
         report.warnings.append(Problem(str(device_dir), None, trust.source))
     names = sorted({p.stem for p in evidence.iterdir() if _EVIDENCE_NAME.fullmatch(p.name)}) \
