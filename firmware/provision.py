@@ -100,9 +100,8 @@ def _short(fp: str) -> str:
     return fp[:16]
 
 
-_WANTED = {"agency": "the agency's X25519 (or hybrid) public key",
-           "vendor": "the vendor's Ed25519 (or hybrid) firmware public key",
-           "dock": "a dock's Ed25519 (or hybrid) public key"}
+_WANTED = {"agency": "the agency's X25519 public key", "vendor": "the vendor's Ed25519 firmware public key",
+           "dock": "a dock's Ed25519 public key"}  # or the hybrid form of each
 
 
 def _load_public(path: Path, kind: str, option: str = "") -> "keys.PublicKey | hybrid.VerifyKey":
