@@ -103,10 +103,15 @@ def trusted_keys(device_key: TrustedKeys) -> list[ed25519.Ed25519PublicKey]:
     if isinstance(device_key, ed25519.Ed25519PublicKey):
         return [device_key]
     if isinstance(device_key, DeviceKey):
-        return list(device_key.all)
+        return _classic_as_ed25519(device_key.all)
     if isinstance(device_key, DeviceTrust):
-        return list(device_key.keys)
-    return list(device_key)
+        return _classic_as_ed25519(device_key.keys)
+    return _classic_as_ed25519(device_key)
+
+
+def _classic_as_ed25519(found: Iterable) -> list:  # pqpki: bridge until pqwrap/pqsign take VerifyKeys
+    from secure_store import hybrid
+    return [k.ed25519 if isinstance(k, hybrid.VerifyKey) and not k.hybrid else k for k in found]
 
 
 def check_manifest(manifest: Manifest, name: str, device_key: TrustedKeys,
@@ -291,7 +296,7 @@ def _read_audit(audit_dir: Path, trust: DeviceTrust, report: VerifyReport) -> tu
     if not trust.keys:
         report.problems.append(Problem(str(audit_dir), None, "no trusted device key for this audit log"))
         return [], True
-    problems = verify_audit(audit_dir, trust.keys)
+    problems = verify_audit(audit_dir, trusted_keys(trust))
     report.problems += [Problem(str(audit_dir), None, f"audit log: {p}") for p in problems]
     try:
         return read_entries(audit_dir), bool(problems)
