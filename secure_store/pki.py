@@ -298,7 +298,8 @@ def _chain_up(leaf: x509.Certificate, pool: list[x509.Certificate], root: x509.C
         iwhat = f"{'ML-DSA-65 ' if algorithm == MLDSA65 else ''}provisioning certificate"
         if inter is None:
             raise PkiError(f"{what}: its {iwhat} is missing from the chain")
-        iwhat = f"{iwhat} {common_name(inter)!r}"
+        iwhat = f"{what}: its {iwhat} {common_name(inter)!r}" if algorithm == MLDSA65 else \
+            f"{iwhat} {common_name(inter)!r}"
         _check_profile(inter, "provisioning", iwhat, algorithm)
         _issued_by(leaf, inter, what)
         _issued_by(inter, root, iwhat)
