@@ -67,7 +67,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     device_key = None
     if args.device_pub:
         try:
-            device_key = [keys.load_verify_key(p, "device") for p in args.device_pub]  # K2: may be hybrid
+            device_key = [keys.load_public_key(p, "device") for p in args.device_pub]
         except keys.KeyFileError as exc:
             raise UsageError(str(exc)) from None
     root, crls, anchors = _trust_args(args)
