@@ -30,15 +30,16 @@ from typing import Iterable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from secure_store import hybrid, keys
 from secure_store.companion import ED25519, MLDSA65, RootsLike, TrustRoots, algorithm_problem, as_roots, \
     binding_extension, bound_digest, ed25519_digest, key_algorithm
+from secure_store.certfiles import MAX_CERT_BYTES, PkiError, cert_fingerprint, chain_pem, common_name, \
+    load_certs, pem, read_certs, read_crls, role_of  # noqa: F401 - API: pki.read_certs etc.
 from secure_store.durable import write_atomic
-from secure_store.errors import StoreError
 from secure_store.sources import as_path
 
 log = logging.getLogger(__name__)
@@ -49,15 +50,10 @@ ISSUER_OF = {"device": "provisioning", "dock": "provisioning", "vendor": "root",
              "provisioning": "root"}
 LIFETIME_DAYS = {"root": 30 * 366, "provisioning": 15 * 366, "device": 10 * 366, "dock": 10 * 366,
                  "vendor": 10 * 366, "export": 25 * 366}
-MAX_CERT_BYTES = 64 * 1024
 PQ_SUFFIX = "-mldsa65"          # CA file names of the ML-DSA-65 hierarchy: root-mldsa65.pem, ...
 TRUST_ROOTS = "trust-roots.pem"  # a hybrid CA's two roots in one file, Ed25519 first
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,63}")
 _BACKDATE = dt.timedelta(days=1)  # tolerate a provisioning station whose clock runs a little fast
-
-
-class PkiError(StoreError):
-    """A certificate or CRL is malformed, does not chain to the trust root, or is revoked."""
 
 
 @dataclass(frozen=True)
@@ -97,40 +93,7 @@ class CertifiedKey:
         return keys.fingerprint(self.key)
 
 
-def cert_fingerprint(cert: x509.Certificate) -> str:
-    return cert.fingerprint(hashes.SHA256()).hex()
-
-
-def role_of(cert: x509.Certificate) -> str | None:
-    ous = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
-    return str(ous[0].value) if len(ous) == 1 else None
-
-
-def common_name(cert: x509.Certificate) -> str | None:
-    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(cns[0].value) if len(cns) == 1 else None
-
-
 # --- reading ----------------------------------------------------------------------------------
-
-def load_certs(data: bytes, source: str) -> list[x509.Certificate]:
-    """Every certificate in a PEM file (PkiError if none, or malformed)."""
-    if len(data) > MAX_CERT_BYTES:
-        raise PkiError(f"{source}: too large for a certificate file")
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise PkiError(f"{source}: not a PEM certificate") from None
-    return certs
-
-
-def read_certs(path: str | Path) -> list[x509.Certificate]:
-    try:
-        data = as_path(path).read_bytes()
-    except OSError as exc:
-        raise PkiError(f"{path}: cannot read ({exc.strerror})") from None
-    return load_certs(data, str(path))
-
 
 def load_roots(data: bytes, source: str) -> TrustRoots:
     """A trust root file: the Ed25519 root, optionally followed by the ML-DSA-65 root (both checked)."""
@@ -145,30 +108,10 @@ def load_roots(data: bytes, source: str) -> TrustRoots:
 
 def read_roots(path: str | Path) -> TrustRoots:
     try:
-        data = Path(path).read_bytes()
+        data = as_path(path).read_bytes()
     except OSError as exc:
         raise PkiError(f"{path}: cannot read ({exc.strerror})") from None
     return load_roots(data, str(path))
-
-
-def read_crls(paths: Iterable[Path]) -> list[x509.CertificateRevocationList]:
-    crls = []
-    for path in paths:
-        try:
-            crls.append(x509.load_pem_x509_crl(Path(path).read_bytes()))
-        except OSError as exc:
-            raise PkiError(f"{path}: cannot read ({exc.strerror})") from None
-        except ValueError:
-            raise PkiError(f"{path}: not a PEM CRL") from None
-    return crls
-
-
-def pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def chain_pem(chain: Iterable[x509.Certificate]) -> bytes:
-    return b"".join(pem(c) for c in chain)
 
 
 # --- checking -------------------------------------------------------------------------------
