@@ -84,7 +84,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for warning in report.warnings:
             print(f"WARN {warning}")
         for directory, trust in report.trust.items():
-            print(f"TRUST {directory}: {trust['source']}")
+            print(f"TRUST {directory}: {trust['source']}; signatures {trust.get('signatures', 'ed25519')}")
         recordings = {s.manifest.recording_id for s in report.segments}
         status = "OK" if report.ok else "FAILED"
         if not report.segments and not report.audit_logs and not report.problems:
