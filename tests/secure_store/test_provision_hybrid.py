@@ -9,6 +9,7 @@ import stat
 
 import pytest
 
+from firmware.cli import main
 from firmware.provision import ProvisionError, provision
 from secure_store import hybrid, keys, pki
 from secure_store.audit import AuditLog
@@ -113,3 +114,24 @@ def test_rotation_classic_to_hybrid_to_hybrid_verifies_against_both_roots(truste
     assert len({s.device_key_fp for s in report.segments}) == 3
     # the Ed25519 root alone cannot check the ML-DSA-65 signatures the hybrid keys made
     assert not verify_path(root.root, trust_root=ca.root).ok
+
+
+def test_verify_cli_says_what_the_keys_sign_with(trusted, ca, h, capsys):
+    root = DeviceRoot(trusted / "dev")
+    _provision(trusted, root, ca=ca.dir)
+    _record(root, h, "hybrid")
+    roots_file = ca.path(pki.TRUST_ROOTS)
+    capsys.readouterr()
+    assert main(["verify", str(root.root), "--trust", str(roots_file), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (trust,) = report["trust"].values()
+    assert trust["signatures"] == "ed25519+mldsa65" and trust["anchored"] is True
+    assert trust["root_mldsa65_sha256"] == pki.cert_fingerprint(ca.roots.mldsa65)
+    assert main(["verify", str(root.root), "--trust", str(roots_file)]) == 0
+    assert "signatures ed25519+mldsa65" in capsys.readouterr().out
+    # the companion certificate stripped from certs/: the key looks classic, and its hybrid evidence fails
+    chain_file = next((root.root / "certs").glob("device-*.pem"))
+    chain_file.write_bytes(pki.chain_pem(pki.read_certs(chain_file)[:3]))
+    assert main(["verify", str(root.root), "--trust", str(roots_file)]) == 1
+    out = capsys.readouterr().out
+    assert "Ed25519 alone" in out and "FAIL" in out
