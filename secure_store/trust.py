@@ -215,7 +215,10 @@ def _certified_trust(device_dir: Path, root, crls: list) -> DeviceTrust:
     """K1: the device keys certified by the agency root(s), with what they rest on."""
     from secure_store import pki
 
-    roots = pki.check_roots(root)
+    try:
+        roots = pki.check_roots(root)
+    except pki.PkiError as exc:
+        return DeviceTrust([], {}, None, True, "no usable agency root", problems=[str(exc)])
     certified, problems = certified_keys(device_dir, "device", roots, crls)
     ids = {fp: c.name for fp, c in certified.items()}
     trust = DeviceTrust([c.verify_key for c in certified.values()], ids, None, True,
