@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="device public key; repeat for keys retired by re-provisioning "
                              "(default: identity.json or device.pub beside the evidence)")
     verify.add_argument("--trust", type=Path, metavar="ROOT_PEM",
-                        help="the agency root certificate: trust only device and dock keys certified by it")
+                        help="the agency root certificate (a hybrid agency's trust-roots.pem: both roots): "
+                             "trust only device and dock keys certified by it")
     verify.add_argument("--crl", type=Path, action="append", default=[], metavar="FILE",
                         help="a certificate revocation list (PEM) of the agency; repeat for several")
     verify.add_argument("--anchor", action="append", default=[], metavar="SEQ:DIGEST",
