@@ -301,7 +301,8 @@ def make_certificate(role: str, cn: str, public_key: ed25519.Ed25519PublicKey | 
 
 
 def make_crl(issuer_key: ed25519.Ed25519PrivateKey | mldsa.MLDSA65PrivateKey, issuer: x509.Certificate,
-             revoked: Iterable[tuple[int, dt.datetime]], now: dt.datetime | None = None) -> x509.CertificateRevocationList:
+             revoked: Iterable[tuple[int, dt.datetime]],
+             now: dt.datetime | None = None) -> x509.CertificateRevocationList:
     now = now or dt.datetime.now(dt.timezone.utc)
     builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer.subject)
                .last_update(now).next_update(now + dt.timedelta(days=LIFETIME_DAYS["provisioning"]))
@@ -366,7 +367,8 @@ class CertificateAuthority:
         except OSError as exc:
             raise PkiError(f"the {name} CA key is needed: {self.path(name + '.key')}: {exc.strerror}") from None
         except (ValueError, TypeError, UnsupportedAlgorithm):
-            raise PkiError(f"the {name} CA key is needed: {self.path(name + '.key')} is not a PEM private key") from None
+            raise PkiError(f"the {name} CA key is needed: {self.path(name + '.key')} is not a PEM private key") \
+                from None
         if not isinstance(key, want):
             raise PkiError(f"the {name} CA key {self.path(name + '.key')} holds a {type(key).__name__}")
         return key, cert

@@ -280,7 +280,8 @@ def device_cert_fingerprint(device_dir: Path, session) -> str:
     return ""
 
 
-def pulled_device_keys(device_dir: Path, current: ed25519.Ed25519PublicKey | hybrid.VerifyKey) -> list[hybrid.VerifyKey]:
+def pulled_device_keys(device_dir: Path,
+                       current: ed25519.Ed25519PublicKey | hybrid.VerifyKey) -> list[hybrid.VerifyKey]:
     """The key a dock just admitted and the keys it retired before (identity.json), to verify with:
     the segment before a re-provisioning was signed by the old key. The link names only the
     Ed25519 half; the ML-DSA-65 half comes from identity.json, as admission wrote it."""

@@ -135,3 +135,20 @@ def test_verify_cli_says_what_the_keys_sign_with(trusted, ca, h, capsys):
     assert main(["verify", str(root.root), "--trust", str(roots_file)]) == 1
     out = capsys.readouterr().out
     assert "Ed25519 alone" in out and "FAIL" in out
+
+
+def test_provision_cli_chooses_the_device_key_kind(trusted, ca, capsys):
+    base = ["provision", "--device-id", "CAM-0042", "--vendor-pub", str(trusted / "vendor.pub"), "--ca", str(ca.dir)]
+    assert main([*base, "--root", str(trusted / "a"), "--agency-pub", str(trusted / "agency.pub")]) == 0
+    assert "(Ed25519 + ML-DSA-65)" in capsys.readouterr().out
+    assert keys.load_signing_key(trusted / "a" / "keys" / "device.key", "device").hybrid
+    assert main([*base, "--root", str(trusted / "b"), "--agency-pub", str(trusted / "agency.pub"), "--classic"]) == 0
+    assert "(Ed25519)" in capsys.readouterr().out
+    assert not keys.load_signing_key(trusted / "b" / "keys" / "device.key", "device").hybrid
+    assert main([*base, "--root", str(trusted / "c"), "--agency-pub", str(trusted / "classic-agency.pub"),
+                 "--pq"]) == 0
+    assert keys.load_signing_key(trusted / "c" / "keys" / "device.key", "device").hybrid
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as usage:
+        main([*base, "--root", str(trusted / "d"), "--agency-pub", str(trusted / "agency.pub"), "--pq", "--classic"])
+    assert usage.value.code == 2 and not (trusted / "d").exists()
