@@ -109,7 +109,7 @@ def trusted_keys(device_key: TrustedKeys) -> list[ed25519.Ed25519PublicKey]:
     return _classic_as_ed25519(device_key)
 
 
-def _classic_as_ed25519(found: Iterable) -> list:  # pqpki: bridge until pqwrap/pqsign take VerifyKeys
+def _classic_as_ed25519(found: Iterable) -> list:  # pqpki: bridge until pqwrap's check_manifest takes VerifyKeys
     from secure_store import hybrid
     return [k.ed25519 if isinstance(k, hybrid.VerifyKey) and not k.hybrid else k for k in found]
 
@@ -296,7 +296,7 @@ def _read_audit(audit_dir: Path, trust: DeviceTrust, report: VerifyReport) -> tu
     if not trust.keys:
         report.problems.append(Problem(str(audit_dir), None, "no trusted device key for this audit log"))
         return [], True
-    problems = verify_audit(audit_dir, trusted_keys(trust))
+    problems = verify_audit(audit_dir, trust.keys)
     report.problems += [Problem(str(audit_dir), None, f"audit log: {p}") for p in problems]
     try:
         return read_entries(audit_dir), bool(problems)
