@@ -312,3 +312,18 @@ def test_verify_cli_reads_a_two_root_trust_file(tmp_path, capsys) -> None:
     assert main(["verify", str(empty), "--trust", str(bad)]) == 2
     assert "--trust wants the agency root certificate" in capsys.readouterr().err
     assert main(["verify", str(empty), "--trust", str(ca_dir / pki.TRUST_ROOTS)]) == 1  # nothing there: no evidence
+
+
+def test_binding_extension_vector_of_format_md(ca) -> None:
+    """FORMAT.md, Agency PKI, "Test vector (binding extension)": the exact DER in a companion certificate."""
+    key = hybrid.SigningKey(ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32))),
+                            mldsa.MLDSA65PrivateKey.from_seed_bytes(bytes(range(32, 64))))
+    assert key.ed25519.public_key().public_bytes_raw().hex() == \
+        "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"
+    want = bytes.fromhex("303a06146982ea8cf8b3e09eca9297aab4c6f79fccd7a01b0422042056475aa75463474c0285df5dbf2bcab7"
+                         "3da651358839e9b77481b2eab107708c")
+    chain = ca.issue("device", "cam-0001", key.public_key())
+    assert want in chain[3].tbs_certificate_bytes and want not in chain[0].tbs_certificate_bytes
+    assert companion.BINDING_OID.dotted_string == "2.25.240657458978498196203840264463105511451"
+    assert companion.bound_digest(chain[3]).hex() == want[-32:].hex()
+    assert pki.check_chain(chain, ca.roots, "device").hybrid
