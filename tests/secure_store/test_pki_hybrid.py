@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
 from firmware.cli import main
 from secure_store import companion, hybrid, keys, pki
-from secure_store.admission import DeviceTrustAnchor, admit_device
+from secure_store.admission import AdmissionError, DeviceTrustAnchor, admit_device
 from secure_store.trust import find_device_key, identity_json, pulled_device_keys, resolve_trust
 
 
@@ -258,6 +258,19 @@ def test_dock_admits_a_hybrid_device_and_records_both_halves(tmp_path, ca) -> No
     pinned = tmp_path / "pinning" / "CAM-12"
     admit_device(pinned, "CAM-12", key.ed25519, chain_pem)
     assert find_device_key(pinned).key.pem() == key.pem()
+
+
+def test_dock_refuses_a_device_whose_companion_is_not_its_agencys(tmp_path, ca, rogue) -> None:
+    key = hybrid.SigningKey.generate(True).public_key()
+    ours, theirs = ca.issue("device", "CAM-15", key), rogue.issue("device", "CAM-15", key)
+    d = tmp_path / "dock" / "CAM-15"
+    with pytest.raises(AdmissionError, match="refused: .*companion certificate"):
+        admit_device(d, "CAM-15", key.ed25519, pki.chain_pem(ours[:3] + theirs[3:]).decode(), ca.roots)
+    assert not d.exists()  # nothing recorded for a device that was not admitted
+    # a dock given only the Ed25519 root admits it as classic and keeps the companion for later verifiers
+    admit_device(d, "CAM-15", key.ed25519, pki.chain_pem(ours).decode(), ca.root)
+    assert not find_device_key(d).key.hybrid and len(pki.read_certs(next((d / "certs").glob("*.pem")))) == 6
+    assert resolve_trust(d, root=ca.roots).keys[0].pem() == key.pem()
 
 
 def test_device_takes_ml_dsa_revocation_lists_beside_the_ed25519_ones(tmp_path) -> None:
