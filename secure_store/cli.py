@@ -85,7 +85,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for warning in report.warnings:
             print(f"WARN {warning}")
         for directory, trust in report.trust.items():
-            print(f"TRUST {directory}: {trust['source']}; signatures {trust.get('signatures', 'ed25519')}")
+            signatures = f"; signatures {trust['signatures']}" if trust.get("signatures") else ""
+            print(f"TRUST {directory}: {trust['source']}{signatures}")
         recordings = {s.manifest.recording_id for s in report.segments}
         status = "OK" if report.ok else "FAILED"
         if not report.segments and not report.audit_logs and not report.problems:

@@ -151,9 +151,12 @@ class DeviceTrust:
     root_mldsa65_fingerprint: str | None = None
 
     @property
-    def signatures(self) -> str:
-        """``ed25519+mldsa65`` when every trusted key is hybrid, ``ed25519`` when none is, else ``mixed``."""
+    def signatures(self) -> str | None:
+        """``ed25519+mldsa65`` when every trusted key is hybrid, ``ed25519`` when none is, else ``mixed``;
+        None without a trusted key."""
         kinds = {k.hybrid for k in self.keys}
+        if not kinds:
+            return None
         return "mixed" if len(kinds) > 1 else "ed25519+mldsa65" if kinds == {True} else "ed25519"
 
     def to_json(self) -> dict:
