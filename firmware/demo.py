@@ -1,6 +1,8 @@
 """`bodycam demo`: the whole journey on simulated hardware, from a press to a court export.
 
-1. make throw-away SIMULATION-ONLY keys (agency, vendor, dock) and provision a sim device;
+1. make throw-away SIMULATION-ONLY keys (agency, vendor, dock) and provision a sim device,
+   all hybrid post-quantum as a real agency's should be (ML-KEM-768 + X25519 agency key,
+   Ed25519 + ML-DSA-65 device, dock and vendor keys, a CA with both hierarchies);
 2. boot it (sim camera with a fast clock, MockFactory pins, sim battery, a linked pty pair
    as the USB cable) and let it buffer ≥ 35 s of sensor time;
 3. double-press record on the MockFactory pin, record 20 s with a marker (function
@@ -8,7 +10,8 @@
 4. dock (dock-detect pin): the dock pulls over the pty link, verifies, puts each segment into
    a WORM bucket (a SeaweedFS S3 server with Object Lock on 127.0.0.1, in OUT/evidence-store)
    and confirms it only once the bucket holds it under retention;
-5. verify and export the dock's copy with the sim agency key: MP4s with JSON and HTML reports.
+5. verify and export the dock's copy with the sim agency key: MP4s with JSON and HTML reports;
+   the verification says which suite wrapped each segment and which signatures it carries.
 
 The camera's clock is "stepped": it encodes as fast as the CPU allows, but only as far as
 the demo lets it (``hw_sim.sensor_gate``). The demo lets exactly 35 s of video through,
@@ -68,6 +71,7 @@ class DemoSummary:
     problems: list[str] = field(default_factory=list)
     mp4s: list[Path] = field(default_factory=list)
     reports: list[Path] = field(default_factory=list)
+    protection: str = ""   # key wrap and signatures, as the verification reports them
     wall_s: float = 0.0
 
 
@@ -88,26 +92,27 @@ def _sim_keys(out: Path) -> dict[str, Path]:
     key_dir.mkdir()
     (key_dir / MARKER_FILE).write_text(MARKER_TEXT)
     made = {}
-    for kind in ("agency", "vendor", "dock"):
-        private, public = keys.write_keypair(kind, key_dir / f"sim-{kind}")
+    for kind in ("agency", "vendor", "dock"):  # hybrid post-quantum, as `bodycam keys new agency` makes them
+        private, public = keys.write_keypair(kind, key_dir / f"sim-{kind}", pq=True)
         made[kind], made[kind + "_pub"] = private, public
     made.update(_sim_ca(key_dir, made["dock_pub"]))
     return made
 
 
 def _sim_ca(key_dir: Path, dock_pub: Path) -> dict[str, Path]:
-    """A simulated agency CA: its root (what a court is given) and the dock's certificate chain."""
+    """A simulated agency CA with both hierarchies: its two roots (what a court is given), the dock's chains."""
     from secure_store import pki
 
     ca = pki.CertificateAuthority(key_dir / "sim-ca")
-    ca.init("Simulated Agency")
-    chain = ca.issue("dock", "Sim Dock 1", keys.load_public_key(dock_pub, "dock"))
+    ca.init("Simulated Agency", pq=True)
+    chain = ca.issue("dock", "Sim Dock 1", keys.load_verify_key(dock_pub, "dock"))
     (key_dir / "sim-dock-chain.pem").write_bytes(pki.chain_pem(chain))
     export_key, export_pub = keys.write_keypair("export", key_dir / "sim-export")  # signs the MP4s' C2PA
     chain = ca.issue("export", "Sim Court Exports", keys.load_public_key(export_pub, "export"))
     (key_dir / "sim-export-chain.pem").write_bytes(pki.chain_pem(chain))
-    return {"ca": ca.dir, "agency_root": ca.dir / "root.pem", "dock_chain": key_dir / "sim-dock-chain.pem",
-            "export_key": export_key, "export_chain": key_dir / "sim-export-chain.pem"}
+    return {"ca": ca.dir, "agency_root": ca.dir / pki.TRUST_ROOTS, "c2pa_root": ca.dir / "root.pem",
+            "dock_chain": key_dir / "sim-dock-chain.pem", "export_key": export_key,
+            "export_chain": key_dir / "sim-export-chain.pem"}
 
 
 def demo_config(resolution: str, fps: int, pre_event_s: float, bitrate: int) -> Config:
@@ -199,7 +204,7 @@ def run_demo(
             finger.set_active(pins.dock_detect, True)
             device.wait_for(lambda: device.machine.state is State.DOCKED, 10, "docking")
             say(f"docked: pulling over the simulated USB serial link {cable.b_path}")
-            dock_key = keys.load_private_key(made["dock"], "dock")
+            dock_key = keys.load_signing_key(made["dock"], "dock")  # receipts: both halves; the link: Ed25519
             with embedded_store(out / "evidence-store") as store:   # SeaweedFS S3, Object Lock, 127.0.0.1 only
                 ingestor = Ingestor(store, out / "dock")
                 pulled = pull(cable.b_path, out / "dock", dock_key, store_holds=ingestor.segment_held,
@@ -218,13 +223,16 @@ def run_demo(
             device.stop("demo finished")
 
     agency_key = keys.load_private_key(made["agency"], "agency")
-    device_key = keys.load_public_key(root / "keys" / "device.pub", "device")
-    signer = ExportSigner.from_files(made["export_chain"], made["export_key"])
+    device_key = keys.load_verify_key(root / "keys" / "device.pub", "device")
+    signer = ExportSigner.from_files(made["export_chain"], made["export_key"])  # C2PA: Ed25519, its own root
     result = export_evidence(out / "dock" / DEVICE_ID, agency_key, out / "export", device_key,
-                             signer=signer, trust_root=made["agency_root"].read_bytes())
-    anchored = verify_path(out / "dock" / DEVICE_ID, trust_root=pki.read_certs(made["agency_root"])[0])
+                             signer=signer, trust_root=made["c2pa_root"].read_bytes())
+    anchored = verify_path(out / "dock" / DEVICE_ID, trust_root=pki.read_roots(made["agency_root"]))
     say(f"verified against the agency root: {'OK' if anchored.ok else 'FAILED'}, "
-        f"{len(anchored.segments)} segment(s), receipts and audit log checked")
+        f"{len(anchored.segments)} segment(s), receipts and audit log checked (both roots: Ed25519, ML-DSA-65)")
+    summary.protection, hybrid_problems = _protection(anchored.to_json())
+    say(f"post-quantum protection: {summary.protection}")
+    summary.problems += hybrid_problems
     summary.verified = result.verification.ok and anchored.ok and anchored.anchored
     summary.problems += [str(p) for p in anchored.problems]
     summary.problems += [str(p) for p in result.verification.problems]
@@ -237,6 +245,18 @@ def run_demo(
             summary.pre_event_s = round(start_s - first_ts / 1e6, 2)
     summary.wall_s = round(time.monotonic() - started, 1)
     return summary
+
+
+def _protection(report: dict) -> tuple[str, list[str]]:
+    """What protects the demo's footage, from the verify report; a problem if any of it is classic."""
+    wraps = sorted({str(s.get("key_wrap") or f"suite {s.get('suite')}") for s in report["segments"]})
+    signatures = sorted({str(t.get("signatures")) for t in report["trust"].values()})
+    problems = []
+    if signatures != ["ed25519+mldsa65"]:
+        problems.append(f"expected hybrid signatures (ed25519+mldsa65), the device's are {', '.join(signatures)}")
+    if any(s.get("suite", 2) != 2 for s in report["segments"]):
+        problems.append(f"expected every segment wrapped with suite 2 (ML-KEM-768 + X25519), found {', '.join(wraps)}")
+    return f"segment keys wrapped with {', '.join(wraps)}; signatures {', '.join(signatures)}", problems
 
 
 def _first_timestamp_us(report: Path, recording_id: str) -> int | None:

@@ -26,7 +26,7 @@ from firmware.machine import DeviceMachine, State
 from firmware.offload import OffloadServer, OffsetClock, load_enrolled_docks
 from firmware import rootlock
 from secure_store.admission import DeviceTrustAnchor
-from firmware.provision import ProvisionError, load_identity
+from firmware.provision import ProvisionError, load_identity, signer
 from firmware.signals import Signals
 from recorder.audio import MuteGate
 from secure_store import keys
@@ -121,14 +121,14 @@ class Device:
         try:
             identity = load_identity(self.root)
             self.device_id: str = identity["device_id"]
-            self.device_key = keys.load_private_key(self.root.device_key, "device")
+            self.device_key = keys.load_signing_key(self.root.device_key, "device")  # hybrid: Ed25519 + ML-DSA-65
             agency_public_key = keys.load_public_key(self.root.agency_pub, "agency")
         except (ProvisionError, keys.KeyFileError) as exc:
             raise DeviceError(f"device {self.root.root} cannot start: {exc}") from None
         # The sealing reserve: room set aside so that a full disk never leaves a segment
         # unsealed nor an audit entry unwritten (secure_store.reserve).
         sealing_reserve = SealingReserve(self.root.state / RESERVE_FILE)
-        self.audit = ReservedAudit(AuditLog(self.root.audit, self.device_key, self.device_id), sealing_reserve)
+        self.audit = ReservedAudit(AuditLog(self.root.audit, signer(self.device_key), self.device_id), sealing_reserve)
         self.clock = ReservedClock(self.root.state / "clock.json", reserve=sealing_reserve)
         self.clock_tracker = ClockTracker(self.clock, self.audit, ClockConfig(
             dock_error_ms=config.clock.dock_error_ms, gps_latency_ms=config.clock.gps_latency_ms,
@@ -137,7 +137,7 @@ class Device:
                                     window_s=config.video.pre_event_s + 10)
         storage, video = config.storage, config.video
         self.store = EvidenceStore(
-            self.root, device_id=self.device_id, signing_key=self.device_key,
+            self.root, device_id=self.device_id, signing_key=signer(self.device_key),
             agency_public_key=agency_public_key, audit=self.audit, clock=self.clock,
             quota_bytes=storage.quota_mb * MIB if storage.quota_mb else None,
             reserve_bytes=storage.reserve_mb * MIB, chunk_bytes=chunk_bytes_for(video.bitrate),
@@ -175,7 +175,7 @@ class Device:
                         "check --port or paths.serial_port", port)
         if port:
             self.offload = OffloadServer(
-                port, self.store, self.audit, self.device_key, self.device_id,
+                port, self.store, self.audit, self.device_key.ed25519, self.device_id,  # the link: Ed25519
                 enrolled_docks=lambda: load_enrolled_docks(self.root.docks),
                 status_provider=self._dock_status, clock=self.clock,
                 on_clock_set=self._on_clock_set,

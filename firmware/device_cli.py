@@ -127,6 +127,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"  recorded         {summary.recorded_s:.1f} s after the press, markers: {', '.join(summary.markers) or '-'}")
     print(f"  dock pull        {summary.pulled} files, {summary.confirmed} segments confirmed and released")
     print(f"  verification     {'OK' if ok else 'FAILED'}")
+    print(f"  protection       {summary.protection}")
     for problem in summary.problems:
         print(f"    problem: {problem}")
     for mp4, report in zip(summary.mp4s, summary.reports):

@@ -6,6 +6,11 @@ public key the evidence system needs. Re-provisioning needs ``force``: it is ann
 audit log with the *old* key (naming the new key, so the chain of custody is unbroken), the
 old public keys go to ``keys/retired/`` so evidence and audit entries signed before stay
 verifiable, and ``evidence/`` and ``audit/`` are never touched.
+
+A device whose agency key is hybrid (ML-KEM-768 + X25519) gets a hybrid signing key
+(Ed25519 + ML-DSA-65, one two-block file): footage protected against a future quantum
+computer should also be signed so that it cannot be forged by one. With ``ca`` the CA
+certifies both halves (an ML-DSA-65 companion certificate beside the Ed25519 one).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from secure_store import keys
+from secure_store import hybrid, keys
 from secure_store.audit import AuditLog, Event, read_entries
 from secure_store.errors import AuditError
 from secure_store.durable import fsync_dir, write_atomic
@@ -81,8 +86,14 @@ def open_audit(root: str | Path | DeviceRoot) -> AuditLog:
     """The device's audit log, signing with its key (for tools that run beside the daemon)."""
     root = _root(root)
     identity = load_identity(root)
-    key = keys.load_private_key(root.device_key, "device")
-    return AuditLog(root.audit, key, identity["device_id"])
+    key = keys.load_signing_key(root.device_key, "device")
+    return AuditLog(root.audit, signer(key), identity["device_id"])
+
+
+def signer(key: hybrid.SigningKey) -> "hybrid.SigningKey | keys.PrivateKey":
+    """What the store and the audit log sign with: both halves of a hybrid key; a classic key
+    as the plain Ed25519 key it always was (classic evidence stays byte for byte as before)."""
+    return key if key.hybrid else key.ed25519
 
 
 def _short(fp: str) -> str:
@@ -90,13 +101,13 @@ def _short(fp: str) -> str:
 
 
 _WANTED = {"agency": "the agency's X25519 public key", "vendor": "the vendor's Ed25519 firmware public key",
-           "dock": "a dock's Ed25519 public key"}
+           "dock": "a dock's Ed25519 public key"}  # or the hybrid form of each
 
 
-def _load_public(path: Path, kind: str, option: str = "") -> keys.PublicKey:
-    """A public key of ``kind``; the one-line error says which option wanted what."""
+def _load_public(path: Path, kind: str, option: str = "") -> "keys.PublicKey | hybrid.VerifyKey":
+    """A public key of ``kind`` (vendor and dock: a ``hybrid.VerifyKey``); the error says which option wanted what."""
     try:
-        return keys.load_public_key(path, kind)
+        return keys.load_public_key(path, kind) if kind == "agency" else keys.load_verify_key(path, kind)
     except keys.KeyFileError as exc:
         raise ProvisionError(f"{option or f'--{kind}-pub'} wants {_WANTED[kind]}: {exc}") from None
 
@@ -113,14 +124,17 @@ def _load_trusted(agency_pub: Path, vendor_pub: Path, dock_pubs: Iterable[Path])
     return agency, vendor, docks
 
 
-def _install_dock(root: DeviceRoot, dock: keys.PublicKey) -> tuple[str, bool]:
-    """Write keys/docks/<fp16>.pub; (fingerprint, newly enrolled?)."""
+def _install_dock(root: DeviceRoot, dock: hybrid.VerifyKey) -> tuple[str, bool]:
+    """Write keys/docks/<fp16>.pub; (fingerprint, newly enrolled?).
+
+    Only the Ed25519 half: an enrolled dock is met at the link, which Ed25519 authenticates.
+    """
     fp = keys.fingerprint(dock)
     root.docks.mkdir(mode=0o755, parents=True, exist_ok=True)
     path = root.docks / f"{_short(fp)}.pub"
     if path.exists():
         return fp, False
-    write_atomic(path, keys.public_pem(dock), 0o644)
+    write_atomic(path, keys.public_pem(hybrid.as_verify_key(dock).ed25519), 0o644)
     return fp, True
 
 
@@ -130,7 +144,7 @@ def _retire(root: DeviceRoot, name: str, kind: str) -> str | None:
     if not path.exists():
         return None
     try:
-        key = keys.load_public_key(path, kind)
+        key = keys.load_public_key(path, kind) if kind == "agency" else keys.load_verify_key(path, kind)
     except keys.KeyFileError as exc:
         log.warning("cannot retire %s: %s", path, exc)
         return None
@@ -165,7 +179,7 @@ def _pending_path(root: DeviceRoot) -> Path:
     return root.keys / "device.key.next"
 
 
-def _pending_key(root: DeviceRoot) -> keys.PrivateKey:
+def _pending_key(root: DeviceRoot, pq: bool) -> hybrid.SigningKey:
     """The next device key, kept (0600) from before the hand-over until it takes over.
 
     A re-provisioning that died half-way resumes with the same key, so the hand-over
@@ -174,10 +188,10 @@ def _pending_key(root: DeviceRoot) -> keys.PrivateKey:
     path = _pending_path(root)
     if path.exists():
         try:
-            return keys.load_private_key(path, "device")
+            return keys.load_signing_key(path, "device")
         except keys.KeyFileError as exc:
             log.warning("discarding an unreadable pending device key: %s", exc)
-    key = keys.generate("device")
+    key = hybrid.SigningKey.generate(pq)
     write_atomic(path, keys.private_pem(key), 0o600)
     return key
 
@@ -205,18 +219,21 @@ def provision(
     reference_utc: float | None = None,
     clock: Callable[[], float] = time.time,
     ca: str | Path | None = None,
+    pq: bool | None = None,
 ) -> Identity:
     """Provision (or with ``force`` re-provision) the device under ``root``; see module doc.
 
     ``ca``: the agency CA directory (``bodycam ca init``) whose provisioning certificate
-    certifies the new key; the chain goes to ``certs/``, the agency root to ``keys/``.
+    certifies the new key; the chain goes to ``certs/``, the agency root(s) to ``keys/``.
+    ``pq``: a hybrid (True) or classic (False) device key; None: hybrid when the agency key is.
     Refused (ProvisionError) while the device daemon holds the root.
     """
     root = _root(root)
+    args = (root, device_id, agency_pub, vendor_pub, dock_pubs, force, reference_utc, clock, ca, pq)
     if not root.root.is_dir():  # no daemon can hold a root that does not exist yet
-        return _provision(root, device_id, agency_pub, vendor_pub, dock_pubs, force, reference_utc, clock, ca)
+        return _provision(*args)
     with _locked(root):
-        return _provision(root, device_id, agency_pub, vendor_pub, dock_pubs, force, reference_utc, clock, ca)
+        return _provision(*args)
 
 
 def _locked(root: DeviceRoot) -> rootlock.RootLock:
@@ -227,7 +244,8 @@ def _locked(root: DeviceRoot) -> rootlock.RootLock:
 
 
 def _provision(root: DeviceRoot, device_id: str, agency_pub, vendor_pub, dock_pubs, force: bool,
-               reference_utc: float | None, clock: Callable[[], float], ca: str | Path | None) -> Identity:
+               reference_utc: float | None, clock: Callable[[], float], ca: str | Path | None,
+               pq: bool | None) -> Identity:
     if not isinstance(device_id, str) or not _DEVICE_ID_RE.fullmatch(device_id):
         raise ProvisionError(f"device ID {device_id!r} must be 1-64 of A-Z a-z 0-9 . _ - (not starting with . _ -)")
     agency, vendor, docks = _load_trusted(Path(agency_pub), Path(vendor_pub), [Path(p) for p in dock_pubs])
@@ -241,7 +259,8 @@ def _provision(root: DeviceRoot, device_id: str, agency_pub, vendor_pub, dock_pu
         d.mkdir(mode=0o755, exist_ok=True)
     (root.state / rootlock.LOCK_NAME).touch()  # the file the daemon and later provisioning lock
 
-    new_key = _pending_key(root) if previously else keys.generate("device")
+    pq = isinstance(agency, hybrid.HybridAgencyPublicKey) if pq is None else pq
+    new_key = _pending_key(root, pq) if previously else hybrid.SigningKey.generate(pq)
     new_fp = keys.fingerprint(new_key.public_key())
     chain = _certify(ca, device_id, new_key.public_key()) if ca is not None else None
     details = {"device_id": device_id, "device_key": new_fp, "agency_key": keys.fingerprint(agency),
@@ -276,10 +295,10 @@ def _provision(root: DeviceRoot, device_id: str, agency_pub, vendor_pub, dock_pu
     write_atomic(root.identity, json.dumps(document, indent=1, sort_keys=True).encode() + b"\n", 0o644)
     if chain:
         store_chain(root.root, "device", new_key.public_key(), pki.chain_pem(chain))
-        write_atomic(root.keys / AGENCY_ROOT, pki.pem(chain[-1]), 0o644)
+        write_atomic(root.keys / AGENCY_ROOT, pki.CertificateAuthority(ca).roots.pem(), 0o644)
     fsync_dir(root.root)
 
-    audit = AuditLog(root.audit, new_key, device_id)
+    audit = AuditLog(root.audit, signer(new_key), device_id)
     audit.append(Event.PROVISION, action="reprovision" if previously else "provision",
                  retired={k: v for k, v in retired.items() if v}, **details)
     set_clock(root, audit, "provision", reference_utc, clock)
@@ -287,12 +306,13 @@ def _provision(root: DeviceRoot, device_id: str, agency_pub, vendor_pub, dock_pu
     return identity
 
 
-def _certify(ca: str | Path, device_id: str, key: keys.PublicKey) -> list:
-    """The device certificate chain from the agency CA, checked against its own root."""
+def _certify(ca: str | Path, device_id: str, key: hybrid.VerifyKey) -> list:
+    """The device certificate chain(s) from the agency CA, checked against its own root(s)."""
     try:
         authority = pki.CertificateAuthority(ca)
         chain = authority.issue("device", device_id, key)
-        pki.check_chain(chain, chain[-1], "device")
+        if pki.check_chain(chain, authority.roots, "device").hybrid != key.hybrid:
+            raise pki.PkiError("the certificates do not carry both halves of the hybrid key")
     except (pki.PkiError, OSError) as exc:
         raise ProvisionError(f"--ca {ca}: cannot certify the device key: {exc}") from None
     return chain
@@ -304,7 +324,7 @@ def _retired_list(root: DeviceRoot, just_retired: str | None) -> list[str]:
     found = []
     for path in sorted(retired.glob("device-*.pub")) if retired.is_dir() else []:
         try:
-            found.append(keys.fingerprint(keys.load_public_key(path, "device")))
+            found.append(keys.fingerprint(keys.load_verify_key(path, "device")))
         except keys.KeyFileError:
             continue
     if just_retired and just_retired not in found:
@@ -322,7 +342,7 @@ def enroll_dock(root: str | Path | DeviceRoot, dock_pub: str | Path) -> tuple[st
 
 def _enroll(root: DeviceRoot, dock: keys.PublicKey, dock_pub: str | Path) -> tuple[str, bool]:
     audit = open_audit(root)
-    if root.vendor_pub.exists() and keys.fingerprint(keys.load_public_key(root.vendor_pub, "vendor")) == keys.fingerprint(dock):
+    if root.vendor_pub.exists() and keys.fingerprint(keys.load_verify_key(root.vendor_pub, "vendor")) == keys.fingerprint(dock):
         raise ProvisionError(f"dock key {dock_pub} is the vendor key; one key must not serve both roles")
     fp, new = _install_dock(root, dock)
     if new:

@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="device public key; repeat for keys retired by re-provisioning "
                              "(default: identity.json or device.pub beside the evidence)")
     verify.add_argument("--trust", type=Path, metavar="ROOT_PEM",
-                        help="the agency root certificate: trust only device and dock keys certified by it")
+                        help="the agency root certificate (a hybrid agency's trust-roots.pem: both roots): "
+                             "trust only device and dock keys certified by it")
     verify.add_argument("--crl", type=Path, action="append", default=[], metavar="FILE",
                         help="a certificate revocation list (PEM) of the agency; repeat for several")
     verify.add_argument("--anchor", action="append", default=[], metavar="SEQ:DIGEST",
@@ -106,7 +107,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for warning in report.warnings:
             print(f"WARN {warning}")
         for directory, trust in report.trust.items():
-            print(f"TRUST {directory}: {trust['source']}")
+            signatures = f"; signatures {trust['signatures']}" if trust.get("signatures") else ""
+            print(f"TRUST {directory}: {trust['source']}{signatures}")
         recordings = {s.manifest.recording_id for s in report.segments}
         _print_protection(report.segments)
         status = "OK" if report.ok else "FAILED"
@@ -140,8 +142,7 @@ def _trust_args(args: argparse.Namespace) -> tuple:
     root = None
     if args.trust is not None:
         try:
-            root = pki.read_certs(args.trust)[0]
-            pki.check_root(root, str(args.trust))
+            root = pki.read_roots(args.trust)  # the Ed25519 root, and the ML-DSA-65 one of a hybrid agency
         except pki.PkiError as exc:
             raise UsageError(f"--trust wants the agency root certificate: {exc}") from None
     try:

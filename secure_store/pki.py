@@ -6,11 +6,17 @@ agency's export key directly. Each leaf names its role in the subject's OU and i
 the CN (the device ID for a device). Revocation is a CRL signed by the issuer. docs/FORMAT.md
 ("Agency PKI") is the normative profile; :func:`check_chain` applies it.
 
+A post-quantum agency (``ca init --pq``) has a second, ML-DSA-65 hierarchy with the same
+names; a hybrid key (Ed25519 + ML-DSA-65) gets its Ed25519 certificate as before plus an
+ML-DSA-65 *companion* certificate bound to it (``secure_store.companion``).
+
 A CA directory (``bodycam ca init DIR``) holds::
 
     root.key  root.pem  root.crl.pem                  the agency root (move root.key offline)
     provisioning.key  provisioning.pem  provisioning.crl.pem
     issued/<role>-<name>-<serial hex>.pem             every certificate issued, for revocation
+    root-mldsa65.*  provisioning-mldsa65.*            with --pq: the ML-DSA-65 hierarchy
+    trust-roots.pem                                   with --pq: both roots, what courts are given
 """
 
 from __future__ import annotations
@@ -24,13 +30,16 @@ from typing import Iterable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from secure_store import keys
+from secure_store import hybrid, keys
+from secure_store.companion import ED25519, MLDSA65, RootsLike, TrustRoots, algorithm_problem, as_roots, \
+    binding_extension, bound_digest, ed25519_digest, key_algorithm
+from secure_store.certfiles import MAX_CERT_BYTES, PkiError, cert_fingerprint, chain_pem, common_name, \
+    load_certs, pem, read_certs, read_crls, role_of  # noqa: F401 - API: pki.read_certs etc.
 from secure_store.durable import write_atomic
-from secure_store.errors import StoreError
 from secure_store.sources import as_path
 
 log = logging.getLogger(__name__)
@@ -41,13 +50,10 @@ ISSUER_OF = {"device": "provisioning", "dock": "provisioning", "vendor": "root",
              "provisioning": "root"}
 LIFETIME_DAYS = {"root": 30 * 366, "provisioning": 15 * 366, "device": 10 * 366, "dock": 10 * 366,
                  "vendor": 10 * 366, "export": 25 * 366}
-MAX_CERT_BYTES = 64 * 1024
+PQ_SUFFIX = "-mldsa65"          # CA file names of the ML-DSA-65 hierarchy: root-mldsa65.pem, ...
+TRUST_ROOTS = "trust-roots.pem"  # a hybrid CA's two roots in one file, Ed25519 first
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,63}")
 _BACKDATE = dt.timedelta(days=1)  # tolerate a provisioning station whose clock runs a little fast
-
-
-class PkiError(StoreError):
-    """A certificate or CRL is malformed, does not chain to the trust root, or is revoked."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,23 @@ class CertifiedKey:
     key: ed25519.Ed25519PublicKey
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...]   # leaf first, root last
+    mldsa65: mldsa.MLDSA65PublicKey | None = None      # from a companion certificate that passed: hybrid
+    companion_chain: tuple[x509.Certificate, ...] = ()  # companion first, ML-DSA-65 root last
+    companion_unchecked: bool = False    # a companion was presented, but no ML-DSA-65 root was given
+
+    @property
+    def verify_key(self) -> hybrid.VerifyKey:
+        """What the key's signatures are checked with: both halves when the companion passed."""
+        return hybrid.VerifyKey(self.key, self.mldsa65)
+
+    @property
+    def hybrid(self) -> bool:
+        return self.mldsa65 is not None
+
+    @property
+    def certificates(self) -> tuple[x509.Certificate, ...]:
+        """Both chains, Ed25519 first: what a chain file holds (``certs/``, ``ca issue --out``)."""
+        return self.chain + self.companion_chain
 
     @property
     def fingerprint(self) -> str:
@@ -70,59 +93,25 @@ class CertifiedKey:
         return keys.fingerprint(self.key)
 
 
-def cert_fingerprint(cert: x509.Certificate) -> str:
-    return cert.fingerprint(hashes.SHA256()).hex()
-
-
-def role_of(cert: x509.Certificate) -> str | None:
-    ous = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
-    return str(ous[0].value) if len(ous) == 1 else None
-
-
-def common_name(cert: x509.Certificate) -> str | None:
-    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(cns[0].value) if len(cns) == 1 else None
-
-
 # --- reading ----------------------------------------------------------------------------------
 
-def load_certs(data: bytes, source: str) -> list[x509.Certificate]:
-    """Every certificate in a PEM file (PkiError if none, or malformed)."""
-    if len(data) > MAX_CERT_BYTES:
-        raise PkiError(f"{source}: too large for a certificate file")
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise PkiError(f"{source}: not a PEM certificate") from None
-    return certs
+def load_roots(data: bytes, source: str) -> TrustRoots:
+    """A trust root file: the Ed25519 root, optionally followed by the ML-DSA-65 root (both checked)."""
+    certs = load_certs(data, source)
+    if len(certs) > 2 or (len(certs) == 2 and key_algorithm(certs[1]) != MLDSA65):
+        raise PkiError(f"{source}: a trust root file holds the Ed25519 root, optionally followed by the "
+                       "ML-DSA-65 root, and nothing else")
+    roots = TrustRoots(*certs)
+    check_roots(roots, source)
+    return roots
 
 
-def read_certs(path: str | Path) -> list[x509.Certificate]:
+def read_roots(path: str | Path) -> TrustRoots:
     try:
         data = as_path(path).read_bytes()
     except OSError as exc:
         raise PkiError(f"{path}: cannot read ({exc.strerror})") from None
-    return load_certs(data, str(path))
-
-
-def read_crls(paths: Iterable[Path]) -> list[x509.CertificateRevocationList]:
-    crls = []
-    for path in paths:
-        try:
-            crls.append(x509.load_pem_x509_crl(Path(path).read_bytes()))
-        except OSError as exc:
-            raise PkiError(f"{path}: cannot read ({exc.strerror})") from None
-        except ValueError:
-            raise PkiError(f"{path}: not a PEM CRL") from None
-    return crls
-
-
-def pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def chain_pem(chain: Iterable[x509.Certificate]) -> bytes:
-    return b"".join(pem(c) for c in chain)
+    return load_roots(data, str(path))
 
 
 # --- checking -------------------------------------------------------------------------------
@@ -134,12 +123,11 @@ def _ext(cert: x509.Certificate, cls: type) -> x509.ExtensionType | None:
         return None
 
 
-def _check_profile(cert: x509.Certificate, role: str, what: str) -> None:
-    """The extensions FORMAT.md requires of a certificate of ``role``."""
-    if not isinstance(cert.public_key(), ed25519.Ed25519PublicKey):
-        raise PkiError(f"{what}: key is not Ed25519")
-    if cert.signature_algorithm_oid != x509.oid.SignatureAlgorithmOID.ED25519:
-        raise PkiError(f"{what}: not signed with Ed25519")
+def _check_profile(cert: x509.Certificate, role: str, what: str, algorithm: str = ED25519) -> None:
+    """The extensions FORMAT.md requires of a certificate of ``role`` in the ``algorithm`` hierarchy."""
+    problem = algorithm_problem(cert, algorithm)
+    if problem:
+        raise PkiError(f"{what}: {problem}")
     if role_of(cert) != role:
         raise PkiError(f"{what}: a {role_of(cert) or 'role-less'} certificate where a {role} one is required")
     if common_name(cert) is None or len(cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)) != 1:
@@ -180,18 +168,36 @@ def _revoked(cert: x509.Certificate, issuer: x509.Certificate,
             raise PkiError(f"{what}: certificate {cert.serial_number:x} was revoked on {when}")
 
 
-def check_root(root: x509.Certificate, what: str = "trust root") -> None:
-    _check_profile(root, "root", what)
+def check_root(root: x509.Certificate, what: str = "trust root", algorithm: str = ED25519) -> None:
+    _check_profile(root, "root", what, algorithm)
     _issued_by(root, root, what)
 
 
-def check_chain(chain: list[x509.Certificate], root: x509.Certificate, role: str,
-                crls: Iterable[x509.CertificateRevocationList] = ()) -> CertifiedKey:
+def check_roots(roots: RootsLike, what: str = "trust root") -> TrustRoots:
+    """Both roots pass the root profile, each in its own algorithm, with the same subject."""
+    try:
+        roots = as_roots(roots)
+    except ValueError as exc:
+        raise PkiError(f"{what}: {exc}") from None
+    check_root(roots.ed25519, what)
+    if roots.mldsa65 is not None:
+        check_root(roots.mldsa65, f"{what} (ML-DSA-65 root)", MLDSA65)
+        if roots.mldsa65.subject != roots.ed25519.subject:
+            raise PkiError(f"{what}: the ML-DSA-65 root names another agency than the Ed25519 root")
+    return roots
+
+
+def check_chain(chain: list[x509.Certificate], root: RootsLike, role: str,
+                crls: Iterable[x509.CertificateRevocationList] = (),
+                pool: Iterable[x509.Certificate] = ()) -> CertifiedKey:
     """Check ``chain`` (leaf first; intermediates after it, the root may be included) against ``root``.
 
     Applies FORMAT.md's profile: Ed25519 throughout; the leaf has ``role``; a device or dock
     leaf is issued by a provisioning intermediate that the root issued; a vendor or export
     leaf is issued by the root; nothing in the chain is on a CRL (given) of its issuer.
+    ``root`` may be ``TrustRoots`` with an ML-DSA-65 root: then an ML-DSA-65 companion
+    certificate in ``chain`` must pass the same profile in that hierarchy and bind the leaf's
+    key (P8), and the result is hybrid. ``pool``: more certificates to find intermediates in.
     Validity periods are not checked here: an expired certificate does not undo what its key
     signed while it was valid (the verifier reports it as a warning).
     """
@@ -199,27 +205,53 @@ def check_chain(chain: list[x509.Certificate], root: x509.Certificate, role: str
         raise PkiError(f"unknown certificate role {role!r}")
     if not chain:
         raise PkiError(f"no {role} certificate")
-    crls = list(crls)
+    roots = check_roots(root)
+    crls, pool = list(crls), [*chain[1:], *pool]
     leaf = chain[0]
     what = f"{role} certificate {common_name(leaf)!r}"
-    check_root(root)
-    _check_profile(leaf, role, what)
-    rest = [c for c in chain[1:] if c != root]
+    full = _chain_up(leaf, pool, roots.ed25519, role, crls, what, ED25519)
+    companions = [c for c in chain[1:] if key_algorithm(c) == MLDSA65 and role_of(c) == role]
+    if not companions:
+        return CertifiedKey(role, common_name(leaf) or "", leaf.public_key(), leaf, full)
+    if roots.mldsa65 is None:  # nothing to check it against: the key counts as classic (warning W6)
+        return CertifiedKey(role, common_name(leaf) or "", leaf.public_key(), leaf, full,
+                            companion_chain=tuple(c for c in chain[1:] if key_algorithm(c) == MLDSA65),
+                            companion_unchecked=True)
+    if len(companions) > 1:
+        raise PkiError(f"{what}: {len(companions)} ML-DSA-65 companion certificates in one chain file")
+    companion, cwhat = companions[0], f"{what}: its ML-DSA-65 companion certificate"
+    _check_profile(companion, role, cwhat, MLDSA65)
+    if companion.subject != leaf.subject:
+        raise PkiError(f"{cwhat} names another subject ({companion.subject.rfc4514_string()})")
+    if bound_digest(companion) != ed25519_digest(leaf.public_key()):
+        raise PkiError(f"{cwhat} is not bound to this Ed25519 key" if bound_digest(companion) is not None
+                       else f"{cwhat} has no (valid) Ed25519 binding extension")
+    cfull = _chain_up(companion, pool, roots.mldsa65, role, crls, cwhat, MLDSA65)
+    return CertifiedKey(role, common_name(leaf) or "", leaf.public_key(), leaf, full,
+                        companion.public_key(), cfull)
+
+
+def _chain_up(leaf: x509.Certificate, pool: list[x509.Certificate], root: x509.Certificate, role: str,
+              crls: list, what: str, algorithm: str) -> tuple[x509.Certificate, ...]:
+    """P3-P6 from ``leaf`` up to ``root`` within one algorithm's hierarchy; the full chain."""
+    _check_profile(leaf, role, what, algorithm)
+    rest = [c for c in pool if c != root]
     if ISSUER_OF[role] == "provisioning":
-        inter = next((c for c in rest if c.subject == leaf.issuer), None)
+        inter = next((c for c in rest if c.subject == leaf.issuer and key_algorithm(c) == algorithm), None)
+        iwhat = f"{'ML-DSA-65 ' if algorithm == MLDSA65 else ''}provisioning certificate"
         if inter is None:
-            raise PkiError(f"{what}: its provisioning certificate is missing from the chain")
-        _check_profile(inter, "provisioning", f"provisioning certificate {common_name(inter)!r}")
+            raise PkiError(f"{what}: its {iwhat} is missing from the chain")
+        iwhat = f"{what}: its {iwhat} {common_name(inter)!r}" if algorithm == MLDSA65 else \
+            f"{iwhat} {common_name(inter)!r}"
+        _check_profile(inter, "provisioning", iwhat, algorithm)
         _issued_by(leaf, inter, what)
-        _issued_by(inter, root, f"provisioning certificate {common_name(inter)!r}")
-        _revoked(inter, root, crls, f"provisioning certificate {common_name(inter)!r}")
+        _issued_by(inter, root, iwhat)
+        _revoked(inter, root, crls, iwhat)
         _revoked(leaf, inter, crls, what)
-        full = (leaf, inter, root)
-    else:
-        _issued_by(leaf, root, what)
-        _revoked(leaf, root, crls, what)
-        full = (leaf, root)
-    return CertifiedKey(role, common_name(leaf) or "", leaf.public_key(), leaf, full)
+        return (leaf, inter, root)
+    _issued_by(leaf, root, what)
+    _revoked(leaf, root, crls, what)
+    return (leaf, root)
 
 
 # --- issuing --------------------------------------------------------------------------------
@@ -230,10 +262,14 @@ def _name(role: str, cn: str, org: str) -> x509.Name:
                       x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_certificate(role: str, cn: str, public_key: ed25519.Ed25519PublicKey,
-                     issuer_key: ed25519.Ed25519PrivateKey, issuer: x509.Certificate | None,
-                     org: str, now: dt.datetime | None = None) -> x509.Certificate:
-    """One certificate of ``role`` for ``public_key``, signed by the issuer (self-signed for root)."""
+def make_certificate(role: str, cn: str, public_key: ed25519.Ed25519PublicKey | mldsa.MLDSA65PublicKey,
+                     issuer_key: ed25519.Ed25519PrivateKey | mldsa.MLDSA65PrivateKey,
+                     issuer: x509.Certificate | None, org: str, now: dt.datetime | None = None,
+                     binds: ed25519.Ed25519PublicKey | None = None) -> x509.Certificate:
+    """One certificate of ``role`` for ``public_key``, signed by the issuer (self-signed for root).
+
+    ``binds``: the Ed25519 key an ML-DSA-65 companion certificate accompanies (P8).
+    """
     if not _NAME_RE.fullmatch(cn):
         raise PkiError(f"name {cn!r} must be 1-64 of A-Z a-z 0-9 . _ - and space")
     now = now or dt.datetime.now(dt.timezone.utc)
@@ -259,11 +295,14 @@ def make_certificate(role: str, cn: str, public_key: ed25519.Ed25519PublicKey,
     if role == "export":  # what C2PA validators want of a signing certificate
         builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]),
                                         critical=False)
+    if binds is not None:
+        builder = builder.add_extension(binding_extension(binds), critical=False)
     return builder.sign(issuer_key, None)
 
 
-def make_crl(issuer_key: ed25519.Ed25519PrivateKey, issuer: x509.Certificate,
-             revoked: Iterable[tuple[int, dt.datetime]], now: dt.datetime | None = None) -> x509.CertificateRevocationList:
+def make_crl(issuer_key: ed25519.Ed25519PrivateKey | mldsa.MLDSA65PrivateKey, issuer: x509.Certificate,
+             revoked: Iterable[tuple[int, dt.datetime]],
+             now: dt.datetime | None = None) -> x509.CertificateRevocationList:
     now = now or dt.datetime.now(dt.timezone.utc)
     builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer.subject)
                .last_update(now).next_update(now + dt.timedelta(days=LIFETIME_DAYS["provisioning"]))
@@ -283,54 +322,104 @@ class CertificateAuthority:
     def path(self, name: str) -> Path:
         return self.dir / name
 
-    def init(self, org: str) -> tuple[x509.Certificate, x509.Certificate]:
-        """Make the root and the provisioning intermediate, and their (empty) CRLs."""
+    @property
+    def pq(self) -> bool:
+        """True when the CA has the ML-DSA-65 hierarchy that certifies hybrid keys."""
+        return self.path(f"root{PQ_SUFFIX}.pem").exists()
+
+    def init(self, org: str, pq: bool = False) -> tuple[x509.Certificate, x509.Certificate]:
+        """Make the root and the provisioning intermediate, and their (empty) CRLs.
+
+        ``pq``: also the ML-DSA-65 hierarchy and ``trust-roots.pem``; on an existing classic CA
+        it adds just that (an agency moving to hybrid keys keeps its Ed25519 root).
+        """
         if self.path("root.pem").exists() or self.path("root.key").exists():
-            raise PkiError(f"{self.dir} already holds a CA; refusing to overwrite it")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "issued").mkdir(exist_ok=True)
-        root_key, inter_key = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+            if not pq or self.pq or self.path(f"root{PQ_SUFFIX}.key").exists():
+                raise PkiError(f"{self.dir} already holds a CA; refusing to overwrite it")
+            root, inter = self.root, read_certs(self.path("provisioning.pem"))[0]
+            org = str(root.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value)
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "issued").mkdir(exist_ok=True)
+            root, inter = self._hierarchy(org, "", ed25519.Ed25519PrivateKey.generate)
+        if pq:
+            pq_root, _ = self._hierarchy(org, PQ_SUFFIX, mldsa.MLDSA65PrivateKey.generate)
+            write_atomic(self.path(TRUST_ROOTS), TrustRoots(root, pq_root).pem(), 0o644, overwrite=False)
+        log.info("CA made in %s: root %s%s", self.dir, cert_fingerprint(root)[:16], " (+ ML-DSA-65)" if pq else "")
+        return root, inter
+
+    def _hierarchy(self, org: str, suffix: str, generate) -> tuple[x509.Certificate, x509.Certificate]:
+        root_key, inter_key = generate(), generate()
         root = make_certificate("root", f"{org} Root", root_key.public_key(), root_key, None, org)
         inter = make_certificate("provisioning", f"{org} Provisioning", inter_key.public_key(), root_key, root, org)
-        for name, key, cert in (("root", root_key, root), ("provisioning", inter_key, inter)):
+        for name, key, cert in ((f"root{suffix}", root_key, root), (f"provisioning{suffix}", inter_key, inter)):
             write_atomic(self.path(f"{name}.key"), keys.private_pem(key), 0o600, overwrite=False)
             write_atomic(self.path(f"{name}.pem"), pem(cert), 0o644, overwrite=False)
             write_atomic(self.path(f"{name}.crl.pem"),
                          make_crl(key, cert, []).public_bytes(serialization.Encoding.PEM), 0o644)
-        log.info("CA made in %s: root %s", self.dir, cert_fingerprint(root)[:16])
         return root, inter
 
-    def _issuer(self, name: str) -> tuple[ed25519.Ed25519PrivateKey, x509.Certificate]:
+    def _issuer(self, name: str) -> tuple[ed25519.Ed25519PrivateKey | mldsa.MLDSA65PrivateKey, x509.Certificate]:
         cert = read_certs(self.path(f"{name}.pem"))[0]
+        want = mldsa.MLDSA65PrivateKey if name.endswith(PQ_SUFFIX) else ed25519.Ed25519PrivateKey
         try:
-            key = keys.load_private_key(self.path(f"{name}.key"), "device")  # any Ed25519 private key
-        except keys.KeyFileError as exc:
-            raise PkiError(f"the {name} CA key is needed: {exc}") from None
+            key = serialization.load_pem_private_key(self.path(f"{name}.key").read_bytes(), password=None)
+        except OSError as exc:
+            raise PkiError(f"the {name} CA key is needed: {self.path(name + '.key')}: {exc.strerror}") from None
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise PkiError(f"the {name} CA key is needed: {self.path(name + '.key')} is not a PEM private key") \
+                from None
+        if not isinstance(key, want):
+            raise PkiError(f"the {name} CA key {self.path(name + '.key')} holds a {type(key).__name__}")
         return key, cert
 
     @property
     def root(self) -> x509.Certificate:
         return read_certs(self.path("root.pem"))[0]
 
-    def issue(self, role: str, name: str, public_key: ed25519.Ed25519PublicKey) -> list[x509.Certificate]:
-        """Certify ``public_key`` for ``role``; returns the chain (leaf, [intermediate], root)."""
+    @property
+    def roots(self) -> TrustRoots:
+        """What verifiers and docks are given: the Ed25519 root, and the ML-DSA-65 one if any."""
+        return TrustRoots(self.root, read_certs(self.path(f"root{PQ_SUFFIX}.pem"))[0] if self.pq else None)
+
+    def issue(self, role: str, name: str,
+              public_key: ed25519.Ed25519PublicKey | hybrid.VerifyKey) -> list[x509.Certificate]:
+        """Certify ``public_key`` for ``role``; returns the chain (leaf, [intermediate], root).
+
+        A hybrid key gets both certificates: the Ed25519 chain, then the companion's chain.
+        """
         if role not in ROLES:
             raise PkiError(f"unknown certificate role {role!r} (expected one of {', '.join(ROLES)})")
-        if not isinstance(public_key, ed25519.Ed25519PublicKey):
+        key = hybrid.as_verify_key(public_key) if isinstance(public_key, (hybrid.VerifyKey,
+                                                                          ed25519.Ed25519PublicKey)) else None
+        if key is None:
             raise PkiError(f"a {role} certificate needs an Ed25519 public key")
+        if key.hybrid and role == "export":
+            raise PkiError("an export key signs C2PA manifests with Ed25519 alone; give its Ed25519 key")
+        if key.hybrid and not self.pq:
+            raise PkiError(f"{self.dir} has no ML-DSA-65 hierarchy to certify a hybrid key "
+                           f"(add one with `bodycam ca init {self.dir} --pq --org ...`)")
+        chain = self._issue(role, name, key.ed25519, "")
+        if key.hybrid:
+            chain += self._issue(role, name, key.mldsa65, PQ_SUFFIX, binds=key.ed25519)
+        return chain
+
+    def _issue(self, role: str, name: str, public_key, suffix: str,
+               binds: ed25519.Ed25519PublicKey | None = None) -> list[x509.Certificate]:
         issuer_name = ISSUER_OF[role]
-        issuer_key, issuer = self._issuer(issuer_name)
+        issuer_key, issuer = self._issuer(issuer_name + suffix)
+        root = issuer if issuer_name == "root" else self._issuer("root" + suffix)[1]
         org = str(issuer.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value)
-        cert = make_certificate(role, name, public_key, issuer_key, issuer, org)
+        cert = make_certificate(role, name, public_key, issuer_key, issuer, org, binds=binds)
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
-        write_atomic(self.dir / "issued" / f"{role}-{safe}-{cert.serial_number:x}.pem", pem(cert), 0o644,
+        write_atomic(self.dir / "issued" / f"{role}-{safe}{suffix}-{cert.serial_number:x}.pem", pem(cert), 0o644,
                      overwrite=False)
-        chain = [cert, issuer] if issuer_name == "provisioning" else [cert]
-        return chain + [self.root]
+        return [cert, issuer, root] if issuer_name == "provisioning" else [cert, root]
 
     def revoke(self, cert: x509.Certificate) -> Path:
         """Add ``cert`` to its issuer's CRL (re-signed); returns the CRL's path."""
-        for name in CA_ROLES:
+        names = [*CA_ROLES, *(f"{n}{PQ_SUFFIX}" for n in CA_ROLES if self.pq)]
+        for name in names:
             key, issuer = self._issuer(name)
             if cert.issuer == issuer.subject and _signed_by(cert, issuer):
                 crl_path = self.path(f"{name}.crl.pem")
@@ -347,5 +436,5 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
         return True
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False

@@ -4,6 +4,10 @@ A verifier trusts a device key given on the command line, or else one found
 beside the evidence: ``identity.json`` as provisioning writes it (``device_id``,
 ``public_key_pem``, ``fingerprint``) or ``device.pub`` / ``keys/device.pub`` in the evidence directory
 or one of its parents (a device root copied whole, or a dock's export).
+
+Every key comes out as a ``hybrid.VerifyKey``: Ed25519, plus ML-DSA-65 when the key is
+hybrid (a two-block key, or a certificate with a companion that passed), so the rules that
+check signatures know which signatures each key must have made.
 """
 
 from __future__ import annotations
@@ -12,11 +16,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from secure_store import keys
+from secure_store import hybrid, keys
 from secure_store.errors import FormatError
 from secure_store.sources import as_path
 
@@ -28,13 +30,13 @@ MAX_IDENTITY_BYTES = 64 * 1024
 class DeviceKey:
     """A device's current key, its ID if known, and the keys it had before re-provisioning."""
 
-    key: ed25519.Ed25519PublicKey
+    key: hybrid.VerifyKey
     device_id: str | None
     source: Path
-    retired: tuple[ed25519.Ed25519PublicKey, ...] = ()
+    retired: tuple[hybrid.VerifyKey, ...] = ()
 
     @property
-    def all(self) -> tuple[ed25519.Ed25519PublicKey, ...]:
+    def all(self) -> tuple[hybrid.VerifyKey, ...]:
         return (self.key, *self.retired)
 
 
@@ -49,8 +51,8 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_identity(data: bytes, source: str = "identity.json") -> tuple[str, ed25519.Ed25519PublicKey]:
-    """Device ID and public key from an identity.json; FormatError if malformed."""
+def parse_identity(data: bytes, source: str = "identity.json") -> tuple[str, hybrid.VerifyKey]:
+    """Device ID and public key (one Ed25519 block, or Ed25519 then ML-DSA-65) from an identity.json."""
     if len(data) > MAX_IDENTITY_BYTES:
         raise FormatError(f"{source}: too large for an identity file")
     try:
@@ -66,18 +68,17 @@ def parse_identity(data: bytes, source: str = "identity.json") -> tuple[str, ed2
     if not isinstance(pem, str):
         raise FormatError(f"{source}: no device public key (public_key_pem)")
     try:
-        key = serialization.load_pem_public_key(pem.encode("utf-8", "replace"))
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise FormatError(f"{source}: public_key_pem is not a PEM public key") from None
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise FormatError(f"{source}: public_key_pem is not an Ed25519 key")
+        key = hybrid.parse_verify_key(pem.encode("utf-8", "replace"))
+    except hybrid.HybridKeyError as exc:
+        raise FormatError(f"{source}: public_key_pem is not an Ed25519 (or Ed25519 + ML-DSA-65) public key: "
+                          f"{exc}") from None
     fp = doc.get("fingerprint")
     if fp is not None and fp != keys.fingerprint(key):
         raise FormatError(f"{source}: fingerprint does not match the public key")
     return device_id, key
 
 
-def identity_json(device_id: str, key: ed25519.Ed25519PublicKey) -> bytes:
+def identity_json(device_id: str, key: ed25519.Ed25519PublicKey | hybrid.VerifyKey) -> bytes:
     """The identity.json a verifier reads (provisioning may add more fields)."""
     doc = {"device_id": device_id, "public_key_pem": keys.public_pem(key).decode(),
            "fingerprint": keys.fingerprint(key)}
@@ -102,13 +103,13 @@ def find_device_key(directory: Path) -> DeviceKey | None:
         for pub in (d / "device.pub", d / "keys" / "device.pub"):
             if pub.is_file():
                 try:
-                    return DeviceKey(keys.load_public_key(pub, "device"), None, pub, _retired_keys(d, None))
+                    return DeviceKey(keys.load_verify_key(pub, "device"), None, pub, _retired_keys(d, None))
                 except keys.KeyFileError as exc:
                     raise FormatError(str(exc)) from None
     return None
 
 
-def _retired_keys(d: Path, allowed: set[str] | None) -> tuple[ed25519.Ed25519PublicKey, ...]:
+def _retired_keys(d: Path, allowed: set[str] | None) -> tuple[hybrid.VerifyKey, ...]:
     """Earlier device keys kept by re-provisioning (``keys/retired/device-*.pub``).
 
     With an identity.json only the fingerprints it lists as ``retired_device_keys`` are trusted.
@@ -116,7 +117,7 @@ def _retired_keys(d: Path, allowed: set[str] | None) -> tuple[ed25519.Ed25519Pub
     found = []
     for pub in sorted([*d.glob("keys/retired/device-*.pub"), *d.glob("retired/device-*.pub")]):
         try:
-            key = keys.load_public_key(pub, "device")
+            key = keys.load_verify_key(pub, "device")
         except keys.KeyFileError as exc:
             raise FormatError(str(exc)) from None
         if allowed is None or keys.fingerprint(key) in allowed:
@@ -138,7 +139,7 @@ class DeviceTrust:
     ``ids`` maps a key fingerprint (hex) to the device ID its certificate names (None: any).
     """
 
-    keys: list[ed25519.Ed25519PublicKey]
+    keys: list[hybrid.VerifyKey]
     ids: dict[str, str | None]
     device_id: str | None
     anchored: bool
@@ -147,9 +148,22 @@ class DeviceTrust:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
+    root_mldsa65_fingerprint: str | None = None
+
+    @property
+    def signatures(self) -> str | None:
+        """``ed25519+mldsa65`` when every trusted key is hybrid, ``ed25519`` when none is, else ``mixed``;
+        None without a trusted key."""
+        kinds = {k.hybrid for k in self.keys}
+        if not kinds:
+            return None
+        return "mixed" if len(kinds) > 1 else "ed25519+mldsa65" if kinds == {True} else "ed25519"
+
     def to_json(self) -> dict:
         return {"anchored": self.anchored, "source": self.source, "root_sha256": self.root_fingerprint,
-                "device_id": self.device_id, "device_keys": sorted(self.ids)}
+                "root_mldsa65_sha256": self.root_mldsa65_fingerprint, "signatures": self.signatures,
+                "device_id": self.device_id, "device_keys": sorted(self.ids),
+                "device_keys_mldsa65": sorted(k.fingerprint() for k in self.keys if k.hybrid)}
 
 
 def cert_chains(device_dir: Path) -> list[tuple[str, list]]:
@@ -166,7 +180,11 @@ def cert_chains(device_dir: Path) -> list[tuple[str, list]]:
 
 
 def certified_keys(device_dir: Path, role: str, root, crls: list) -> tuple[dict[str, object], list[str]]:
-    """Leaf certificates of ``role`` in ``certs/`` that chain to ``root``: {key fp: CertifiedKey}, problems."""
+    """Leaf certificates of ``role`` in ``certs/`` that chain to ``root``: {key fp: CertifiedKey}, problems.
+
+    ``root``: one agency root, or ``TrustRoots`` with the ML-DSA-65 root too (then a companion
+    certificate in a chain file makes its key hybrid, or the key fails with it).
+    """
     from secure_store import pki
 
     found, problems = {}, []
@@ -175,41 +193,70 @@ def certified_keys(device_dir: Path, role: str, root, crls: list) -> tuple[dict[
     except pki.PkiError as exc:
         return {}, [str(exc)]
     pool = [c for _, chain in chains for c in chain]
+    clashing: set[str] = set()
     for name, chain in chains:
         if pki.role_of(chain[0]) != role:
             continue
         try:
-            certified = pki.check_chain([chain[0], *chain[1:], *pool], root, role, crls)
+            certified = pki.check_chain(chain, root, role, crls, pool=pool)
         except pki.PkiError as exc:
             problems.append(f"{name}: {exc}")
             continue
-        found[certified.key_fingerprint] = certified
+        fp, before = certified.key_fingerprint, found.get(certified.key_fingerprint)
+        if before is not None and before.hybrid and certified.hybrid and \
+                before.verify_key.pem() != certified.verify_key.pem():
+            clashing.add(fp)
+            problems.append(f"{name}: another ML-DSA-65 companion key than an earlier certificate of key {fp[:16]}")
+        if before is None or not before.hybrid:  # a companion that passed is never undone by a file without one
+            found[fp] = certified
+    for fp in clashing:
+        del found[fp]
     return found, problems
 
 
-def resolve_trust(device_dir: Path, given: list[ed25519.Ed25519PublicKey] | None = None,
+def _certified_trust(device_dir: Path, root, crls: list) -> DeviceTrust:
+    """K1: the device keys certified by the agency root(s), with what they rest on."""
+    from secure_store import pki
+
+    try:
+        roots = pki.check_roots(root)
+    except pki.PkiError as exc:
+        return DeviceTrust([], {}, None, True, "no usable agency root", problems=[str(exc)])
+    certified, problems = certified_keys(device_dir, "device", roots, crls)
+    ids = {fp: c.name for fp, c in certified.items()}
+    trust = DeviceTrust([c.verify_key for c in certified.values()], ids, None, True,
+                        f"device certificates chained to agency root {pki.cert_fingerprint(roots.ed25519)[:16]}"
+                        + (" and its ML-DSA-65 root" if roots.hybrid else ""),
+                        pki.cert_fingerprint(roots.ed25519), problems=problems,
+                        root_mldsa65_fingerprint=pki.cert_fingerprint(roots.mldsa65) if roots.hybrid else None)
+    if not certified:
+        trust.problems.append("no device certificate in certs/ chains to the agency root")
+    for fp, c in sorted(certified.items()):
+        if c.companion_unchecked:  # W6
+            trust.warnings.append(f"device key {fp[:16]} has an ML-DSA-65 companion certificate, but the trust "
+                                  "root has no ML-DSA-65 root: checked as Ed25519 only")
+        elif roots.hybrid and not c.hybrid:  # W5
+            trust.warnings.append(f"device key {fp[:16]} is certified by the Ed25519 root only: its signatures "
+                                  "rest on Ed25519 alone")
+    names = set(ids.values())
+    trust.device_id = names.pop() if len(names) == 1 else None
+    return trust
+
+
+def resolve_trust(device_dir: Path, given: list | None = None,
                   root=None, crls: list | None = None) -> DeviceTrust:
     """Decide which device keys to trust for ``device_dir`` (FORMAT.md, "Trust").
 
-    With an agency root: only keys whose device certificate in ``certs/`` chains to it (and
-    is not revoked); identity.json is not read. Else keys given by the verifier. Else the
-    key beside the evidence (identity.json, device.pub), reported as not anchored.
+    With an agency root (or ``TrustRoots``): only keys whose device certificate in ``certs/``
+    chains to it (and is not revoked); identity.json is not read. Else keys given by the
+    verifier (Ed25519 or ``hybrid.VerifyKey``). Else the key beside the evidence
+    (identity.json, device.pub), reported as not anchored.
     """
-    from secure_store import pki
-
     if root is not None:
-        certified, problems = certified_keys(device_dir, "device", root, crls or [])
-        ids = {fp: c.name for fp, c in certified.items()}
-        trust = DeviceTrust([c.key for c in certified.values()], ids, None, True,
-                            f"device certificates chained to agency root {pki.cert_fingerprint(root)[:16]}",
-                            pki.cert_fingerprint(root), problems=problems)
-        if not certified:
-            trust.problems.append("no device certificate in certs/ chains to the agency root")
-        names = set(ids.values())
-        trust.device_id = names.pop() if len(names) == 1 else None
-        return trust
+        return _certified_trust(device_dir, root, crls or [])
     if given:
-        return DeviceTrust(list(given), {keys.fingerprint(k): None for k in given}, None, False,
+        given = [hybrid.as_verify_key(k) for k in given]
+        return DeviceTrust(given, {keys.fingerprint(k): None for k in given}, None, False,
                            "device key(s) given to the verifier; not anchored to an agency root")
     try:
         found = find_device_key(device_dir)
@@ -236,12 +283,18 @@ def device_cert_fingerprint(device_dir: Path, session) -> str:
     return ""
 
 
-def pulled_device_keys(device_dir: Path, current: ed25519.Ed25519PublicKey) -> list[ed25519.Ed25519PublicKey]:
+def pulled_device_keys(device_dir: Path,
+                       current: ed25519.Ed25519PublicKey | hybrid.VerifyKey) -> list[hybrid.VerifyKey]:
     """The key a dock just admitted and the keys it retired before (identity.json), to verify with:
-    the segment before a re-provisioning was signed by the old key."""
+    the segment before a re-provisioning was signed by the old key. The link names only the
+    Ed25519 half; the ML-DSA-65 half comes from identity.json, as admission wrote it."""
     try:
         found = find_device_key(device_dir)
     except FormatError:
         found = None
+    current = hybrid.as_verify_key(current)
+    fp = keys.fingerprint(current)
+    if found is not None and not current.hybrid and keys.fingerprint(found.key) == fp:
+        current = found.key
     retired = list(found.retired) if found is not None else []
-    return [current, *(k for k in retired if k.public_bytes_raw() != current.public_bytes_raw())]
+    return [current, *(k for k in retired if keys.fingerprint(k) != fp)]

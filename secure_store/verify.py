@@ -112,10 +112,15 @@ def trusted_keys(device_key: TrustedKeys) -> list[ed25519.Ed25519PublicKey]:
     if isinstance(device_key, (ed25519.Ed25519PublicKey, hybrid.VerifyKey)):
         return [device_key]
     if isinstance(device_key, DeviceKey):
-        return list(device_key.all)
+        return _classic_as_ed25519(device_key.all)
     if isinstance(device_key, DeviceTrust):
-        return list(device_key.keys)
-    return list(device_key)
+        return _classic_as_ed25519(device_key.keys)
+    return _classic_as_ed25519(device_key)
+
+
+def _classic_as_ed25519(found: Iterable) -> list:  # pqpki: bridge until pqwrap's check_manifest takes VerifyKeys
+    from secure_store import hybrid
+    return [k.ed25519 if isinstance(k, hybrid.VerifyKey) and not k.hybrid else k for k in found]
 
 
 def check_manifest(manifest: Manifest, name: str, device_key: TrustedKeys,
@@ -288,6 +293,7 @@ def _verify_device_dir(device_dir: Path, evidence: Path, given, trust_root, crls
     report.add_trust(str(device_dir), trust)
     where = lambda name: str(device_dir / name)  # noqa: E731
     report.problems += [Problem(str(device_dir), None, p) for p in trust.problems]
+    report.warnings += [Problem(str(device_dir), None, w) for w in trust.warnings]  # W5, W6
     if not trust.anchored:
         report.warnings.append(Problem(str(device_dir), None, trust.source))
     names = sorted({p.stem for p in evidence.iterdir() if _EVIDENCE_NAME.fullmatch(p.name)}) \

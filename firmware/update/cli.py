@@ -20,7 +20,8 @@ def _provision(args: argparse.Namespace) -> int:
     from firmware import provision
 
     if args.enroll_dock:
-        if args.device_id or args.agency_pub or args.vendor_pub or args.dock_pub or args.force:
+        if args.device_id or args.agency_pub or args.vendor_pub or args.dock_pub or args.force or args.pq \
+                or args.classic:
             print("bodycam provision: --enroll-dock takes only --root", file=sys.stderr)
             return 2
         fp, new = provision.enroll_dock(args.root, args.enroll_dock)
@@ -31,9 +32,11 @@ def _provision(args: argparse.Namespace) -> int:
     if missing:
         print(f"bodycam provision: {', '.join(missing)} required", file=sys.stderr)
         return 2
+    pq = True if args.pq else False if args.classic else None  # None: hybrid when the agency key is
     identity = provision.provision(args.root, args.device_id, args.agency_pub, args.vendor_pub,
-                                   args.dock_pub or (), force=args.force, ca=args.ca)
-    print(f"device {identity.device_id} provisioned; device key {identity.fingerprint}")
+                                   args.dock_pub or (), force=args.force, ca=args.ca, pq=pq)
+    kind = "Ed25519 + ML-DSA-65" if identity.public_key_pem.count("BEGIN PUBLIC KEY") == 2 else "Ed25519"
+    print(f"device {identity.device_id} provisioned; device key {identity.fingerprint} ({kind})")
     print(f"identity for the evidence system: {Path(args.root) / 'identity.json'}")
     return 0
 
@@ -122,6 +125,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ca", type=Path, metavar="DIR", help="agency CA directory (bodycam ca init): certify the "
                                                           "device key and install the agency root")
     p.add_argument("--enroll-dock", type=Path, metavar="FILE", help="enroll one more dock public key")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--pq", action="store_true", help="a hybrid (Ed25519 + ML-DSA-65) device key even with an "
+                                                        "X25519 agency key (default: hybrid iff the agency key is)")
+    kind.add_argument("--classic", action="store_true", help="an Ed25519-only device key even with a hybrid "
+                                                             "agency key (say why: its evidence is then classic)")
     p.set_defaults(func=_provision)
 
     fw = subparsers.add_parser("firmware", help="build, inspect, install or flash signed firmware images")
