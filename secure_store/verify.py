@@ -105,22 +105,17 @@ def read_manifest(path: Path) -> Manifest:
     return Manifest.parse(data, path.name)
 
 
-def trusted_keys(device_key: TrustedKeys) -> list[ed25519.Ed25519PublicKey]:
-    """One key, a DeviceKey (current + retired keys) or several keys, as a list."""
+def trusted_keys(device_key: TrustedKeys) -> list:
+    """One key, a DeviceKey (current + retired keys) or several keys, as a list (Ed25519 keys or VerifyKeys)."""
     if device_key is None:
         return []
     if isinstance(device_key, (ed25519.Ed25519PublicKey, hybrid.VerifyKey)):
         return [device_key]
     if isinstance(device_key, DeviceKey):
-        return _classic_as_ed25519(device_key.all)
+        return list(device_key.all)
     if isinstance(device_key, DeviceTrust):
-        return _classic_as_ed25519(device_key.keys)
-    return _classic_as_ed25519(device_key)
-
-
-def _classic_as_ed25519(found: Iterable) -> list:  # pqpki: bridge until pqwrap's check_manifest takes VerifyKeys
-    from secure_store import hybrid
-    return [k.ed25519 if isinstance(k, hybrid.VerifyKey) and not k.hybrid else k for k in found]
+        return list(device_key.keys)
+    return list(device_key)
 
 
 def check_manifest(manifest: Manifest, name: str, device_key: TrustedKeys,
