@@ -265,6 +265,8 @@ def _provision(root: DeviceRoot, device_id: str, agency_pub, vendor_pub, dock_pu
     chain = _certify(ca, device_id, new_key.public_key()) if ca is not None else None
     details = {"device_id": device_id, "device_key": new_fp, "agency_key": keys.fingerprint(agency),
                "vendor_key": keys.fingerprint(vendor), "docks": [keys.fingerprint(d) for _, d in docks]}
+    if new_key.hybrid:  # the signed entry commits to the new key being hybrid (FORMAT.md L5)
+        details["device_key_mldsa65"] = new_key.public_key().mldsa65_fingerprint()
     if chain:
         details["device_cert"] = pki.cert_fingerprint(chain[0])
     retired: dict[str, str | None] = {}

@@ -93,12 +93,12 @@ def _parse_files(files: list[tuple[int, Path]]) -> tuple[list[str], list[Parsed]
     return problems, parsed
 
 
-def _handover(entry: AuditEntry) -> tuple[str, str | None] | None:
-    """(new key fingerprint, new device ID) if this entry hands the log over to a new key."""
+def _handover(entry: AuditEntry) -> tuple[str, str | None, str | None] | None:
+    """(new key fingerprint, new device ID, its ML-DSA-65 fingerprint) if this entry hands the log over."""
     d = entry.details
     if entry.event == Event.PROVISION and d.get("action") == "reprovision_begin" and isinstance(d.get("device_key"), str):
-        new_id = d.get("device_id")
-        return d["device_key"], new_id if isinstance(new_id, str) else None
+        new_id, pq = d.get("device_id"), d.get("device_key_mldsa65")
+        return d["device_key"], new_id if isinstance(new_id, str) else None, pq if isinstance(pq, str) else None
     return None
 
 
@@ -136,8 +136,11 @@ def _check_signatures(parsed: list[Parsed], trusted: list[hybrid.VerifyKey], dev
             strangers.append(entry)
         handover = _handover(entry)
         if handover and (ok or current is None):
-            new_fp, new_id = handover
+            new_fp, new_id, new_pq = handover
             expected = new_id or expected
+            if new_fp in by_fp and new_pq is not None and by_fp[new_fp].mldsa65_fingerprint() != new_pq:
+                problems.append(f"entry {entry.seq}: hands the log over to a hybrid key (ML-DSA-65 {new_pq[:16]}) "
+                                f"that the given key {new_fp[:16]} is not")
             if new_fp in by_fp:
                 if unverifiable:
                     problems.append(f"{_span(unverifiable[0], unverifiable[-1])}: not signed by any given key "

@@ -146,6 +146,10 @@ class VerifyKey:
         """Hex H(raw Ed25519 key): a hybrid key keeps its classic key's name (device_key_fp etc.)."""
         return hashlib.sha256(_raw(self.ed25519)).hexdigest()
 
+    def mldsa65_fingerprint(self) -> Optional[str]:
+        """Hex H(raw ML-DSA-65 key, 1952 bytes), or None for a classic key: how a hand-over names the PQ half."""
+        return hashlib.sha256(self.mldsa65.public_bytes_raw()).hexdigest() if self.mldsa65 else None
+
     def verify(self, signatures: Signatures, message: bytes) -> None:
         """InvalidSignature unless every signature this key calls for is present and valid.
 

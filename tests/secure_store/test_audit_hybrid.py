@@ -219,6 +219,24 @@ def test_hand_over_classic_to_hybrid_and_back(tmp_path: Path, hkey) -> None:
     assert len(problems) == 1 and problems[0].startswith("entry 8 (") and "bad signature" in problems[0]
 
 
+def test_a_hand_over_to_a_hybrid_key_commits_to_its_ml_dsa_half(tmp_path: Path, hkey) -> None:
+    """The old key's signed hand-over names the new key's ML-DSA-65 key: it cannot later pass as classic."""
+    classic = ed25519.Ed25519PrivateKey.generate()
+    log = make_log(tmp_path, classic, 1)
+    new = hkey.public_key()
+    log.append(Event.PROVISION, action="reprovision_begin", device_key=keys.fingerprint(new),
+               device_key_mldsa65=new.mldsa65_fingerprint(), device_id=DEVICE)
+    make_log(tmp_path, hkey, 2)
+    assert verify_audit(tmp_path, [classic.public_key(), new]) == []
+    # The new key given as classic: the hand-over itself says it is hybrid.
+    problems = verify_audit(tmp_path, [classic.public_key(), new.ed25519])
+    assert any(p.startswith("entry 1: hands the log over to a hybrid key") for p in problems)
+    # A hybrid key with another ML-DSA-65 half under the same Ed25519 key: refused too.
+    other = hybrid.VerifyKey(new.ed25519, mldsa.MLDSA65PrivateKey.generate().public_key())
+    problems = verify_audit(tmp_path, [classic.public_key(), other])
+    assert any(p.startswith("entry 1: hands the log over to a hybrid key") for p in problems)
+
+
 def test_torn_hybrid_line_is_recovered(tmp_path: Path, hkey) -> None:
     make_log(tmp_path, hkey, 3)
     path, lines = file_lines(tmp_path)

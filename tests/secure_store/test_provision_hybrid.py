@@ -114,6 +114,11 @@ def test_rotation_classic_to_hybrid_to_hybrid_verifies_against_both_roots(truste
     assert len({s.device_key_fp for s in report.segments}) == 3
     # the Ed25519 root alone cannot check the ML-DSA-65 signatures the hybrid keys made
     assert not verify_path(root.root, trust_root=ca.root).ok
+    # each hand-over to a hybrid key names its ML-DSA-65 half in the entry the old key signed
+    from secure_store.audit import read_entries
+    handovers = [e.details for e in read_entries(root.audit) if e.details.get("action") == "reprovision_begin"]
+    hybrid_keys = {k.fingerprint(): k.mldsa65_fingerprint() for k in trust.keys if k.hybrid}
+    assert len(handovers) == 2 and all(d["device_key_mldsa65"] == hybrid_keys[d["device_key"]] for d in handovers)
 
 
 def test_verify_cli_says_what_the_keys_sign_with(trusted, ca, h, capsys):
