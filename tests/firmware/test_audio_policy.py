@@ -5,7 +5,6 @@ gate → pre-event buffer → segmenter → sealer); sealed chunks are decrypted
 to prove what reached the disk.
 """
 
-
 import pytest
 
 from buffer.prebuffer import PreEventBuffer
