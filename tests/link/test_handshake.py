@@ -4,7 +4,8 @@ Either end is the real ``dock_handshake`` / ``device_handshake``; the other is e
 one too (what a session agrees: version, payload size, window, features, who is who, keys that
 work in each direction) or the test, sending hand-made HELLO or HELLO_REPLY frames through a
 real ``Link`` (what each end refuses, and what it tells the other). No timing is asserted:
-each refusal comes in answer to the frame that earned it.
+each refusal comes in answer to the frame that earned it, and the handshakes' own timeouts
+are set long (60 s) so that only a hang, never a slow machine, runs them out.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def next_frame(link: Link, want: FrameType):
 def test_both_ends_agree_on_who_is_who_and_on_the_link(cable, ks):
     dock_link, device_link = cable
     device = Beside(device_handshake, device_link, ks["device"], DEVICE_ID, [ks["dock"].public_key()],
-                    firmware_version="2.4.1", max_payload=2048)
-    at_dock = dock_handshake(dock_link, ks["dock"], max_payload=8192)
+                    firmware_version="2.4.1", max_payload=2048, timeout=60)
+    at_dock = dock_handshake(dock_link, ks["dock"], max_payload=8192, timeout=60)
     at_device = device.result()
     assert (at_dock.device_id, at_dock.firmware_version) == (DEVICE_ID, "2.4.1")
     assert at_dock.peer_fingerprint == fingerprint(ks["device"].public_key())
@@ -106,8 +107,8 @@ def test_both_ends_agree_on_who_is_who_and_on_the_link(cable, ks):
 def test_a_tiny_payload_offer_is_raised_to_the_floor(cable, ks):
     dock_link, device_link = cable
     device = Beside(device_handshake, device_link, ks["device"], DEVICE_ID, [ks["dock"].public_key()],
-                    max_payload=100)
-    at_dock = dock_handshake(dock_link, ks["dock"], max_payload=200)
+                    max_payload=100, timeout=60)
+    at_dock = dock_handshake(dock_link, ks["dock"], max_payload=200, timeout=60)
     assert at_dock.max_payload == device.result().max_payload == 1024
 
 
@@ -120,8 +121,8 @@ def test_certificate_chains_are_handed_across(cable, ks):
         return ks["dock"].public_key()
 
     device = Beside(device_handshake, device_link, ks["device"], DEVICE_ID, [], cert_chain="DEVICE CHAIN",
-                    dock_trust=admit)
-    at_dock = dock_handshake(dock_link, ks["dock"], cert_chain="DOCK CHAIN")
+                    dock_trust=admit, timeout=60)
+    at_dock = dock_handshake(dock_link, ks["dock"], cert_chain="DOCK CHAIN", timeout=60)
     at_device = device.result()
     assert seen == [(raw_public(ks["dock"].public_key()), "DOCK CHAIN")]
     assert (at_dock.peer_cert_pem, at_device.peer_cert_pem) == ("DEVICE CHAIN", "DOCK CHAIN")
@@ -131,7 +132,7 @@ def test_a_dock_the_trust_hook_refuses_is_rejected(cable, ks):
     dock_link, device_link = cable
     device = Beside(device_handshake, device_link, ks["device"], DEVICE_ID, [], dock_trust=lambda raw, chain: None)
     with pytest.raises(AuthError, match="the device refused this dock: dock not enrolled on this device"):
-        dock_handshake(dock_link, ks["dock"], cert_chain="DOCK CHAIN")
+        dock_handshake(dock_link, ks["dock"], cert_chain="DOCK CHAIN", timeout=60)
     with pytest.raises(AuthError, match=r"is not enrolled"):
         device.result()
 
