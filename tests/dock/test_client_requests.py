@@ -12,6 +12,7 @@ deliberately leaves a request unanswered is its patience cut short, so it gives 
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -41,13 +42,15 @@ def answer(device: Link, kind: int, request_id: int, meta: dict | None = None, b
     device.send(encode_message(kind, request_id, meta, blob))
 
 
-def requests(device: Link, count: int) -> list[tuple[int, dict]]:
-    """The next ``count`` requests the dock sent, as (request id, meta)."""
+def requests(device: Link, count: int, blobs: list[bytes] | None = None) -> list[tuple[int, dict]]:
+    """The next ``count`` requests the dock sent, as (request id, meta); their blobs into ``blobs``."""
     got = []
     for _ in range(count):
         message = decode_message(device.recv(timeout=30))
         assert message.kind == Kind.REQUEST
         got.append((message.request_id, message.meta))
+        if blobs is not None:
+            blobs.append(message.blob)
     return got
 
 
@@ -113,8 +116,29 @@ def test_call_hands_chunks_to_on_chunk_in_order(ends):
 def test_call_refuses_a_chunk_without_an_offset(ends):
     client, device = ends
     answer(device, Kind.CHUNK, 1, {"offset": "0"}, b"x")
-    with pytest.raises(PullError, match="chunk without an offset"):
+    with pytest.raises(PullError, match="^device sent a chunk without an offset$"):
         client.call("firmware_read", on_chunk=lambda offset, blob: None)
+
+
+def test_call_sends_its_blob_and_none_unless_given(ends):
+    client, device = ends
+    answer(device, Kind.RESPONSE, 1, {})
+    answer(device, Kind.RESPONSE, 2, {})
+    client.call("firmware_chunk", blob=b"\x00image bytes", offset=0)
+    client.call("status")
+    blobs: list[bytes] = []
+    assert requests(device, 2, blobs) == [(1, {"cmd": "firmware_chunk", "offset": 0}), (2, {"cmd": "status"})]
+    assert blobs == [b"\x00image bytes", b""]
+
+
+def test_time_sync_sends_the_docks_own_utc_by_default(ends):
+    client, device = ends
+    answer(device, Kind.RESPONSE, 1, {"offset_us": 0})
+    before = time.time()
+    client.sync_time()
+    after = time.time()
+    [(_, meta)] = requests(device, 1)
+    assert meta["cmd"] == "time" and before <= meta["utc"] <= after
 
 
 def test_call_raises_the_devices_refusal_with_its_code(ends):
@@ -162,6 +186,7 @@ def test_fetch_returns_the_byte_count(ends):
     got = []
     assert client.fetch("seg-1.seg", 10, 10, got.append) == 10
     assert got == [b"0123456789"]
+    assert requests(device, 1) == [(1, {"cmd": "fetch", "name": "seg-1.seg", "offset": 10, "length": 10})]
 
 
 @pytest.mark.parametrize("offset", [0, 101, None])
@@ -212,3 +237,4 @@ def test_list_evidence_reads_items_and_refuses_a_malformed_one(ends):
     assert client.list_evidence() == []
     with pytest.raises(PullError, match="device listed a malformed item"):
         client.list_evidence()
+    assert [meta for _, meta in requests(device, 3)] == [{"cmd": "list"}] * 3
