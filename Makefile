@@ -31,11 +31,13 @@ bench: $(STAMP)
 
 # Mutation testing of the security-critical code (TESTING.md); not part of `make test`.
 # MUTANTS narrows a run, e.g. make mutate MUTANTS='secure_store.verify.*'
+# Niced, one child by default: a shared 2-core machine stays usable (MUTATE_CHILDREN=2 when it is yours).
+MUTATE_CHILDREN ?= 1
 MUTANTS ?= secure_store.verify.* secure_store.segment_rules.* secure_store.audit_verify.* link.session.* dock.client.* \
 	secure_store.store.xǁEvidenceStoreǁrelease__* firmware.update.install.*
 mutate: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,mutate]'
-	-$(VENV)/bin/mutmut run $(foreach m,$(MUTANTS),'$(m)')
+	-nice -n 19 $(VENV)/bin/mutmut run --max-children $(MUTATE_CHILDREN) $(foreach m,$(MUTANTS),'$(m)')
 	$(PY) tests/mutation/report.py $(foreach m,$(MUTANTS),'$(m)') > mutation-report.txt
 	head -n 9 mutation-report.txt
 

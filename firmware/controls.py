@@ -20,6 +20,11 @@ burst of bounces is one press or nothing, never two presses. A button already he
 when the device boots is the resting state, not a press, and so is never a gesture.
 Devices are made through gpiozero's pin-factory seam: pass ``pin_factory=MockFactory()``
 (or set ``gpiozero.Device.pin_factory``) to drive them from tests and the simulator.
+
+Time goes through a second seam, ``clock`` (a ``Clock``): settling, hold times and the
+double-press window all read it and wait on it. The real one is ``MonotonicClock``
+(``time.monotonic`` and ``threading.Timer``); tests pass a clock they step by hand, so a
+gesture's outcome depends on the times it was given, never on how busy the machine is.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 from gpiozero import Button, DigitalInputDevice
 from gpiozero.exc import GPIODeviceClosed
@@ -39,6 +44,33 @@ log = logging.getLogger(__name__)
 Emit = Callable[..., None]
 
 
+class Timer(Protocol):
+    """A pending call that can still be called off."""
+
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """Where the controls read the time and wait: the seam that makes gestures testable."""
+
+    def monotonic(self) -> float: ...
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer: ...
+
+
+class MonotonicClock:
+    """The device's clock: ``time.monotonic``, and daemon ``threading.Timer`` threads."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
+        timer = threading.Timer(max(0.0, delay_s), callback)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+
 class SettledInput:
     """Confirms a gpiozero input's level changes once they have held for ``settle_s``.
 
@@ -46,14 +78,18 @@ class SettledInput:
     the first edge of the change; changes that do not last (bounce, a knock) are dropped.
     """
 
-    def __init__(self, device, settle_s: float, on_change: Callable[[bool, float], None]):
+    def __init__(
+        self, device, settle_s: float, on_change: Callable[[bool, float], None], clock: Clock | None = None
+    ):
         self.device = device
         self._settle_s = settle_s
+        self._clock = clock or MonotonicClock()
         self._on_change = on_change
         self._lock = threading.Lock()
         self._generation = 0
         self._first_edge: float | None = None
         self.active = bool(device.is_active)  # at boot: the resting level, whatever it is
+        self.since: float | None = None  # first edge of the current settled level (None: since boot)
         device.when_activated = self._edge
         device.when_deactivated = self._edge
 
@@ -62,10 +98,8 @@ class SettledInput:
             self._generation += 1
             generation = self._generation
             if self._first_edge is None:
-                self._first_edge = time.monotonic()
-        timer = threading.Timer(self._settle_s, self._settle, args=(generation,))
-        timer.daemon = True
-        timer.start()
+                self._first_edge = self._clock.monotonic()
+        self._clock.call_later(self._settle_s, lambda: self._settle(generation))
 
     def _settle(self, generation: int) -> None:
         with self._lock:
@@ -78,7 +112,7 @@ class SettledInput:
                 return  # the device was shut down while this edge settled
             if level == self.active or since is None:
                 return
-            self.active = level
+            self.active, self.since = level, since
         self._on_change(level, since)
 
     def close(self) -> None:
@@ -95,9 +129,11 @@ class Controls:
         emit: Emit,
         *,
         pin_factory=None,
+        clock: Clock | None = None,
     ):
         self._settings = settings
         self._emit = emit
+        self._clock = clock or MonotonicClock()
         self._inputs: list[SettledInput] = []
         self._last_record_press: float | None = None
         self._function_pressed_at: float | None = None
@@ -107,38 +143,51 @@ class Controls:
 
         if pins.record_button is not None:
             self.record_button = Button(
-                pins.record_button, pull_up=True, bounce_time=bounce,
-                hold_time=settings.stop_hold_s, pin_factory=pin_factory,
+                pins.record_button, pull_up=True, bounce_time=bounce, pin_factory=pin_factory,
             )
-            self.record_button.when_held = self._record_held
-            self._inputs.append(SettledInput(self.record_button, bounce, self._record_changed))
+            self._record_input = SettledInput(self.record_button, bounce, self._record_changed, self._clock)
+            self._inputs.append(self._record_input)
         if pins.function_button is not None:
             self.function_button = Button(
-                pins.function_button, pull_up=True, bounce_time=bounce,
-                hold_time=settings.stealth_hold_s, pin_factory=pin_factory,
+                pins.function_button, pull_up=True, bounce_time=bounce, pin_factory=pin_factory,
             )
-            self.function_button.when_held = self._function_held_for_stealth
-            self._inputs.append(SettledInput(self.function_button, bounce, self._function_changed))
+            self._function_input = SettledInput(self.function_button, bounce, self._function_changed, self._clock)
+            self._inputs.append(self._function_input)
         for source in ("holster", "lightbar"):
             pin = getattr(pins, source)
             if pin is not None:
                 device = DigitalInputDevice(pin, pull_up=True, bounce_time=bounce, pin_factory=pin_factory)
-                self._inputs.append(SettledInput(device, bounce, self._auto_changed(source)))
+                self._inputs.append(SettledInput(device, bounce, self._auto_changed(source), self._clock))
         if pins.dock_detect is not None:
             self.dock_detect = DigitalInputDevice(
                 pins.dock_detect, pull_up=True, bounce_time=bounce, pin_factory=pin_factory
             )
-            self._inputs.append(SettledInput(self.dock_detect, bounce, self._dock_changed))
+            self._inputs.append(SettledInput(self.dock_detect, bounce, self._dock_changed, self._clock))
 
     @property
     def docked(self) -> bool:
         """Whether dock-detect is (settled) active right now, e.g. docked at boot."""
         return any(i.active for i in self._inputs if i.device is getattr(self, "dock_detect", None))
 
+    def _when_held(self, settled: SettledInput, since: float, hold_s: float, on_held: Callable[[], None]) -> None:
+        """Calls ``on_held`` if the press that began at ``since`` is still down ``hold_s`` later.
+
+        Timed on the clock seam rather than gpiozero's hold thread, so that tests step it.
+        """
+        def check() -> None:
+            try:
+                down = settled.active and settled.since == since and bool(settled.device.is_active)
+            except GPIODeviceClosed:
+                return
+            if down:
+                on_held()
+        self._clock.call_later(since + hold_s - self._clock.monotonic(), check)
+
     # -- record button ------------------------------------------------------------
     def _record_changed(self, pressed: bool, since: float) -> None:
         if not pressed:
             return
+        self._when_held(self._record_input, since, self._settings.stop_hold_s, self._record_held)
         if self._settings.record_start == "single":
             self._emit("record", gesture="single")
             return
@@ -155,6 +204,8 @@ class Controls:
     def _function_changed(self, pressed: bool, since: float) -> None:
         if pressed:
             self._function_pressed_at, self._function_held = since, False
+            self._when_held(self._function_input, since, self._settings.stealth_hold_s,
+                            self._function_held_for_stealth)
             return
         pressed_at, self._function_pressed_at = self._function_pressed_at, None
         if pressed_at is not None and not self._function_held:

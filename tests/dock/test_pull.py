@@ -47,6 +47,10 @@ def test_full_pull_of_a_multi_segment_recording(device, keyset, tmp_path):
     events = _event_names(device)
     assert events.count("offload_confirm") == 5 and events.count("delete") == 5
     assert "offload_start" in events and "clock_sync" in events
+    # the offset the device set from the dock's time is the one the dock reports
+    sync = next(e for e in device.events() if e.event == "clock_sync")
+    assert summary.clock_offset_us == sync.details["offset_us"] == device.clock.offset_us
+    assert isinstance(summary.clock_offset_us, int)
     # the archive verifies on its own with the pinned identity, audit log included
     report = verify_path(out / DEVICE_ID)
     assert report.ok, [str(p) for p in report.problems]
@@ -61,6 +65,42 @@ def test_full_pull_of_a_multi_segment_recording(device, keyset, tmp_path):
     reasons = [p.reason for p in verify_path(out / DEVICE_ID).problems]
     assert any("records that the dock received and confirmed it" in r for r in reasons), reasons
     assert summary.status["storage"]["level"] == "full" and summary.status["storage"]["free_bytes"] == 0
+
+
+def test_a_pull_without_time_sync_leaves_the_device_clock_alone(device, keyset, tmp_path):
+    device.record(segments=1)
+    device.clock.sync(1_800_000_000.0, "gps")             # an earlier, different source set it
+    offset = device.clock.offset_us
+    with LinkedPtys() as cable:
+        served = device.serve(cable.a_path)
+        summary = pull(cable.b_path, tmp_path / "archive", keyset.dock, sync_time=False)
+        served.join()
+    assert summary.ok and summary.confirmed == ["seg-0000000001.seg"]
+    assert summary.clock_offset_us is None
+    assert "clock_sync" not in _event_names(device)
+    assert (device.clock.offset_us, device.clock.source) == (offset, "gps")
+
+
+def test_only_what_the_evidence_store_holds_is_confirmed(device, keyset, tmp_path):
+    """``store_holds`` is asked per verified segment, with the dock's device directory; the others wait."""
+    device.record(segments=3)
+    out = tmp_path / "archive"
+    asked = []
+
+    def store_holds(device_dir, name):
+        asked.append((device_dir, name))
+        return name != "seg-0000000002.seg"
+
+    with LinkedPtys() as cable:
+        served = device.serve(cable.a_path)
+        summary = pull(cable.b_path, out, keyset.dock, store_holds=store_holds)
+        served.join()
+    segments = ["seg-0000000001.seg", "seg-0000000002.seg", "seg-0000000003.seg"]
+    assert asked == [(out / DEVICE_ID, name) for name in segments]
+    assert summary.verified == segments and summary.ok
+    assert summary.confirmed == ["seg-0000000001.seg", "seg-0000000003.seg"]
+    assert summary.awaiting_store == ["seg-0000000002.seg"]
+    assert sorted(device.evidence()) == ["seg-0000000002.manifest", "seg-0000000002.seg"]
 
 
 def test_rerun_is_idempotent_and_new_footage_follows(device, keyset, tmp_path):

@@ -5,8 +5,6 @@ gate → pre-event buffer → segmenter → sealer); sealed chunks are decrypted
 to prove what reached the disk.
 """
 
-import time
-
 import pytest
 
 from buffer.prebuffer import PreEventBuffer
@@ -16,7 +14,6 @@ from firmware.machine import DeviceMachine
 from firmware.signals import CUES, Signals
 from hw_sim.camera import SimCamera
 from hw_sim.microphone import SimMicrophone
-from hw_sim.pins import Finger, sim_pin_factory
 from recorder.audio import MUTE_MARKER, UNMUTE_MARKER, AacEncoder, AudioCapture, MuteGate
 from recorder.chunk import decode_chunk
 from recorder.encoders import PyAVEncoder
@@ -168,16 +165,13 @@ def test_with_audio_off_mute_changes_nothing(tmp_path):
         rig.signals.close()
 
 
-def test_function_double_press_is_mute_after_a_marker():
+def test_function_double_press_is_mute_after_a_marker(pin_factory, manual_clock, stepped_finger):
     cfg = with_overrides(Config(), controls={"stealth_hold_s": 0.4, "double_press_s": 1.0, "bounce_s": 0.03})
-    factory = sim_pin_factory()
     events = []
-    controls = Controls(cfg.pins, cfg.controls, lambda name, **d: events.append(name), pin_factory=factory)
+    controls = Controls(cfg.pins, cfg.controls, lambda name, **d: events.append(name),
+                        pin_factory=pin_factory, clock=manual_clock)
     try:
-        Finger(factory, cfg.controls.bounce_s).double(cfg.pins.function_button)
-        deadline = time.monotonic() + 3
-        while events != ["marker", "mute"] and time.monotonic() < deadline:
-            time.sleep(0.01)
+        stepped_finger.double(cfg.pins.function_button)  # the clock is stepped: events are in by now
         assert events == ["marker", "mute"]
     finally:
         controls.close()

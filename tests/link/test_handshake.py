@@ -1,0 +1,252 @@
+"""The dock-link handshake (link.session) message by message, over a real pty pair.
+
+Either end is the real ``dock_handshake`` / ``device_handshake``; the other is either the real
+one too (what a session agrees: version, payload size, window, features, who is who, keys that
+work in each direction) or the test, sending hand-made HELLO or HELLO_REPLY frames through a
+real ``Link`` (what each end refuses, and what it tells the other). No timing is asserted:
+each refusal comes in answer to the frame that earned it, and the handshakes' own timeouts
+are set long (60 s) so that only a hang, never a slow machine, runs them out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import x25519
+
+from hw_sim.link import LinkedPtys
+from link.protocol import SUPPORTED_VERSIONS, FrameType
+from link.session import AuthError, _transcript, device_handshake, dock_handshake
+from link.transport import Link, open_port
+from secure_store import keys
+from secure_store.keys import fingerprint, raw_public
+
+DEVICE_ID = "CAM-0077"
+
+
+@pytest.fixture(scope="module")
+def ks():
+    return {"dock": keys.generate("dock"), "device": keys.generate("device")}
+
+
+@pytest.fixture
+def cable():
+    with LinkedPtys() as cable:
+        dock, device = Link(open_port(cable.a_path)), Link(open_port(cable.b_path))
+        try:
+            yield dock, device
+        finally:
+            dock.close(flush_timeout=0)
+            device.close(flush_timeout=0)
+
+
+class Beside(threading.Thread):
+    """Runs one end's handshake in a thread; ``result()`` is its Session or re-raises its error."""
+
+    def __init__(self, fn, *args, **kw):
+        super().__init__(daemon=True)
+        self.fn, self.args, self.kw, self.value, self.error = fn, args, kw, None, None
+        self.start()
+
+    def run(self):
+        try:
+            self.value = self.fn(*self.args, **self.kw)
+        except BaseException as exc:  # handed to the test thread
+            self.error = exc
+
+    def result(self):
+        self.join(60)
+        assert not self.is_alive(), "handshake did not end"
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def hello(key, **changes) -> bytes:
+    info = {"protocol": "bodycam-dock", "versions": list(SUPPORTED_VERSIONS), "nonce": os.urandom(32).hex(),
+            "ephemeral": raw_public(x25519.X25519PrivateKey.generate().public_key()).hex(),
+            "dock_key": raw_public(key.public_key()).hex(), "max_payload": 4096, "window": 64,
+            "features": ["part", "repair1"]}
+    info.update(changes)
+    return json.dumps({k: v for k, v in info.items() if v is not None}).encode()
+
+
+def next_frame(link: Link, want: FrameType):
+    frame = link.next_handshake_frame(30)
+    assert frame is not None, f"no {want.name}"
+    assert frame.type == want, frame.type
+    return frame
+
+
+# --- both ends real -----------------------------------------------------------------------
+
+def test_both_ends_agree_on_who_is_who_and_on_the_link(cable, ks):
+    dock_link, device_link = cable
+    device = Beside(device_handshake, device_link, ks["device"], DEVICE_ID, [ks["dock"].public_key()],
+                    firmware_version="2.4.1", max_payload=2048, timeout=60)
+    at_dock = dock_handshake(dock_link, ks["dock"], max_payload=8192, timeout=60)
+    at_device = device.result()
+    assert (at_dock.device_id, at_dock.firmware_version) == (DEVICE_ID, "2.4.1")
+    assert at_dock.peer_fingerprint == fingerprint(ks["device"].public_key())
+    assert at_device.peer_fingerprint == fingerprint(ks["dock"].public_key())
+    assert raw_public(at_dock.peer_key) == raw_public(ks["device"].public_key())
+    assert raw_public(at_device.peer_key) == raw_public(ks["dock"].public_key())
+    assert at_dock.version == at_device.version == max(SUPPORTED_VERSIONS)
+    assert at_dock.max_payload == at_device.max_payload == 2048     # the smaller offer
+    assert at_dock.peer_cert_pem == at_device.peer_cert_pem == ""
+    # the session keys work, one per direction
+    dock_link.send(b"to the device")
+    device_link.send(b"to the dock")
+    assert device_link.recv(timeout=30) == b"to the device"
+    assert dock_link.recv(timeout=30) == b"to the dock"
+
+
+def test_a_tiny_payload_offer_is_raised_to_the_floor(cable, ks):
+    dock_link, device_link = cable
+    device = Beside(device_handshake, device_link, ks["device"], DEVICE_ID, [ks["dock"].public_key()],
+                    max_payload=100, timeout=60)
+    at_dock = dock_handshake(dock_link, ks["dock"], max_payload=200, timeout=60)
+    assert at_dock.max_payload == device.result().max_payload == 1024
+
+
+def test_certificate_chains_are_handed_across(cable, ks):
+    dock_link, device_link = cable
+    seen = []
+
+    def admit(raw, chain):
+        seen.append((raw, chain))
+        return ks["dock"].public_key()
+
+    device = Beside(device_handshake, device_link, ks["device"], DEVICE_ID, [], cert_chain="DEVICE CHAIN",
+                    dock_trust=admit, timeout=60)
+    at_dock = dock_handshake(dock_link, ks["dock"], cert_chain="DOCK CHAIN", timeout=60)
+    at_device = device.result()
+    assert seen == [(raw_public(ks["dock"].public_key()), "DOCK CHAIN")]
+    assert (at_dock.peer_cert_pem, at_device.peer_cert_pem) == ("DEVICE CHAIN", "DOCK CHAIN")
+
+
+def test_a_dock_the_trust_hook_refuses_is_rejected(cable, ks):
+    dock_link, device_link = cable
+    device = Beside(device_handshake, device_link, ks["device"], DEVICE_ID, [], dock_trust=lambda raw, chain: None)
+    with pytest.raises(AuthError, match="the device refused this dock: dock not enrolled on this device"):
+        dock_handshake(dock_link, ks["dock"], cert_chain="DOCK CHAIN", timeout=60)
+    with pytest.raises(AuthError, match=r"is not enrolled"):
+        device.result()
+
+
+# --- the test as the dock: what the device refuses ----------------------------------------
+
+@pytest.mark.parametrize("versions", [[99], [], "1", [True], ["1"], None])
+def test_device_rejects_a_hello_with_no_common_version(cable, ks, versions):
+    dock_link, device_link = cable
+    device = Beside(device_handshake, device_link, ks["device"], DEVICE_ID, [ks["dock"].public_key()])
+    dock_link.send_frame(FrameType.HELLO, hello(ks["dock"], versions=versions))
+    assert next_frame(dock_link, FrameType.REJECT).payload == b"no common protocol version"
+    with pytest.raises(AuthError, match="dock offers protocol versions"):
+        device.result()
+
+
+@pytest.mark.parametrize("payload, words", [
+    (b"not json", "dock hello is not JSON"),
+    (b"[1, 2]", "dock hello is not a JSON object"),
+])
+def test_device_refuses_a_hello_that_is_not_an_object(cable, ks, payload, words):
+    dock_link, device_link = cable
+    device = Beside(device_handshake, device_link, ks["device"], DEVICE_ID, [ks["dock"].public_key()])
+    dock_link.send_frame(FrameType.HELLO, payload)
+    with pytest.raises(AuthError, match=f"^{words}$"):
+        device.result()
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("dock_key", None, "dock hello lacks a valid 'dock_key'"),
+    ("dock_key", "zz", "dock hello lacks a valid 'dock_key'"),
+    ("dock_key", "00" * 31, "dock hello field 'dock_key' must be 32 bytes"),
+    ("nonce", None, "dock hello lacks a valid 'nonce'"),
+    ("nonce", "00" * 33, "dock hello field 'nonce' must be 32 bytes"),
+])
+def test_device_refuses_a_hello_with_a_bad_field(cable, ks, field, value, words):
+    dock_link, device_link = cable
+    device = Beside(device_handshake, device_link, ks["device"], DEVICE_ID, [ks["dock"].public_key()])
+    dock_link.send_frame(FrameType.HELLO, hello(ks["dock"], **{field: value}))
+    with pytest.raises(AuthError, match=f"^{words}$"):
+        device.result()
+
+
+def test_device_reply_is_signed_over_the_hello_and_offers_what_was_agreed(cable, ks):
+    """The HELLO_REPLY a dock gets: the device's identity, signed over this very HELLO."""
+    dock_link, device_link = cable
+    Beside(device_handshake, device_link, ks["device"], DEVICE_ID, [ks["dock"].public_key()],
+           firmware_version="9.9", max_payload=3000)
+    sent = hello(ks["dock"], max_payload=2500, features=["part", "telepathy", 7])
+    dock_link.send_frame(FrameType.HELLO, sent)
+    reply = next_frame(dock_link, FrameType.HELLO_REPLY).payload
+    body, signature = reply[:-64], reply[-64:]
+    ks["device"].public_key().verify(signature, b"device" + _transcript(sent, body))
+    info = json.loads(body)
+    assert (info["version"], info["device_id"], info["firmware"]) == (max(SUPPORTED_VERSIONS), DEVICE_ID, "9.9")
+    assert info["device_key"] == raw_public(ks["device"].public_key()).hex()
+    assert info["max_payload"] == 2500 and info["features"] == ["part"]
+    assert len(bytes.fromhex(info["nonce"])) == 32 and len(bytes.fromhex(info["ephemeral"])) == 32
+    assert "device_cert" not in info
+
+
+# --- the test as the device: what the dock refuses ----------------------------------------
+
+def _signed_reply(signer, sent_hello: bytes, **changes) -> bytes:
+    info = {"version": max(SUPPORTED_VERSIONS), "device_id": DEVICE_ID,
+            "device_key": raw_public(signer.public_key()).hex(), "firmware": "",
+            "nonce": os.urandom(32).hex(),
+            "ephemeral": raw_public(x25519.X25519PrivateKey.generate().public_key()).hex(),
+            "max_payload": 4096, "window": 64, "features": []}
+    info.update(changes)
+    body = json.dumps({k: v for k, v in info.items() if v is not None}).encode()
+    return body + signer.sign(b"device" + _transcript(sent_hello, body))
+
+
+def _dock_meets(dock_link, device_link, ks, make_reply):
+    dock = Beside(dock_handshake, dock_link, ks["dock"], timeout=30, retry=30)
+    sent = next_frame(device_link, FrameType.HELLO).payload
+    device_link.send_frame(FrameType.HELLO_REPLY, make_reply(sent))
+    return dock
+
+
+@pytest.mark.parametrize("version", [99, "1", None])
+def test_dock_refuses_a_version_it_does_not_speak(cable, ks, version):
+    dock_link, device_link = cable
+    dock = _dock_meets(dock_link, device_link, ks, lambda sent: _signed_reply(ks["device"], sent, version=version))
+    with pytest.raises(AuthError, match=f"device chose protocol version {version!r}"):
+        dock.result()
+
+
+def test_dock_refuses_a_reply_signed_over_another_hello(cable, ks):
+    dock_link, device_link = cable
+    dock = _dock_meets(dock_link, device_link, ks, lambda sent: _signed_reply(ks["device"], sent + b" "))
+    with pytest.raises(AuthError, match="the device's signature does not verify"):
+        dock.result()
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda key, sent: b"x" * 64, "^device reply too short$"),
+    (lambda key, sent: b"[]" + bytes(64), "^device reply is not a JSON object$"),
+    (lambda key, sent: _signed_reply(key, sent, device_key="00" * 16), "^device reply field 'device_key' must be 32 bytes$"),
+    (lambda key, sent: _signed_reply(key, sent, ephemeral=None), "^device reply lacks a valid 'ephemeral'$"),
+])
+def test_dock_refuses_a_malformed_reply(cable, ks, make, words):
+    dock_link, device_link = cable
+    dock = _dock_meets(dock_link, device_link, ks, lambda sent: make(ks["device"], sent))
+    with pytest.raises(AuthError, match=words):
+        dock.result()
+
+
+@pytest.mark.parametrize("reason, said", [(b"battery too low", "battery too low"), (b"", "no reason given")])
+def test_dock_reports_the_devices_reason_for_a_reject(cable, ks, reason, said):
+    dock_link, device_link = cable
+    dock = Beside(dock_handshake, dock_link, ks["dock"], timeout=30, retry=30)
+    next_frame(device_link, FrameType.HELLO)
+    device_link.send_frame(FrameType.REJECT, reason)
+    with pytest.raises(AuthError, match=f"^the device refused this dock: {said}$"):
+        dock.result()
