@@ -3,7 +3,7 @@
 Against one real SeaweedFS server (``weed mini`` on 127.0.0.1, started here), side by side
 in one run, each figure the median of a few runs:
 
-- ingest: ``Ingestor.segment_held`` per segment as a bay calls it (with the SHA-256 digests
+- ingest: ``Ingestor.segment_held`` per segment as a bay calls it (with the SHA-256 digests, whole file and each 8 MiB part,
   the pull's fetch took and checked as the bytes came in; durable queue entries, create-only
   PUT / multipart with the checksums and COMPLIANCE retention, then HeadObject read back) vs
   a plain ``boto3 upload_file`` of the same files to the same server, paired segment by
@@ -18,7 +18,6 @@ in one run, each figure the median of a few runs:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import statistics
@@ -131,6 +130,7 @@ def _bays(n: int, work: Path, config) -> tuple[float, int]:
 def run() -> str:
     import boto3
     from dock.ingest import Ingestor
+    from dock.ingest_parts import PartDigest
     from dock.seaweed import SeaweedServer
     from dock.store_config import StoreConfig
     from secure_store.sources import S3Source, SourcePath
@@ -158,10 +158,12 @@ def run() -> str:
             plain = _bucket(s3, f"bench-plain-{run_no}")
             ingest_t = hashing_t = plain_t = plain_sha_t = 0.0
             for seg in files:   # paired, segment by segment: a busy moment on the machine hits both
-                # what the pull's fetch hands on: each file's SHA-256, taken as its bytes arrived
-                digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (seg, seg.with_suffix(".manifest"))}
+                # what the pull's fetch hands on: each file's SHA-256 and each 8 MiB part's, taken as its bytes arrived
+                fetched = {p.name: PartDigest.of_file(p) for p in (seg, seg.with_suffix(".manifest"))}
+                digests = {name: d.hexdigest() for name, d in fetched.items()}
+                parts = {name: d.parts() for name, d in fetched.items()}
                 t = time.perf_counter()
-                assert ingestor.segment_held(device_dir, seg.name, digests=digests)
+                assert ingestor.segment_held(device_dir, seg.name, digests=digests, parts=parts)
                 ingest_t += time.perf_counter() - t
                 t = time.perf_counter()
                 assert hashing.segment_held(hashing_dir, seg.name)

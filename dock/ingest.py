@@ -61,6 +61,7 @@ class Ingestor:
         self._fresh: set[str] = set()                # keys queued anew by this process, not yet tried
         self._part_sums: dict[str, list[str]] = {}   # sha256 → each part's SHA-256, taken in the same pass
         self._objects = ThreadPoolExecutor(max(2, config.max_concurrency), thread_name_prefix="ingest-object")
+        self._saves = ThreadPoolExecutor(1, thread_name_prefix="ingest-queue")   # never waits on the others
 
     # -- the bucket ------------------------------------------------------------------
 
@@ -70,19 +71,13 @@ class Ingestor:
         bucket = self.config.bucket
         try:
             self.client.head_bucket(Bucket=bucket)
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in ("404", "NoSuchBucket"):
-                raise StoreRefused(f"bucket {bucket} does not exist at the store") from None
-            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                raise StoreRefused(f"store refused the dock's credentials for bucket {bucket} ({code})") from None
-            raise client_error(exc, f"bucket {bucket}") from None
-        except BotoCoreError as exc:
-            raise client_error(exc, f"bucket {bucket}") from None
-        try:
             lock = self.client.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]
         except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
+            code, op = str(exc.response.get("Error", {}).get("Code", "")), exc.operation_name
+            if code in ("404", "NoSuchBucket") and op == "HeadBucket":
+                raise StoreRefused(f"bucket {bucket} does not exist at the store") from None
+            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch") and op == "HeadBucket":
+                raise StoreRefused(f"store refused the dock's credentials for bucket {bucket} ({code})") from None
             if code in ("ObjectLockConfigurationNotFoundError", "404"):
                 raise StoreRefused(f"bucket {bucket} has no Object Lock; refusing to ingest evidence "
                                    f"into a bucket that allows deletion") from None
@@ -213,6 +208,7 @@ class Ingestor:
         from botocore.exceptions import ClientError
         bucket, size = self.config.bucket, self.config.part_size
         done: dict[int, dict] = {}
+        saving = None
         if upload.upload_id and key == upload.key:
             try:
                 for page in self.client.get_paginator("list_parts").paginate(
@@ -228,12 +224,18 @@ class Ingestor:
                 ObjectLockRetainUntilDate=self._retain_until(upload.category))["UploadId"]
             if key == upload.key:
                 upload = replace(upload, upload_id=upload_id)
-                self.queue.save(upload)           # a crash from here on resumes this upload
+                # made durable while the parts go up, and before completing: a crash once it is on disk
+                # resumes this upload; one before is a fresh start, as a crash before creating it
+                saving = self._saves.submit(self.queue.save, upload)
         else:
             upload_id = upload.upload_id
-        parts, read, resumed = send_parts(self.client, bucket, key, upload_id, self.archive / upload.path, upload.size,
-                                          size, self.config.max_concurrency, done,
-                                          self._part_sums.pop(upload.sha256, None))
+        try:
+            parts, read, resumed = send_parts(self.client, bucket, key, upload_id, self.archive / upload.path,
+                                              upload.size, size, self.config.max_concurrency, done,
+                                              self._part_sums.pop(upload.sha256, None))
+        finally:
+            if saving is not None:
+                saving.result()
         if read is not None and read != upload.sha256:   # parts hashed as read: the whole must be what was verified
             raise IngestError(f"{upload.path}: changed on the dock's disk since it was verified; not completed")
         self._composites[upload.sha256] = composite([p["ChecksumSHA256"] for p in parts])   # what the store reports
