@@ -36,6 +36,7 @@ from secure_store.custody import sealed_but_absent
 from secure_store.trust import pulled_device_keys
 from secure_store.receipts import write_pull_receipt
 from dock.trust import DockTrust
+from dock.ingest_parts import PartDigest
 from secure_store.admission import AdmissionError
 
 log = logging.getLogger(__name__)
@@ -228,6 +229,7 @@ class PullSummary:
     damaged_frames: int = 0    # frames from the device that failed their CRC (the device resent them)
     repaired_frames: int = 0   # frames from the device with one flipped bit, repaired (no resend)
     seconds: float = 0.0
+    part_digests: dict[str, list[str]] = field(default_factory=dict, repr=False)  # name → each 8 MiB part's SHA-256
 
     @property
     def ok(self) -> bool:
@@ -253,7 +255,7 @@ class _Download:
             offset = 0
         summary.bytes_resumed += offset
         progress.update(offset)
-        self.digest = _sha256_file(self.part, digest=True) if offset else hashlib.sha256()
+        self.digest = PartDigest.of_file(self.part) if offset else PartDigest()   # the whole and each part
         self.file: Any = None
         self.ok = False
         self.range = Range(item.name, offset, item.size - offset, self.write, self.finish)
@@ -286,6 +288,7 @@ class _Download:
             os.replace(self.part, self.final)
             fsync_dir(self.final.parent)
             self.summary.fetched.append(self.item.name)
+            self.summary.part_digests[self.item.name] = self.digest.parts()   # of the bytes just checked
             self.ok = True
         else:
             log.warning("%s: hash mismatch after fetch; the partial copy is discarded", self.item.name)
@@ -353,7 +356,8 @@ def _verify_and_confirm(client: DockClient, device_dir: Path, segments: list[str
         summary.verified.append(name)
         if not confirm:
             continue
-        if store_holds is not None and not _store_holds(store_holds, device_dir, name, digests or {}):
+        if store_holds is not None and not _store_holds(store_holds, device_dir, name, digests or {},
+                                                        summary.part_digests):
             summary.awaiting_store.append(name)   # the device keeps its copy until the store holds it
             continue
         digest = hashlib.sha256((evidence / name).with_suffix(".manifest").read_bytes()).hexdigest()
@@ -364,10 +368,15 @@ def _verify_and_confirm(client: DockClient, device_dir: Path, segments: list[str
             summary.problems.append(f"{name}: {exc}")
 
 
-def _store_holds(store_holds: Callable[..., bool], device_dir: Path, name: str, digests: dict[str, str]) -> bool:
+def _store_holds(store_holds: Callable[..., bool], device_dir: Path, name: str, digests: dict[str, str],
+                 parts: dict[str, list[str]]) -> bool:
     """Ask the evidence store; one that takes ``digests`` gets the SHA-256 of each file as the
-    fetch verified it against the device's listing (``dock.ingest``: no second read to hash)."""
-    if "digests" in inspect.signature(store_holds).parameters:
+    fetch verified it against the device's listing, and ``parts`` each 8 MiB part's SHA-256 taken
+    in the same pass (``dock.ingest``: no second read, no hashing)."""
+    params = inspect.signature(store_holds).parameters
+    if "parts" in params:
+        return store_holds(device_dir, name, digests=digests, parts=parts)
+    if "digests" in params:
         return store_holds(device_dir, name, digests=digests)
     return store_holds(device_dir, name)
 

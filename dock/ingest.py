@@ -37,42 +37,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from dock.ingest_parts import composite, hash_file, send_parts
+from dock.ingest_parts import PART_SIZE, composite, hash_file, send_parts, sign_with_known_sha256
+from dock.ingest_errors import ObjectConflict, StoreRefused, StoreUnreachable, client_error
 from dock.ingest_queue import REL_RE, IngestError, IngestQueue, Upload, category_of, object_key
 from dock.store_config import StoreConfig
 
 log = logging.getLogger(__name__)
-
-_UNREACHABLE_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "500", "502", "503", "504"}
-_REFUSED_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "NoSuchBucket",
-                  "InvalidToken", "ExpiredToken"}
-
-
-class StoreUnreachable(IngestError):
-    """The store did not answer (network, outage): keep the local copy and try again later."""
-
-
-class StoreRefused(IngestError):
-    """The store refused this dock (credentials, missing bucket, no Object Lock): fix the config."""
-
-
-class ObjectConflict(IngestError):
-    """The key already holds other bytes: never overwritten; the dock's copy kept beside it."""
-
-
-def _client_error(exc: Exception, what: str) -> IngestError:
-    """Map a boto3 failure to unreachable (retry later) or refused (fix the config)."""
-    from botocore.exceptions import ClientError
-    if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        message = exc.response.get("Error", {}).get("Message", "") or code
-        if code in _UNREACHABLE_CODES:
-            return StoreUnreachable(f"{what}: store unavailable ({code})")
-        if code in _REFUSED_CODES:
-            return StoreRefused(f"{what}: store refused this dock ({code}: {message})")
-        return IngestError(f"{what}: {code}: {message}")
-    return StoreUnreachable(f"{what}: store unreachable ({type(exc).__name__}: {exc})")
-
 
 class Ingestor:
     """Puts a dock archive's verified files into one Object Lock bucket; see the module docstring."""
@@ -80,6 +50,7 @@ class Ingestor:
     def __init__(self, config: StoreConfig, archive: str | Path, client: Any = None) -> None:
         self.config, self.archive = config, Path(archive)
         self.client = client if client is not None else config.client()
+        self.client.meta.events.register("before-sign.s3", sign_with_known_sha256)   # no hashing for SigV4
         self.queue = IngestQueue(self.archive)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -91,6 +62,7 @@ class Ingestor:
         self._fresh: set[str] = set()                # keys queued anew by this process, not yet tried
         self._part_sums: dict[str, list[str]] = {}   # sha256 → each part's SHA-256, taken in the same pass
         self._objects = ThreadPoolExecutor(max(2, config.max_concurrency), thread_name_prefix="ingest-object")
+        self._saves = ThreadPoolExecutor(1, thread_name_prefix="ingest-queue")   # never waits on the others
 
     # -- the bucket ------------------------------------------------------------------
 
@@ -100,25 +72,19 @@ class Ingestor:
         bucket = self.config.bucket
         try:
             self.client.head_bucket(Bucket=bucket)
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in ("404", "NoSuchBucket"):
-                raise StoreRefused(f"bucket {bucket} does not exist at the store") from None
-            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                raise StoreRefused(f"store refused the dock's credentials for bucket {bucket} ({code})") from None
-            raise _client_error(exc, f"bucket {bucket}") from None
-        except BotoCoreError as exc:
-            raise _client_error(exc, f"bucket {bucket}") from None
-        try:
             lock = self.client.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]
         except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
+            code, op = str(exc.response.get("Error", {}).get("Code", "")), exc.operation_name
+            if code in ("404", "NoSuchBucket") and op == "HeadBucket":
+                raise StoreRefused(f"bucket {bucket} does not exist at the store") from None
+            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch") and op == "HeadBucket":
+                raise StoreRefused(f"store refused the dock's credentials for bucket {bucket} ({code})") from None
             if code in ("ObjectLockConfigurationNotFoundError", "404"):
                 raise StoreRefused(f"bucket {bucket} has no Object Lock; refusing to ingest evidence "
                                    f"into a bucket that allows deletion") from None
-            raise _client_error(exc, f"bucket {bucket}") from None
+            raise client_error(exc, f"bucket {bucket}") from None
         except BotoCoreError as exc:
-            raise _client_error(exc, f"bucket {bucket}") from None
+            raise client_error(exc, f"bucket {bucket}") from None
         if lock.get("ObjectLockEnabled") != "Enabled":
             raise StoreRefused(f"bucket {bucket} has no Object Lock; refusing to ingest")
 
@@ -133,12 +99,17 @@ class Ingestor:
             self.queue.save(upload)
         return upload
 
-    def _prepare(self, device_dir: Path, rel: str, digest: str | None = None) -> tuple[Upload, bool]:
+    def _prepare(self, device_dir: Path, rel: str, digest: str | None = None,
+                 parts: list[str] | None = None) -> tuple[Upload, bool]:
         """The queue entry of ``rel`` with its SHA-256 (``digest`` if the dock took it already, as
-        it fetched and checked the file; else taken now), and whether it must be written (not if
-        the queue has it already, nor if this process saw the store hold these bytes)."""
+        it fetched and checked the file, with ``parts``: each 8 MiB part's SHA-256 from the same
+        pass; else taken now), and whether it must be written (not if the queue has it already,
+        nor if this process saw the store hold these bytes)."""
         path = device_dir / rel
         digest, size = (digest, path.stat().st_size) if digest else self._hash(path)
+        if parts and self.config.part_size == PART_SIZE and len(parts) == -(-size // PART_SIZE) \
+                and size >= self.config.multipart_threshold:
+            self._part_sums[digest] = parts      # each part goes up with these: the store refuses other bytes
         device_id = device_dir.name
         upload = Upload(f"{device_id}/{rel}", object_key(self.config, device_id, rel, digest, size), digest, size,
                         category_of(rel))
@@ -229,15 +200,16 @@ class Ingestor:
             if code in ("BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest"):
                 raise IngestError(f"{upload.path}: changed on the dock's disk since it was verified; "
                                   f"not uploaded") from None
-            raise _client_error(exc, key) from None
+            raise client_error(exc, key) from None
         except BotoCoreError as exc:
-            raise _client_error(exc, key) from None
+            raise client_error(exc, key) from None
 
     def _multipart(self, upload: Upload, key: str) -> None:
         """Upload in parts, several at once; parts already at the store (same MD5 ETag) are kept."""
         from botocore.exceptions import ClientError
         bucket, size = self.config.bucket, self.config.part_size
         done: dict[int, dict] = {}
+        saving = None
         if upload.upload_id and key == upload.key:
             try:
                 for page in self.client.get_paginator("list_parts").paginate(
@@ -253,12 +225,18 @@ class Ingestor:
                 ObjectLockRetainUntilDate=self._retain_until(upload.category))["UploadId"]
             if key == upload.key:
                 upload = replace(upload, upload_id=upload_id)
-                self.queue.save(upload)           # a crash from here on resumes this upload
+                # made durable while the parts go up, and before completing: a crash once it is on disk
+                # resumes this upload; one before is a fresh start, as a crash before creating it
+                saving = self._saves.submit(self.queue.save, upload)
         else:
             upload_id = upload.upload_id
-        parts, read, resumed = send_parts(self.client, bucket, key, upload_id, self.archive / upload.path, upload.size,
-                                          size, self.config.max_concurrency, done,
-                                          self._part_sums.pop(upload.sha256, None))
+        try:
+            parts, read, resumed = send_parts(self.client, bucket, key, upload_id, self.archive / upload.path,
+                                              upload.size, size, self.config.max_concurrency, done,
+                                              self._part_sums.pop(upload.sha256, None))
+        finally:
+            if saving is not None:
+                saving.result()
         if read is not None and read != upload.sha256:   # parts hashed as read: the whole must be what was verified
             raise IngestError(f"{upload.path}: changed on the dock's disk since it was verified; not completed")
         self._composites[upload.sha256] = composite([p["ChecksumSHA256"] for p in parts])   # what the store reports
@@ -288,9 +266,9 @@ class Ingestor:
         except ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
                 return False
-            raise _client_error(exc, key) from None
+            raise client_error(exc, key) from None
         except BotoCoreError as exc:
-            raise _client_error(exc, key) from None
+            raise client_error(exc, key) from None
         stored = head.get("ChecksumSHA256")
         if head.get("ContentLength") != upload.size or stored not in self._expected_checksums(upload):
             if head.get("ContentLength") != upload.size or not self._same_bytes(upload, key):
@@ -302,7 +280,7 @@ class Ingestor:
             try:
                 retention = self.client.get_object_retention(Bucket=bucket, Key=key)["Retention"]
             except (ClientError, BotoCoreError) as exc:
-                raise _client_error(exc, f"{key} retention") from None
+                raise client_error(exc, f"{key} retention") from None
         until = retention.get("RetainUntilDate")
         if retention.get("Mode") != "COMPLIANCE" or until is None or until <= dt.datetime.now(dt.timezone.utc):
             raise IngestError(f"{key}: stored without COMPLIANCE retention in force ({retention}); "
@@ -333,15 +311,18 @@ class Ingestor:
 
     # -- what the dock calls -----------------------------------------------------------
 
-    def queue_segment(self, device_dir: Path, segment: str, digests: Mapping[str, str] | None = None) -> list[Upload]:
+    def queue_segment(self, device_dir: Path, segment: str, digests: Mapping[str, str] | None = None,
+                      parts: Mapping[str, list[str]] | None = None) -> list[Upload]:
         """Queue a verified segment, its manifest and the device identity (durably, no upload:
         every entry fsync'd, one directory fsync for them all). ``digests``: file name → SHA-256
-        the dock took as it fetched the file (those not given are hashed now)."""
+        the dock took as it fetched the file (those not given are hashed now); ``parts``: file
+        name → each 8 MiB part's SHA-256 from that same pass."""
         rels = ["identity.json"] if (device_dir / "identity.json").exists() else []
         rels += [f"evidence/{segment}", f"evidence/{Path(segment).with_suffix('.manifest')}"]
-        digests = digests or {}
-        prepared = [self._prepare(device_dir, rel, digests.get(rel.rsplit("/", 1)[-1]) if rel != "identity.json"
-                                  else None) for rel in rels]
+        digests, parts = digests or {}, parts or {}
+        names = [rel.rsplit("/", 1)[-1] if rel != "identity.json" else "" for rel in rels]
+        prepared = [self._prepare(device_dir, rel, digests.get(name), parts.get(name) if name in digests else None)
+                    for rel, name in zip(rels, names)]
         self.queue.save_all([upload for upload, new in prepared if new])
         self._fresh.update(upload.key for upload, new in prepared if new)
         return [upload for upload, _ in prepared]
@@ -365,16 +346,19 @@ class Ingestor:
         if errors:
             raise next((e for e in errors if isinstance(e, StoreUnreachable)), errors[0])
 
-    def segment_held(self, device_dir: Path, segment: str, digests: Mapping[str, str] | None = None) -> bool:
+    def segment_held(self, device_dir: Path, segment: str, digests: Mapping[str, str] | None = None,
+                     parts: Mapping[str, list[str]] | None = None) -> bool:
         """Queue a verified segment and try to put it into the store now; True only once the
         store holds it, its manifest and the device identity as it must (then confirm).
 
-        ``digests``: file name → SHA-256 as the dock fetched and checked it (``dock.client``
-        hands them on), so the file is not read once more to hash it; the store checks the
-        bytes it receives against it (and a file sent in parts against it as the parts are read).
+        ``digests``: file name → SHA-256 as the dock fetched and checked it, ``parts``: each
+        8 MiB part's SHA-256 from the same pass (``dock.client`` hands both on), so nothing is
+        hashed here: the store checks a single PUT against the digest and each part against its
+        SHA-256 (without ``parts``, the parts are hashed as read and the whole checked before
+        completing).
         """
         try:
-            uploads = self.queue_segment(device_dir, segment, digests)
+            uploads = self.queue_segment(device_dir, segment, digests, parts)
         except OSError as exc:
             log.error("%s: cannot queue for the store (%s); not confirmed", segment, exc.strerror)
             return False

@@ -20,15 +20,59 @@ def b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
+PART_SIZE = 8 * 2**20    # the store config's default part size: what the pull's fetch hashes parts at
+
+
+class PartDigest:
+    """SHA-256 of a whole file and of each ``part_size`` part of it, taken in one pass as the
+    bytes come (the pull's fetch feeds it; ingest then hashes nothing: each part goes up with
+    its SHA-256 and the store refuses bytes that differ)."""
+
+    def __init__(self, part_size: int = PART_SIZE) -> None:
+        self.part_size, self.size = part_size, 0
+        self._whole, self._part, self._parts = hashlib.sha256(), hashlib.sha256(), []
+
+    @classmethod
+    def of_file(cls, path: Path, part_size: int = PART_SIZE) -> "PartDigest":
+        digest = cls(part_size)
+        with open(path, "rb") as f:
+            while block := f.read(part_size):
+                digest.update(block)
+        return digest
+
+    def update(self, data: bytes) -> None:
+        self._whole.update(data)
+        view = memoryview(data)
+        while view:
+            take = self.part_size - self.size % self.part_size
+            self._part.update(view[:take])
+            self.size += len(view[:take])
+            view = view[take:]
+            if self.size % self.part_size == 0:
+                self._parts.append(b64(self._part.digest()))
+                self._part = hashlib.sha256()
+
+    def hexdigest(self) -> str:
+        return self._whole.hexdigest()
+
+    def parts(self) -> list[str]:
+        """Each part's SHA-256 in base64 (the last one short), as S3's part checksums."""
+        return self._parts + ([b64(self._part.digest())] if self.size % self.part_size else [])
+
+
 def hash_file(path: Path, part_size: int) -> tuple[str, int, list[str]]:
     """(SHA-256 hex, size, each part's SHA-256 in base64) of a file, in one pass."""
-    whole, parts, size = hashlib.sha256(), [], 0
-    with open(path, "rb") as f:
-        while block := f.read(part_size):
-            whole.update(block)
-            parts.append(b64(hashlib.sha256(block).digest()))
-            size += len(block)
-    return whole.hexdigest(), size, parts
+    digest = PartDigest.of_file(path, part_size)
+    return digest.hexdigest(), digest.size, digest.parts()
+
+
+def sign_with_known_sha256(request: Any, **_: Any) -> None:
+    """botocore ``before-sign`` hook: SigV4 over plain HTTP signs the body's SHA-256, which botocore
+    would hash once more; a PUT or part that carries its SHA-256 checksum is signed with that
+    instead (the server refuses a body that differs from either)."""
+    checksum = request.headers.get("x-amz-checksum-sha256")
+    if checksum and "X-Amz-Content-SHA256" not in request.headers:
+        request.headers["X-Amz-Content-SHA256"] = base64.b64decode(checksum).hex()
 
 
 def composite(part_checksums: list[str]) -> str:

@@ -3,7 +3,8 @@
 Why files: the queue must survive a restart, a power cut and a SIGKILL of the dock, and an
 entry must be on disk before the first byte goes to the store (then a crash at any point
 leaves either the entry or the object held). Each entry records the SHA-256 taken when the
-dock verified the file, and the multipart upload ID once one is started, so a retry resumes.
+dock verified the file, and the multipart upload ID once one is started (written while the
+parts go up, durably before the upload is completed), so a retry resumes.
 Entries live in ``ARCHIVE/.ingest/queue/``; conflicts are parked in ``ARCHIVE/.ingest/conflicts/``.
 """
 

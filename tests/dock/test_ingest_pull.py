@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from types import SimpleNamespace
 
 from dock.bays import DockStation
 from dock.client import pull
@@ -175,3 +176,21 @@ def test_verify_status_and_hold_straight_from_the_store(device, keyset, seaweed,
     assert main(["verify", url]) == 1
     err = capsys.readouterr().err
     assert "SignatureDoesNotMatch" in err and "Traceback" not in err
+
+
+def test_the_pull_hands_on_each_files_part_digests_as_fetched(device, keyset, store_config, s3, bucket, tmp_path):
+    from dock.ingest_parts import PartDigest
+    device.record(segments=2, recording_id="rec-p", frame_bytes=40_000)
+    archive = tmp_path / "archive"
+    ingestor = Ingestor(store_config, archive)
+    handed: dict[str, list[str]] = {}
+
+    def holds(device_dir, name, digests=None, parts=None):
+        handed.update(parts or {})
+        return ingestor.segment_held(device_dir, name, digests=digests, parts=parts)
+    summary = _pull(device, keyset, archive, SimpleNamespace(segment_held=holds))
+    assert summary.ok and len(summary.confirmed) == 2, summary.problems
+    evidence = archive / DEVICE_ID / "evidence"
+    assert sorted(handed) == sorted(p.name for p in evidence.iterdir())
+    for name, parts in handed.items():                                  # the fetch's digests are of the bytes kept
+        assert parts == PartDigest.of_file(evidence / name).parts()
