@@ -201,15 +201,18 @@ class DeviceMachine:
         rec = self.recording
         assert rec is not None
         self.buffer.close_output()
-        sealed = True
+        sealed, full_at_close = True, False
         try:
             rec.output.close()  # every frame handed over is written ...
             rec.segmenter.close()  # ... before the last segment is sealed
+        except StorageFull as exc:  # the GOP in flight found the disk full: the sealer sealed, then said so
+            full_at_close = True
+            log.warning("closing recording %s: %s", rec.recording_id, exc)
         except (StoreError, OSError) as exc:
             sealed = False
             log.error("closing recording %s: %s", rec.recording_id, exc)
         failure = rec.output.failure
-        storage_full = isinstance(failure, StorageFull)  # the sealer sealed the segment, then said so
+        storage_full = full_at_close or isinstance(failure, StorageFull)
         unsealed = getattr(rec.sealer, "unsealed", None)  # left for recovery: not even the reserve fitted
         self.recording = None
         self.last_recording = rec

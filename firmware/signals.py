@@ -94,13 +94,6 @@ def _drive(device, pattern: Blink | None) -> None:
         device.blink(on_time=pattern.on_s, off_time=pattern.off_s, n=pattern.n, background=True)
 
 
-def _finish(device, timeout: float = 5.0) -> None:
-    """Wait until ``device``'s background blink has ended (gpiozero runs it in its own thread)."""
-    thread = getattr(device, "_blink_thread", None)  # gpiozero's own blink(background=False) joins it too
-    if thread is not None and thread is not threading.current_thread():
-        thread.join(timeout)
-
-
 class Signals:
     """The device's LEDs, buzzer and haptic motor, driven by name from the tables above."""
 
@@ -175,9 +168,15 @@ class Signals:
                     _drive(self._haptic, cue.buzz)
                 self._gap.wait(cue.duration_s + 0.05)  # a short gap so two cues stay two
                 for device in (self._buzzer, self._haptic):
-                    _finish(device)  # a loaded machine can run a blink late: a cue has played when it ends
+                    self._finish(device)  # a loaded machine runs a blink late: a cue has played when it ends
             finally:
                 self._cues.task_done()
+
+    def _finish(self, device) -> None:
+        """Wait until ``device``'s background blink (gpiozero's own thread) has ended, unless closing."""
+        thread = getattr(device, "_blink_thread", None)  # what gpiozero's blink(background=False) joins
+        while thread is not None and thread.is_alive() and not self._gap.is_set():
+            thread.join(0.05)
 
     def wait_idle(self) -> None:
         """Block until every queued cue has played (tests and the demo use it)."""
