@@ -197,50 +197,39 @@ class SigningKey:
 
 # --- parsing key files -----------------------------------------------------------------------
 
-def parse_signing_key(data: bytes) -> SigningKey:
-    """One Ed25519 PKCS#8 block, optionally followed by one ML-DSA-65 block."""
+def _halves(data: bytes, private: bool, classic: tuple[type, str], pq: tuple[type, str]) -> tuple:
+    """(classic key, PQ key or None) of a file of one block, or two when hybrid."""
     blocks = pem_blocks(data)
     if len(blocks) > 2:
         raise HybridKeyError(f"{len(blocks)} PEM blocks (a key file has one, or two when hybrid)")
-    ed = _expect(_load(blocks[0], True), ed25519.Ed25519PrivateKey, "the Ed25519 key (first block)")
-    pq = _expect(_load(blocks[1], True), mldsa.MLDSA65PrivateKey, "the ML-DSA-65 key (second block)") \
+    first = _expect(_load(blocks[0], private), classic[0], f"the {classic[1]} key (first block)")
+    second = _expect(_load(blocks[1], private), pq[0], f"the {pq[1]} key (second block)") \
         if len(blocks) == 2 else None
-    return SigningKey(ed, pq)
+    return first, second
+
+
+def parse_signing_key(data: bytes) -> SigningKey:
+    """One Ed25519 PKCS#8 block, optionally followed by one ML-DSA-65 block."""
+    return SigningKey(*_halves(data, True, (ed25519.Ed25519PrivateKey, "Ed25519"),
+                               (mldsa.MLDSA65PrivateKey, "ML-DSA-65")))
 
 
 def parse_verify_key(data: bytes) -> VerifyKey:
     """One Ed25519 SPKI block, optionally followed by one ML-DSA-65 SPKI block."""
-    blocks = pem_blocks(data)
-    if len(blocks) > 2:
-        raise HybridKeyError(f"{len(blocks)} PEM blocks (a key file has one, or two when hybrid)")
-    ed = _expect(_load(blocks[0], False), ed25519.Ed25519PublicKey, "the Ed25519 key (first block)")
-    pq = _expect(_load(blocks[1], False), mldsa.MLDSA65PublicKey, "the ML-DSA-65 key (second block)") \
-        if len(blocks) == 2 else None
-    return VerifyKey(ed, pq)
+    return VerifyKey(*_halves(data, False, (ed25519.Ed25519PublicKey, "Ed25519"),
+                              (mldsa.MLDSA65PublicKey, "ML-DSA-65")))
 
 
 def parse_agency_private(data: bytes) -> "x25519.X25519PrivateKey | HybridAgencyKey":
     """One X25519 PKCS#8 block (classic), or X25519 then ML-KEM-768 (hybrid)."""
-    blocks = pem_blocks(data)
-    if len(blocks) > 2:
-        raise HybridKeyError(f"{len(blocks)} PEM blocks (a key file has one, or two when hybrid)")
-    x = _expect(_load(blocks[0], True), x25519.X25519PrivateKey, "the X25519 key (first block)")
-    if len(blocks) == 1:
-        return x
-    return HybridAgencyKey(_expect(_load(blocks[1], True), mlkem.MLKEM768PrivateKey,
-                                   "the ML-KEM-768 key (second block)"), x)
+    x, pq = _halves(data, True, (x25519.X25519PrivateKey, "X25519"), (mlkem.MLKEM768PrivateKey, "ML-KEM-768"))
+    return x if pq is None else HybridAgencyKey(pq, x)
 
 
 def parse_agency_public(data: bytes) -> "x25519.X25519PublicKey | HybridAgencyPublicKey":
     """One X25519 SPKI block (classic), or X25519 then ML-KEM-768 (hybrid)."""
-    blocks = pem_blocks(data)
-    if len(blocks) > 2:
-        raise HybridKeyError(f"{len(blocks)} PEM blocks (a key file has one, or two when hybrid)")
-    x = _expect(_load(blocks[0], False), x25519.X25519PublicKey, "the X25519 key (first block)")
-    if len(blocks) == 1:
-        return x
-    return HybridAgencyPublicKey(_expect(_load(blocks[1], False), mlkem.MLKEM768PublicKey,
-                                         "the ML-KEM-768 key (second block)"), x)
+    x, pq = _halves(data, False, (x25519.X25519PublicKey, "X25519"), (mlkem.MLKEM768PublicKey, "ML-KEM-768"))
+    return x if pq is None else HybridAgencyPublicKey(pq, x)
 
 
 def as_verify_key(key: "VerifyKey | ed25519.Ed25519PublicKey") -> VerifyKey:

@@ -168,28 +168,28 @@ def load_public_key(path: str | Path, kind: str) -> PublicKey:
     return key
 
 
-def load_signing_key(path: str | Path, kind: str) -> hybrid.SigningKey:
-    """A device, dock or vendor private key, classic or hybrid, as a ``hybrid.SigningKey``."""
+def _load_hybrid(path: str | Path, kind: str, private: bool):
+    """A classic or hybrid signing key file as a SigningKey (private) or VerifyKey (public)."""
     if kind not in HYBRID_KINDS or kind == "agency":
         raise KeyFileError(f"a {kind} key does not sign with a hybrid signature")
-    key = _parse(_read(Path(path), f"{kind} private key"), Path(path), kind, True)
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return hybrid.SigningKey(key)
-    if not isinstance(key, hybrid.SigningKey):
-        raise KeyFileError(f"{path} holds a {type(key).__name__}, not a {kind} key")
+    classic, wrapper = ((ed25519.Ed25519PrivateKey, hybrid.SigningKey) if private
+                        else (ed25519.Ed25519PublicKey, hybrid.VerifyKey))
+    key = _parse(_read(Path(path), f"{kind} {'private' if private else 'public'} key"), Path(path), kind, private)
+    if isinstance(key, classic):
+        return wrapper(key)
+    if not isinstance(key, wrapper):
+        raise KeyFileError(f"{path} holds a {type(key).__name__}, not a {kind} {'key' if private else 'public key'}")
     return key
+
+
+def load_signing_key(path: str | Path, kind: str) -> hybrid.SigningKey:
+    """A device, dock or vendor private key, classic or hybrid, as a ``hybrid.SigningKey``."""
+    return _load_hybrid(path, kind, True)
 
 
 def load_verify_key(path: str | Path, kind: str) -> hybrid.VerifyKey:
     """A device, dock or vendor public key, classic or hybrid, as a ``hybrid.VerifyKey``."""
-    if kind not in HYBRID_KINDS or kind == "agency":
-        raise KeyFileError(f"a {kind} key does not sign with a hybrid signature")
-    key = _parse(_read(Path(path), f"{kind} public key"), Path(path), kind, False)
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return hybrid.VerifyKey(key)
-    if not isinstance(key, hybrid.VerifyKey):
-        raise KeyFileError(f"{path} holds a {type(key).__name__}, not a {kind} public key")
-    return key
+    return _load_hybrid(path, kind, False)
 
 
 def check_private_mode(path: str | Path) -> None:
