@@ -217,8 +217,8 @@ def run() -> str:
         f"| boto3 `upload_file`, SHA-256 checksum | {mb / plain_sha:.1f} | {plain / plain_sha:.2f} of plain | "
         f"`ExtraArgs={{'ChecksumAlgorithm': 'SHA256'}}`: the checksum ingest must send |",
         f"| bodycam ingest (`segment_held`, as a bay calls it) | {mb / ingest:.1f} | {plain / ingest:.2f} of plain | "
-        f"digests from the pull's fetch (whole file and each 8 MiB part, one pass): ingest hashes nothing (SigV4 "
-        f"signed with those too); queue "
+        f"digests from the pull's fetch (whole file and each 8 MiB part, one pass): ingest hashes nothing itself "
+        f"(botocore still hashes each body for SigV4 over HTTP); queue "
         f"entries fsync'd; create-only + SHA-256 checksums (each part's checked by the server) + COMPLIANCE; upload "
         f"ID saved while the parts go up; manifest alongside; HeadObject read-back before confirming |",
         f"| bodycam ingest, no digests handed on | {mb / hashing:.1f} | {plain / hashing:.2f} of plain | "

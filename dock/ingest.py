@@ -37,7 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from dock.ingest_parts import PART_SIZE, composite, hash_file, send_parts, sign_with_known_sha256
+from dock.ingest_parts import PART_SIZE, composite, hash_file, send_parts
 from dock.ingest_errors import ObjectConflict, StoreRefused, StoreUnreachable, client_error
 from dock.ingest_queue import REL_RE, IngestError, IngestQueue, Upload, category_of, object_key
 from dock.store_config import StoreConfig
@@ -50,7 +50,6 @@ class Ingestor:
     def __init__(self, config: StoreConfig, archive: str | Path, client: Any = None) -> None:
         self.config, self.archive = config, Path(archive)
         self.client = client if client is not None else config.client()
-        self.client.meta.events.register("before-sign.s3", sign_with_known_sha256)   # no hashing for SigV4
         self.queue = IngestQueue(self.archive)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()

@@ -66,15 +66,6 @@ def hash_file(path: Path, part_size: int) -> tuple[str, int, list[str]]:
     return digest.hexdigest(), digest.size, digest.parts()
 
 
-def sign_with_known_sha256(request: Any, **_: Any) -> None:
-    """botocore ``before-sign`` hook: SigV4 over plain HTTP signs the body's SHA-256, which botocore
-    would hash once more; a PUT or part that carries its SHA-256 checksum is signed with that
-    instead (the server refuses a body that differs from either)."""
-    checksum = request.headers.get("x-amz-checksum-sha256")
-    if checksum and "X-Amz-Content-SHA256" not in request.headers:
-        request.headers["X-Amz-Content-SHA256"] = base64.b64decode(checksum).hex()
-
-
 def composite(part_checksums: list[str]) -> str:
     """The checksum S3 reports for a multipart object: SHA-256 of the parts' SHA-256s, "-N"."""
     return f"{b64(hashlib.sha256(b''.join(base64.b64decode(c) for c in part_checksums)).digest())}" \
