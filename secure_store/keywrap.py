@@ -31,24 +31,15 @@ _KEY_KINDS = {SUITE_HPKE_X25519_AES256GCM: "X25519 only",
               SUITE_HPKE_MLKEM768X25519_AES256GCM: "hybrid ML-KEM-768 + X25519"}
 
 
-def suite_for(agency_public_key) -> int:
-    """The suite a segment sealed to ``agency_public_key`` uses (FormatError for any other key)."""
-    if isinstance(agency_public_key, hybrid.HybridAgencyPublicKey):
+def suite_for(agency_key) -> int:
+    """The suite of a segment sealed to (or opened by) ``agency_key``, public or private; FormatError for any
+    other key."""
+    if isinstance(agency_key, (hybrid.HybridAgencyPublicKey, hybrid.HybridAgencyKey)):
         return SUITE_HPKE_MLKEM768X25519_AES256GCM
-    if isinstance(agency_public_key, x25519.X25519PublicKey):
+    if isinstance(agency_key, (x25519.X25519PublicKey, x25519.X25519PrivateKey)):
         return SUITE_HPKE_X25519_AES256GCM
     raise FormatError("an agency key must be X25519 or hybrid ML-KEM-768 + X25519, "
-                      f"not {type(agency_public_key).__name__}")
-
-
-def suite_of_private(agency_private_key) -> int:
-    """The suite an agency private key opens."""
-    if isinstance(agency_private_key, hybrid.HybridAgencyKey):
-        return SUITE_HPKE_MLKEM768X25519_AES256GCM
-    if isinstance(agency_private_key, x25519.X25519PrivateKey):
-        return SUITE_HPKE_X25519_AES256GCM
-    raise FormatError("an agency key must be X25519 or hybrid ML-KEM-768 + X25519, "
-                      f"not {type(agency_private_key).__name__}")
+                      f"not {type(agency_key).__name__}")
 
 
 def wrap_data_key(data_key: bytes, agency_public_key) -> bytes:
@@ -60,7 +51,7 @@ def wrap_data_key(data_key: bytes, agency_public_key) -> bytes:
 
 def suite_mismatch(suite: int, agency_private_key, what: str = "segment") -> str | None:
     """Why ``agency_private_key`` is of the wrong kind for a segment of ``suite``, or None if it is of the right one."""
-    have = suite_of_private(agency_private_key)
+    have = suite_for(agency_private_key)
     if have == suite:
         return None
     return (f"{what}: sealed with suite {suite} ({_KEY_KINDS.get(suite, 'unknown')}); "
