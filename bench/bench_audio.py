@@ -25,7 +25,7 @@ from pathlib import Path
 from buffer.prebuffer import PreEventBuffer
 from hw_sim.camera import SimCamera
 from hw_sim.microphone import SimMicrophone
-from recorder.audio import SAMPLE_RATE, SAMPLES_PER_PACKET, AacEncoder, AudioCapture, MuteGate, samples_to_us
+from recorder.audio import SAMPLES_PER_PACKET, AacEncoder, AudioCapture, MuteGate, samples_to_us
 from recorder.encoders import PyAVEncoder
 from recorder.segmenter import Segmenter
 from secure_store import keys

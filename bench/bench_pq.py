@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.bench_seal import BITRATE, SECONDS, SEGMENT_S, _gops, _measure
+from bench.bench_seal import BITRATE, SECONDS, SEGMENT_S, _gops, _measure, seal_gops
 from secure_store import hybrid, keys
 from secure_store.audit import AuditLog
 from secure_store.errors import StoreError
@@ -56,17 +56,6 @@ def _store(path: Path, device: hybrid.SigningKey, agency) -> tuple[EvidenceStore
     signing = device if device.hybrid else device.ed25519  # a classic device as today: a plain Ed25519 key
     return EvidenceStore(root, device_id="BENCH-1", signing_key=signing, agency_public_key=agency.public_key(),
                          audit=audit, reserve_bytes=0), audit_hybrid
-
-
-def _seal(store: EvidenceStore, gops, recording: str) -> None:
-    sealer = store.open_sealer()
-    for s, frames in enumerate(gops):
-        if s % SEGMENT_S == 0:
-            if s:
-                sealer.end_segment()
-            sealer.begin_segment(recording, s // SEGMENT_S)
-        sealer.write_chunk(frames)
-    sealer.end_segment()
 
 
 def _overhead_bytes(root: Path) -> tuple[int, int]:
@@ -142,9 +131,9 @@ def run() -> str:
             device, agency = _keys(pq)
             cpu_store, _ = _store(Path(tmp) / f"{name}-cpu", device, agency)
             runs = iter(range(100))
-            sealing[name] = lambda st=cpu_store, r=runs: _seal(st, gops, f"bench-{next(r)}")
+            sealing[name] = lambda st=cpu_store, r=runs: seal_gops(st, gops, f"bench-{next(r)}")
             store, audit_hybrid = _store(Path(tmp) / name, device, agency)
-            _seal(store, gops, "bench-audited")
+            seal_gops(store, gops, "bench-audited")
             overhead, segments = _overhead_bytes(store.root.root)
             verify_key = device.public_key() if pq else device.public_key().ed25519
             checking[name] = lambda e=store.root.evidence, k=verify_key: _verify_segments(e, k)

@@ -70,6 +70,18 @@ def _gops() -> list[list[Frame]]:
     return gops
 
 
+def seal_gops(store, gops, recording: str) -> None:
+    """Seal one-second GOPs as one recording of SEGMENT_S-second segments through the real sealer."""
+    sealer = store.open_sealer()
+    for s, frames in enumerate(gops):
+        if s % SEGMENT_S == 0:
+            if s:
+                sealer.end_segment()
+            sealer.begin_segment(recording, s // SEGMENT_S)
+        sealer.write_chunk(frames)
+    sealer.end_segment()
+
+
 def _measure(fn, repeat: int = 5) -> tuple[float, float]:
     """Best of ``repeat`` runs (wall s, CPU s): the machine is shared, the minimum is the signal."""
     best = (float("inf"), float("inf"))
@@ -120,14 +132,7 @@ def run() -> str:
         runs = iter(range(100))
 
         def seal() -> None:
-            sealer, rec = store.open_sealer(), f"bench-{next(runs)}"
-            for s, frames in enumerate(gops):
-                if s % SEGMENT_S == 0:
-                    if s:
-                        sealer.end_segment()
-                    sealer.begin_segment(rec, s // SEGMENT_S)
-                sealer.write_chunk(frames)
-            sealer.end_segment()
+            seal_gops(store, gops, f"bench-{next(runs)}")
 
         raw = _measure(raw_cpu)
         raw_io = _measure(raw_fsync)

@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench.bench_seal import SECONDS, _audited_copy, _gops, _measure
