@@ -1,7 +1,9 @@
-"""Shared test settings: hypothesis profiles sized for a 2-core CI machine."""
+"""Shared test settings (hypothesis profiles sized for a 2-core CI machine) and fixtures."""
 
 import os
+import subprocess
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -9,3 +11,24 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=30, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+@pytest.fixture
+def make_tmpfs(tmp_path):
+    """``make_tmpfs(size_mib)``: a small tmpfs of the test's own (filling it fills nobody else's disk);
+    skips the test where mounting is not allowed, unmounts at the end."""
+    mounted = []
+
+    def make(size_mib: int):
+        mnt = tmp_path / f"mnt{len(mounted)}"
+        mnt.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0755", "tmpfs", str(mnt)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    yield make
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 
 import pytest
 
@@ -24,18 +23,9 @@ PREFIX = f"v1/test-force/{DEVICE_ID}"
 
 
 @pytest.fixture
-def small_fs(tmp_path):
+def small_fs(make_tmpfs):
     """A 16 MiB tmpfs of our own: filling it fills nobody else's disk."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    return make_tmpfs(16)
 
 
 def fill_leaving(directory, room: int):

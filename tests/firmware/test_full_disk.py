@@ -32,18 +32,9 @@ FPS = 10
 
 
 @pytest.fixture
-def small_fs(tmp_path):
+def small_fs(make_tmpfs):
     """A 24 MiB tmpfs of our own: filling it fills nobody else's disk."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0755", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    return make_tmpfs(24)
 
 
 def fill(directory: Path, name: str = "other-writer.bin") -> Path:
