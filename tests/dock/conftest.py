@@ -172,3 +172,31 @@ def store_config(seaweed, bucket):
                        access_key_id=seaweed.access_key, secret_access_key=seaweed.secret_key,
                        retention_days={"default": 1}, multipart_threshold=6 * 2**20, part_size=5 * 2**20,
                        connect_timeout=2, read_timeout=10, max_attempts=1)
+
+
+@pytest.fixture
+def record_h264():
+    """``record_h264(root, signing, agency, device_id)``: two real H.264 recordings (sim camera -> libx264 ->
+    sealer, 1-s segments: rec-1 of 25 frames, rec-2 of 12), with their audit entries."""
+    from hw_sim.camera import SimCamera
+    from recorder.encoders import PyAVEncoder
+    from recorder.segmenter import Segmenter
+    from secure_store.audit import Event
+
+    def record(root: DeviceRoot, signing, agency, device_id: str, width: int = 256, height: int = 144,
+               fps: int = 10) -> None:
+        audit = AuditLog(root.audit, signing, device_id)
+        store = EvidenceStore(root, device_id=device_id, signing_key=signing, agency_public_key=agency.public_key(),
+                              audit=audit, reserve_bytes=0)
+        camera = SimCamera(width, height, fps)
+        for recording, first, count in (("rec-1", 0, 25), ("rec-2", 100, 12)):
+            segmenter = Segmenter(store.open_sealer(), recording, segment_s=1.0)
+            audit.append(Event.RECORD_START, recording=recording, trigger="button", pre_event_s=0)
+            encoder = PyAVEncoder(segmenter, width, height, fps, bitrate=300_000)
+            for number in range(first, first + count):
+                encoder.encode(camera.render(number), camera.timestamp_us(number))
+            encoder.close()
+            segmenter.close()
+            audit.append(Event.RECORD_STOP, recording=recording, reason="button")
+
+    return record

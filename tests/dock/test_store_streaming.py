@@ -18,19 +18,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from dock.store_config import store_config_toml
 from firmware.cli import main
-from hw_sim.camera import SimCamera
-from recorder.encoders import PyAVEncoder
-from recorder.segmenter import Segmenter
 from secure_store import keys, sources
-from secure_store.audit import AuditLog, Event
 from secure_store.durable import write_atomic
 from secure_store.layout import DeviceRoot
-from secure_store.store import EvidenceStore
 from secure_store.trust import identity_json
 from secure_store.verify import verify_path
 
 DEVICE = "CAM-0042"
-WIDTH, HEIGHT, FPS = 256, 144, 10
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
 
@@ -64,29 +58,13 @@ class FileSpy:
         FileSpy.active = None
 
 
-def _record(root: DeviceRoot, signing: Ed25519PrivateKey, agency: X25519PrivateKey) -> None:
-    audit = AuditLog(root.audit, signing, DEVICE)
-    store = EvidenceStore(root, device_id=DEVICE, signing_key=signing, agency_public_key=agency.public_key(),
-                          audit=audit, reserve_bytes=0)
-    camera = SimCamera(WIDTH, HEIGHT, FPS)
-    for recording, first, count in (("rec-1", 0, 25), ("rec-2", 100, 12)):
-        segmenter = Segmenter(store.open_sealer(), recording, segment_s=1.0)
-        audit.append(Event.RECORD_START, recording=recording, trigger="button", pre_event_s=0)
-        encoder = PyAVEncoder(segmenter, WIDTH, HEIGHT, FPS, bitrate=300_000)
-        for number in range(first, first + count):
-            encoder.encode(camera.render(number), camera.timestamp_us(number))
-        encoder.close()
-        segmenter.close()
-        audit.append(Event.RECORD_STOP, recording=recording, reason="button")
-
-
 @pytest.fixture
-def ingested(store_config, s3, bucket, seaweed, tmp_path, monkeypatch, capsys):
+def ingested(record_h264, store_config, s3, bucket, seaweed, tmp_path, monkeypatch, capsys):
     """(archive device directory, s3:// URL of the same device, agency key file) after a real ingest."""
     signing, agency = Ed25519PrivateKey.generate(), X25519PrivateKey.generate()
     root = DeviceRoot(tmp_path / "device")
     root.keys.mkdir(parents=True)
-    _record(root, signing, agency)
+    record_h264(root, signing, agency, DEVICE)
     device_dir = tmp_path / "archive" / DEVICE
     shutil.copytree(root.evidence, device_dir / "evidence")
     shutil.copytree(root.audit, device_dir / "audit")
