@@ -1,8 +1,9 @@
 """A finger for gpiozero's MockFactory: press, hold, double-press and bounce buttons by pin.
 
 Inputs are wired active-low with pull-ups (as on the device), so "pressed" or "active"
-drives the pin low. Timing uses the wall clock, as a real finger does; gpiozero's
-hold timers and our settle timers run on it too.
+drives the pin low. A Finger keeps wall-clock time, as a real one does, for firmware on
+``firmware.controls.MonotonicClock`` (the device, the demo); tests that must not depend on
+a busy machine step a manual clock with their own finger instead (tests/firmware/conftest.py).
 """
 
 from __future__ import annotations
