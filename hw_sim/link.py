@@ -157,10 +157,13 @@ class LinkedPtys:
         if link_b is not None:
             self._symlink(Path(link_b), self.b_path)
             self.b_path = str(link_b)
+        self._flow = threading.Condition()
+        self._passed = {"a>b": 0, "b>a": 0}                  # bytes written on, per direction
+        self._pause_at = {"a>b": math.inf, "b>a": math.inf}  # pause(): hold once this many have passed
         self._threads = [
-            threading.Thread(target=self._relay, args=(self._master_a, self._master_b, self.a_to_b),
+            threading.Thread(target=self._relay, args=(self._master_a, self._master_b, self.a_to_b, "a>b"),
                              name="pty-relay-a>b", daemon=True),
-            threading.Thread(target=self._relay, args=(self._master_b, self._master_a, self.b_to_a),
+            threading.Thread(target=self._relay, args=(self._master_b, self._master_a, self.b_to_a, "b>a"),
                              name="pty-relay-b>a", daemon=True),
         ]
         for thread in self._threads:
@@ -177,7 +180,25 @@ class LinkedPtys:
     def connected(self) -> bool:
         return not self._closed.is_set()
 
-    def _relay(self, src: int, dst: int, injector: _Injector) -> None:
+    def pause(self, direction: str = "a>b", after: int = 0) -> None:
+        """Stop passing bytes one way (``"a>b"`` or ``"b>a"``) once ``after`` more bytes have gone
+        through, until ``resume()``; what is sent meanwhile waits in the cable. Lets a test act
+        while a transfer is surely mid-way, however busy the machine, not race a timed window."""
+        with self._flow:
+            self._pause_at[direction] = self._passed[direction] + after
+
+    def resume(self) -> None:
+        """Pass bytes both ways again, those held first."""
+        with self._flow:
+            self._pause_at = {"a>b": math.inf, "b>a": math.inf}
+            self._flow.notify_all()
+
+    def _hold(self, direction: str) -> None:
+        with self._flow:
+            while self._passed[direction] >= self._pause_at[direction] and not self._closed.is_set():
+                self._flow.wait(0.05)
+
+    def _relay(self, src: int, dst: int, injector: _Injector, direction: str) -> None:
         try:
             while not self._closed.is_set():
                 ready, _, _ = select.select([src], [], [], 0.05)
@@ -202,6 +223,7 @@ class LinkedPtys:
                 data, stall = injector.apply(data)
                 if stall:
                     time.sleep(stall)
+                self._hold(direction)
                 view = memoryview(data)
                 while view and not self._closed.is_set():
                     _, writable, _ = select.select([], [dst], [], 0.05)
@@ -210,6 +232,8 @@ class LinkedPtys:
                             view = view[os.write(dst, view):]
                         except BlockingIOError:
                             pass
+                with self._flow:
+                    self._passed[direction] += len(data)
                 if cut:
                     log.info("simulated cable pulled after %d bytes", self.bytes_relayed)
                     self.unplug()

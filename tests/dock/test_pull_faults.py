@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from dock.client import DockClient, pull
 from firmware.cli import main
-from hw_sim.link import Faults, LinkedPtys
+from hw_sim.link import LinkedPtys
 
 DEVICE_ID = "CAM-0042"
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +59,8 @@ def test_a_pull_stopped_by_ctrl_c_lets_the_next_pull_start_at_once(device, keyse
     before = device.evidence()
     out = tmp_path / "archive"
     evidence = out / DEVICE_ID / "evidence"
-    with LinkedPtys(Faults(stall_every=40_000, stall_s=0.05)) as cable:   # slow enough to interrupt mid-way
+    with LinkedPtys() as cable:
+        cable.pause("a>b", after=600_000)    # then the device's chunks wait in the cable: surely mid-way
         server = device.server(cable.a_path)
         server.start()                                       # the daemon's way: session after session
         try:
@@ -70,6 +70,7 @@ def test_a_pull_stopped_by_ctrl_c_lets_the_next_pull_start_at_once(device, keyse
                       "the first pull to be fetching")
             first.send_signal(signal.SIGINT)
             _, err = first.communicate(timeout=60)
+            cable.resume()
             assert first.returncode == 130 and "Traceback" not in err, err
             summary = pull(cable.b_path, out, keyset.dock, handshake_timeout=10.0)   # at once, same port
         finally:
