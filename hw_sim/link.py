@@ -160,6 +160,7 @@ class LinkedPtys:
         self._flow = threading.Condition()
         self._passed = {"a>b": 0, "b>a": 0}                  # bytes written on, per direction
         self._pause_at = {"a>b": math.inf, "b>a": math.inf}  # pause(): hold once this many have passed
+        self.holding = {"a>b": threading.Event(), "b>a": threading.Event()}   # set while bytes wait
         self._threads = [
             threading.Thread(target=self._relay, args=(self._master_a, self._master_b, self.a_to_b, "a>b"),
                              name="pty-relay-a>b", daemon=True),
@@ -196,7 +197,9 @@ class LinkedPtys:
     def _hold(self, direction: str) -> None:
         with self._flow:
             while self._passed[direction] >= self._pause_at[direction] and not self._closed.is_set():
+                self.holding[direction].set()
                 self._flow.wait(0.05)
+            self.holding[direction].clear()
 
     def _relay(self, src: int, dst: int, injector: _Injector, direction: str) -> None:
         try:
