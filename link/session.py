@@ -58,6 +58,17 @@ class AuthError(LinkError):
     """The other end could not prove who it is, or is not allowed in."""
 
 
+class AuthRejected(AuthError):
+    """The device sent REJECT, with its reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the device refused this dock: {reason}")
+        self.reason = reason
+
+
+AUTH_FAILED = b"dock authentication failed"   # the device's REJECT when an AUTH does not verify
+
+
 @dataclass(frozen=True)
 class Session:
     """What the handshake established, as seen from one end."""
@@ -125,37 +136,49 @@ def dock_handshake(
     without enrolment; the device's own chain comes back in ``Session.peer_cert_pem``.
     """
     dock_key = _ed25519(dock_key)
-    ephemeral = x25519.X25519PrivateKey.generate()
-    hello = json.dumps({
-        **({"dock_cert": cert_chain} if cert_chain else {}),
-        "protocol": "bodycam-dock",
-        "versions": list(SUPPORTED_VERSIONS),
-        "nonce": os.urandom(32).hex(),
-        "ephemeral": raw_public(ephemeral.public_key()).hex(),
-        "dock_key": raw_public(dock_key.public_key()).hex(),
-        "max_payload": max_payload,
-        "window": link.window,
-        "features": list(FEATURES),
-    }, sort_keys=True).encode()
     deadline = time.monotonic() + timeout
-    reply = _exchange(link, FrameType.HELLO, hello, FrameType.HELLO_REPLY, deadline, retry)
-    if len(reply) <= _SIG:
-        raise AuthError("device reply too short")
-    body, signature = reply[:-_SIG], reply[-_SIG:]
-    info = _json(body, "device reply")
-    device_public = _hex(info, "device_key", 32, "device reply")
-    device_key = ed25519.Ed25519PublicKey.from_public_bytes(device_public)
-    transcript = _transcript(hello, body)
-    try:
-        device_key.verify(signature, b"device" + transcript)
-    except InvalidSignature:
-        raise AuthError("the device's signature does not verify: not the device it claims to be") from None
-    version = info.get("version")
-    if version not in SUPPORTED_VERSIONS:
-        raise AuthError(f"device chose protocol version {version!r}; this dock speaks {SUPPORTED_VERSIONS}")
-    to_device, to_dock = _session_keys(ephemeral, _hex(info, "ephemeral", 32, "device reply"), transcript)
-    auth = dock_key.sign(b"dock" + transcript)
-    _exchange(link, FrameType.AUTH, auth, FrameType.AUTH_OK, deadline, retry, tag_key=to_dock)
+    hello_before = b""
+    for attempt in range(2):   # once more only if the device gave up the handshake we answered
+        ephemeral = x25519.X25519PrivateKey.generate()
+        hello = json.dumps({
+            **({"dock_cert": cert_chain} if cert_chain else {}),
+            "protocol": "bodycam-dock",
+            "versions": list(SUPPORTED_VERSIONS),
+            "nonce": os.urandom(32).hex(),
+            "ephemeral": raw_public(ephemeral.public_key()).hex(),
+            "dock_key": raw_public(dock_key.public_key()).hex(),
+            "max_payload": max_payload,
+            "window": link.window,
+            "features": list(FEATURES),
+        }, sort_keys=True).encode()
+        stale = (lambda r, h=hello_before: _answers(h, r)) if attempt else None   # replies to the first HELLO
+        reply = _exchange(link, FrameType.HELLO, hello, FrameType.HELLO_REPLY, deadline, retry, skip=stale)
+        hello_before = hello
+        if len(reply) <= _SIG:
+            raise AuthError("device reply too short")
+        body, signature = reply[:-_SIG], reply[-_SIG:]
+        info = _json(body, "device reply")
+        device_public = _hex(info, "device_key", 32, "device reply")
+        device_key = ed25519.Ed25519PublicKey.from_public_bytes(device_public)
+        transcript = _transcript(hello, body)
+        try:
+            device_key.verify(signature, b"device" + transcript)
+        except InvalidSignature:
+            raise AuthError("the device's signature does not verify: not the device it claims to be") from None
+        version = info.get("version")
+        if version not in SUPPORTED_VERSIONS:
+            raise AuthError(f"device chose protocol version {version!r}; this dock speaks {SUPPORTED_VERSIONS}")
+        to_device, to_dock = _session_keys(ephemeral, _hex(info, "ephemeral", 32, "device reply"), transcript)
+        auth = dock_key.sign(b"dock" + transcript)
+        try:
+            _exchange(link, FrameType.AUTH, auth, FrameType.AUTH_OK, deadline, retry, tag_key=to_dock)
+            break
+        except AuthRejected as exc:
+            if attempt or exc.reason != AUTH_FAILED.decode():
+                raise
+            # our AUTH answered a HELLO_REPLY from a device handshake that has since given up (its
+            # timeout ran out while its reply was on its way): it answered our repeated HELLO afresh
+            log.info("the device gave up the handshake it answered first; starting over with a new HELLO")
     payload = info.get("max_payload")
     payload = payload if isinstance(payload, int) else DEFAULT_PAYLOAD
     window = info.get("window")
@@ -175,9 +198,20 @@ def dock_handshake(
     return session
 
 
-def _exchange(link: Link, send_type: FrameType, payload: bytes, want: FrameType,
-              deadline: float, retry: float, tag_key: bytes | None = None) -> bytes:
-    """Send a handshake frame until the wanted answer (or a REJECT) arrives."""
+def _answers(hello: bytes, reply: bytes) -> bool:
+    """True if ``reply`` is a HELLO_REPLY its device signed for ``hello``."""
+    try:
+        key = ed25519.Ed25519PublicKey.from_public_bytes(_hex(_json(reply[:-_SIG], "reply"), "device_key", 32, "reply"))
+        key.verify(reply[-_SIG:], b"device" + _transcript(hello, reply[:-_SIG]))
+    except (AuthError, InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _exchange(link: Link, send_type: FrameType, payload: bytes, want: FrameType, deadline: float, retry: float,
+              tag_key: bytes | None = None, skip: Callable[[bytes], bool] | None = None) -> bytes:
+    """Send a handshake frame until the wanted answer (or a REJECT) arrives; answers ``skip``
+    names are late ones to an earlier frame, not to this one."""
     while time.monotonic() < deadline:
         link.send_frame(send_type, payload)
         resend_at = min(deadline, time.monotonic() + retry)
@@ -186,10 +220,12 @@ def _exchange(link: Link, send_type: FrameType, payload: bytes, want: FrameType,
             if frame is None:
                 break
             if frame.type == FrameType.REJECT:
-                raise AuthError(f"the device refused this dock: {_reason(frame.payload)}")
+                raise AuthRejected(_reason(frame.payload))
             if frame.type != want:
                 continue
             if tag_key is not None and not frame.tag_ok(tag_key):
+                continue
+            if skip is not None and skip(frame.payload):
                 continue
             return frame.payload
     if want == FrameType.HELLO_REPLY:   # nothing at all came back: most often not docked, or the wrong port
@@ -279,7 +315,7 @@ def device_handshake(
         try:
             dock_key.verify(auth, b"dock" + transcript)
         except InvalidSignature:
-            link.send_frame(FrameType.REJECT, b"dock authentication failed")
+            link.send_frame(FrameType.REJECT, AUTH_FAILED)
             raise AuthError("the dock's signature does not verify") from None
         to_device, to_dock = _session_keys(ephemeral, _hex(info, "ephemeral", 32, "dock hello"), transcript)
         window = info.get("window")

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 
 from hw_sim.link import LinkedPtys
 from link.protocol import SUPPORTED_VERSIONS, FrameType
-from link.session import AuthError, _transcript, device_handshake, dock_handshake
+from link.session import AUTH_FAILED, AuthError, _transcript, device_handshake, dock_handshake
 from link.transport import Link, open_port
 from secure_store import keys
 from secure_store.keys import fingerprint, raw_public
@@ -250,3 +250,36 @@ def test_dock_reports_the_devices_reason_for_a_reject(cable, ks, reason, said):
     device_link.send_frame(FrameType.REJECT, reason)
     with pytest.raises(AuthError, match=f"^the device refused this dock: {said}$"):
         dock.result()
+
+
+def test_dock_starts_over_once_when_the_device_gave_up_the_handshake_it_answered(cable, ks):
+    """A device whose handshake timed out while its reply was on the way answers the dock's repeated
+    HELLO afresh (new nonce) and so refuses the AUTH signed over its first reply: the dock starts
+    over once with a new HELLO, ignores the late second reply to the first one, and gets in."""
+    dock_link, device_link = cable
+    dock = Beside(dock_handshake, dock_link, ks["dock"], timeout=30, retry=30)
+    first = next_frame(device_link, FrameType.HELLO).payload
+    device_link.send_frame(FrameType.HELLO_REPLY, _signed_reply(ks["device"], first))
+    next_frame(device_link, FrameType.AUTH)
+    device_link.send_frame(FrameType.REJECT, AUTH_FAILED)
+    device_link.send_frame(FrameType.HELLO_REPLY, _signed_reply(ks["device"], first))   # the afresh answer, late
+    device = Beside(device_handshake, device_link, ks["device"], DEVICE_ID, [ks["dock"].public_key()], timeout=30)
+    dock_session, device_session = dock.result(), device.result()
+    assert dock_session.peer_fingerprint == fingerprint(ks["device"].public_key())
+    assert device_session.peer_fingerprint == fingerprint(ks["dock"].public_key())
+    dock_link.send(b"after the second HELLO")
+    assert device_link.recv(timeout=30) == b"after the second HELLO"
+
+
+def test_dock_starts_over_only_once(cable, ks):
+    dock_link, device_link = cable
+    dock = Beside(dock_handshake, dock_link, ks["dock"], timeout=30, retry=30)
+    hellos = []
+    for _ in range(2):
+        hellos.append(next_frame(device_link, FrameType.HELLO).payload)
+        device_link.send_frame(FrameType.HELLO_REPLY, _signed_reply(ks["device"], hellos[-1]))
+        next_frame(device_link, FrameType.AUTH)
+        device_link.send_frame(FrameType.REJECT, AUTH_FAILED)
+    with pytest.raises(AuthError, match="^the device refused this dock: dock authentication failed$"):
+        dock.result()
+    assert hellos[0] != hellos[1]
