@@ -236,6 +236,28 @@ def test_a_file_cut_short_by_the_file_system_is_refused_and_changes_nothing(kit)
     assert audit_events(root)[-1] == (Event.FIRMWARE_REJECTED, {"image": img.name, "reason": str(refused.value)})
 
 
+def test_out_of_inodes_the_install_is_refused_with_the_reason_and_changes_nothing(tmp_path, make_tmpfs):
+    """A real file system with no inode left (a small tmpfs, filled with empty files): the staging
+    directory cannot be made, and the one-line refusal says so, not a secondary error."""
+    for kind in ("agency", "vendor", "dock"):
+        keys.write_keypair(kind, tmp_path / kind)
+    root = DeviceRoot(make_tmpfs(8, inodes=400) / "dev")
+    provision(root, "CAM-7", tmp_path / "agency.pub", tmp_path / "vendor.pub", [tmp_path / "dock.pub"])
+    img = build(tmp_path, keys.load_private_key(tmp_path / "vendor.key", "vendor"), "1.1.0", {"v": b"1"})
+    update.boot_slot(root)                               # the slot lock's file exists, as on any booted device
+    filler = root.root.parent / "filler"
+    filler.mkdir()
+    with pytest.raises(OSError) as full:
+        for n in range(400):
+            (filler / str(n)).touch()
+    assert full.value.errno == errno.ENOSPC
+    with pytest.raises(UpdateError) as refused:
+        update.install_image(img, root)
+    assert str(refused.value) == "no space left for the firmware slot"
+    assert load_state(root)["active"] == "a" and sorted(p.name for p in root.firmware.iterdir()) == [".lock"]
+    assert audit_events(root)[-1] == (Event.FIRMWARE_REJECTED, {"image": img.name, "reason": str(refused.value)})
+
+
 def test_staged_files_never_follow_or_replace_what_is_already_there(tmp_path):
     """A link or file planted in the staging tree (another process racing the installer) is refused
     (FileExistsError), never written through."""
