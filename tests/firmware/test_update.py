@@ -259,8 +259,8 @@ def test_out_of_inodes_the_install_is_refused_with_the_reason_and_changes_nothin
 
 
 def test_staged_files_never_follow_or_replace_what_is_already_there(tmp_path):
-    """A link or file planted in the staging tree (another process racing the installer) is refused
-    (FileExistsError), never written through."""
+    """A link or file planted where a staged file goes (another process racing the installer) is
+    refused (FileExistsError), never written through."""
     files = tmp_path / "files"
     (files / "lib").mkdir(parents=True)
     outside = tmp_path / "outside.txt"
