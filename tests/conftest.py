@@ -15,14 +15,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 @pytest.fixture
 def make_tmpfs(tmp_path):
-    """``make_tmpfs(size_mib)``: a small tmpfs of the test's own (filling it fills nobody else's disk);
-    skips the test where mounting is not allowed, unmounts at the end."""
+    """``make_tmpfs(size_mib, inodes=None)``: a small tmpfs of the test's own (filling it fills nobody
+    else's disk; ``inodes`` caps its files and directories); skips the test where mounting is not
+    allowed, unmounts at the end."""
     mounted = []
 
-    def make(size_mib: int):
+    def make(size_mib: int, inodes: int | None = None):
         mnt = tmp_path / f"mnt{len(mounted)}"
         mnt.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0755", "tmpfs", str(mnt)],
+        options = f"size={size_mib}m,mode=0755" + (f",nr_inodes={inodes}" if inodes else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)],
                               capture_output=True, text=True)
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")

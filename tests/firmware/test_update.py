@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -19,6 +22,7 @@ from firmware import update
 from firmware.cli import main
 from firmware.update.image import ImageError
 from firmware.provision import provision
+from firmware.update.install import _write_file
 from firmware.update.slots import load_state, slot_dir
 from firmware.update import UpdateError, UpdateRefused
 from secure_store import keys
@@ -106,6 +110,171 @@ def test_next_update_goes_to_the_other_slot(kit):
     second = update.install_image(build(tmp, vendor, "1.2.0", {"v": b"2"}, min_version="1.1.0"), root)
     assert (second.slot, second.previous_slot, second.previous_version) == ("a", "b", "1.1.0")
     assert update.boot_slot(root).path.joinpath("v").read_bytes() == b"2"
+
+
+def _ident(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino)
+
+
+def test_install_says_exactly_what_it_installed(kit, caplog):
+    """The audit entries, the result and the device log name the same image (manifest digest, file
+    count, bytes: a file of several read chunks counted whole); the slot gets the modes it is
+    verified against."""
+    tmp, root, vendor = kit
+    files = {"app.py": b"print('v1.1')\n", "lib/codec/x.bin": os.urandom(200_001)}
+    img = build(tmp, vendor, "1.1.0", files)
+    with open(img, "rb") as f:
+        digest = fwimage.read_manifest(f, keys.load_verify_key(root.vendor_pub, "vendor")).digest
+    size = sum(len(d) for d in files.values())
+    seen = len(audit_events(root))
+    umask = os.umask(0o022)
+    try:
+        with caplog.at_level(logging.INFO, logger="firmware.update.install"):
+            result = update.install_image(img, root, max_boot_tries=2)
+    finally:
+        os.umask(umask)
+    assert result == update.InstallResult("b", "1.1.0", "a", FACTORY, 2, size, digest)
+    assert [d for e, d in audit_events(root)[seen:] if e == Event.FIRMWARE_INSTALL] == [
+        {"step": "verified", "image": img.name, "version": "1.1.0", "manifest_sha256": digest, "files": 2},
+        {"step": "unpacked", "slot": "b", "version": "1.1.0", "bytes": size},
+        {"step": "switched", "slot": "b", "version": "1.1.0", "previous_slot": "a", "previous_version": FACTORY,
+         "max_boot_tries": 2},
+    ]
+    assert load_state(root)["slots"]["b"]["manifest_sha256"] == digest
+    assert [r.getMessage() for r in caplog.records] == [
+        f"firmware 1.1.0 installed in slot b (trial); previous {FACTORY} in slot a"]
+    slot = slot_dir(root, "b")
+    modes = {p: os.stat(slot / p).st_mode & 0o777 for p in (".", "manifest.bin", "files", "files/lib/codec")}
+    assert modes == {".": 0o755, "manifest.bin": 0o644, "files": 0o755, "files/lib/codec": 0o755}
+
+
+def test_every_staged_file_and_directory_is_synced_before_the_slot_moves_in(kit, monkeypatch):
+    """A SIGKILL keeps the page cache, so the power-cut test cannot see a missing fsync; this can.
+    The real calls run; each fsync'd inode is noted, and the rename that moves the staged tree
+    into place must come after every file and every directory of that tree was synced."""
+    tmp, root, vendor = kit
+    img = build(tmp, vendor, "1.1.0", {"app.py": b"a", "lib/z.py": b"z", "lib/codec/x.bin": b"x"})
+    synced: list[tuple[int, int]] = []
+    moved: dict[tuple[int, int], int] = {}
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        st = os.fstat(fd if isinstance(fd, int) else fd.fileno())
+        real_fsync(fd)
+        synced.append((st.st_dev, st.st_ino))
+
+    def rename(src, dst, *args, **kwargs):
+        moved[_ident(src)] = len(synced)
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    update.install_image(img, root)
+    monkeypatch.undo()
+    slot = slot_dir(root, "b")
+    before = set(synced[:moved[_ident(slot)]])
+    tree = [slot] + [Path(d, n) for d, dirs, names in os.walk(slot) for n in dirs + names]
+    assert len(tree) == 8  # slot, manifest.bin, files, app.py, lib, z.py, codec, x.bin
+    assert [p.relative_to(slot).as_posix() for p in tree if _ident(p) not in before] == []
+
+
+def test_io_error_moving_the_staged_slot_in_keeps_the_running_slot_and_says_why(kit, monkeypatch, caplog):
+    """The file system fails the rename that moves the staged slot in (EIO, a read-only remount):
+    one line with the OS's reason, the running slot stays active, the state file says the target
+    slot was given up ("installing"), boot needs no rebuild, and a retry installs."""
+    tmp, root, vendor = kit
+    update.install_image(build(tmp, vendor, "1.1.0", {"v": b"1"}), root)
+    update.boot_slot(root)
+    update.mark_healthy(root)
+    img = build(tmp, vendor, "1.2.0", {"v": b"2"})
+    real_rename = os.rename
+
+    def rename(src, dst, *args, **kwargs):
+        if Path(src).name.startswith(".staging-"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(src), None, str(dst))
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with caplog.at_level(logging.INFO, logger="firmware.update.install"):
+        with pytest.raises(UpdateError) as failed:
+            update.install_image(img, root)
+    monkeypatch.undo()
+    reason = f"firmware install failed: {os.strerror(errno.EIO)}"
+    assert str(failed.value) == reason
+    assert audit_events(root)[-1] == (Event.FIRMWARE_REJECTED, {"image": img.name, "reason": reason})
+    assert [r.getMessage() for r in caplog.records] == [f"firmware install of {img.name} refused: {reason}"]
+    state = load_state(root)
+    assert state["active"] == "b" and state["slots"]["a"] == {"status": "installing", "version": "1.2.0"}
+    boot = update.boot_slot(root)
+    assert (boot.slot, boot.version, boot.status) == ("b", "1.1.0", "good")
+    assert "firmware_state_rebuilt" not in [e for e, _ in audit_events(root)]
+    assert update.install_image(img, root).slot == "a"
+
+
+def test_a_file_cut_short_by_the_file_system_is_refused_and_changes_nothing(kit):
+    """RLIMIT_FSIZE, as a quota or a full disk can, makes the kernel cut a write short at the limit
+    and fail the next one (EFBIG): the installer writes on after a short write, so it meets the
+    error while staging, and refuses with the OS's reason before the state or any slot changes."""
+    tmp, root, vendor = kit
+    img = build(tmp, vendor, "1.1.0", {"big.bin": os.urandom(50_000)})  # one read chunk, cut at 40 000
+    state_file = root.firmware / "state.json"
+    state_before = state_file.read_bytes() if state_file.exists() else None
+    assert all(p.stat().st_size < 30_000 for p in root.audit.iterdir())  # its appends fit under the limit
+    xfsz = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, hard))
+    try:
+        with pytest.raises(UpdateError) as refused:
+            update.install_image(img, root)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, xfsz)
+    assert str(refused.value) == f"cannot write slot b: {os.strerror(errno.EFBIG)}"
+    assert not (root.firmware / "slot-b").exists() and not list(root.firmware.glob(".staging-*"))
+    assert (state_file.read_bytes() if state_file.exists() else None) == state_before
+    assert audit_events(root)[-1] == (Event.FIRMWARE_REJECTED, {"image": img.name, "reason": str(refused.value)})
+
+
+def test_out_of_inodes_the_install_is_refused_with_the_reason_and_changes_nothing(tmp_path, make_tmpfs):
+    """A real file system with no inode left (a small tmpfs, filled with empty files): the staging
+    directory cannot be made, and the one-line refusal says so, not a secondary error."""
+    for kind in ("agency", "vendor", "dock"):
+        keys.write_keypair(kind, tmp_path / kind)
+    root = DeviceRoot(make_tmpfs(8, inodes=400) / "dev")
+    provision(root, "CAM-7", tmp_path / "agency.pub", tmp_path / "vendor.pub", [tmp_path / "dock.pub"])
+    img = build(tmp_path, keys.load_private_key(tmp_path / "vendor.key", "vendor"), "1.1.0", {"v": b"1"})
+    update.boot_slot(root)                               # the slot lock's file exists, as on any booted device
+    filler = root.root.parent / "filler"
+    filler.mkdir()
+    with pytest.raises(OSError) as full:
+        for n in range(400):
+            (filler / str(n)).touch()
+    assert full.value.errno == errno.ENOSPC
+    with pytest.raises(UpdateError) as refused:
+        update.install_image(img, root)
+    assert str(refused.value) == "no space left for the firmware slot"
+    assert load_state(root)["active"] == "a" and sorted(p.name for p in root.firmware.iterdir()) == [".lock"]
+    assert audit_events(root)[-1] == (Event.FIRMWARE_REJECTED, {"image": img.name, "reason": str(refused.value)})
+
+
+def test_staged_files_never_follow_or_replace_what_is_already_there(tmp_path):
+    """A link or file planted where a staged file goes (another process racing the installer) is
+    refused (FileExistsError), never written through."""
+    files = tmp_path / "files"
+    (files / "lib").mkdir(parents=True)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"keep")
+    (files / "app.py").symlink_to(outside)
+    (files / "lib" / "gone").symlink_to(tmp_path / "created-outside")
+    (files / "lib" / "x").write_bytes(b"old!")
+    for rel in ("app.py", "lib/gone", "lib/x"):
+        with pytest.raises(FileExistsError):
+            _write_file(files, rel, 0o644, lambda: iter([b"evil"]))
+    assert outside.read_bytes() == b"keep" and not (tmp_path / "created-outside").exists()
+    assert (files / "lib" / "x").read_bytes() == b"old!"
+    assert _write_file(files, "lib/new", 0o640, lambda: iter([b"ab", b"cde"])) == 5
+    assert (files / "lib" / "new").read_bytes() == b"abcde" and os.stat(files / "lib" / "new").st_mode & 0o777 == 0o640
 
 
 BAD = {  # name: (entries, payloads, expected reason) signed with the right key unless said
@@ -208,8 +377,10 @@ def test_floor_above_the_running_version_still_refuses_older_images(kit):
 def test_install_refused_while_the_running_slot_is_on_trial(kit):
     tmp, root, vendor = kit
     update.install_image(build(tmp, vendor, "1.1.0", {"v": b"1"}), root)
-    with pytest.raises(UpdateRefused, match="still on trial"):
+    with pytest.raises(UpdateRefused) as refused:
         update.install_image(build(tmp, vendor, "1.2.0", {"v": b"2"}), root)
+    assert str(refused.value) == ("running firmware 1.1.0 in slot b is still on trial: "
+                                  "mark it healthy (or let it roll back) before installing another")
     assert load_state(root)["slots"]["a"]["factory"] is True  # the known-good fallback is still there
 
 
