@@ -260,6 +260,7 @@ class SegmentSealer:
             self._header = None
             raise
         self._offset = len(raw)
+        self._store.note_written(len(raw))
 
     def _append(self, meta: ChunkMeta, plaintext: bytes) -> None:
         index = len(self._tally.chunk_digests)

@@ -185,6 +185,15 @@ def test_storage_status_levels(device) -> None:
     assert store.storage_status().level == "full" and store.storage_status().free_bytes == 0
 
 
+def test_used_bytes_count_every_byte_sealed(device, keyset, h) -> None:
+    """The quota is checked against the count: each segment's header counts too, as a reboot's scan finds."""
+    store = device(quota_bytes=10 * 1024 * 1024)
+    h.record(store, segments=2)
+    on_disk = sum(p.stat().st_size for p in store.root.evidence.iterdir())
+    status = store.storage_status()
+    assert (status.used_bytes, status.free_bytes) == (on_disk, 10 * 1024 * 1024 - on_disk)
+    assert h.open_store(store.root, keyset).storage_status().used_bytes == on_disk
+
 def test_sealer_refuses_calls_out_of_order(device, h) -> None:
     sealer = device().open_sealer()
     with pytest.raises(SealerStateError):
