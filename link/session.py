@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from link.transport import Link, LinkError, LinkTimeout
-from link.protocol import DEFAULT_PAYLOAD, MAX_PAYLOAD, SUPPORTED_VERSIONS, FrameType, encode_frame
+from link.protocol import DEFAULT_PAYLOAD, MAX_PAYLOAD, SUPPORTED_VERSIONS, FrameType, LinkFrame, encode_frame
 from secure_store.hybrid import SigningKey, VerifyKey
 from secure_store.keys import fingerprint, raw_public
 
@@ -170,15 +170,18 @@ def dock_handshake(
             raise AuthError(f"device chose protocol version {version!r}; this dock speaks {SUPPORTED_VERSIONS}")
         to_device, to_dock = _session_keys(ephemeral, _hex(info, "ephemeral", 32, "device reply"), transcript)
         auth = dock_key.sign(b"dock" + transcript)
+        others: list[LinkFrame] = []
         try:
-            _exchange(link, FrameType.AUTH, auth, FrameType.AUTH_OK, deadline, retry, tag_key=to_dock)
+            _exchange(link, FrameType.AUTH, auth, FrameType.AUTH_OK, deadline, retry, tag_key=to_dock, others=others)
             break
         except AuthRejected as exc:
-            if attempt or exc.reason != AUTH_FAILED.decode():
+            # Refused, after the device answered our HELLO a second time, afresh: its first handshake
+            # had timed out while its reply was on the way, so our AUTH signs a reply it has dropped.
+            if attempt or exc.reason != AUTH_FAILED.decode() or not any(
+                    f.type == FrameType.HELLO_REPLY and f.payload != reply and _answers(hello, f.payload)
+                    for f in others):
                 raise
-            # our AUTH answered a HELLO_REPLY from a device handshake that has since given up (its
-            # timeout ran out while its reply was on its way): it answered our repeated HELLO afresh
-            log.info("the device gave up the handshake it answered first; starting over with a new HELLO")
+            log.info("the device answered our HELLO twice (its first handshake timed out); starting over")
     payload = info.get("max_payload")
     payload = payload if isinstance(payload, int) else DEFAULT_PAYLOAD
     window = info.get("window")
@@ -209,9 +212,10 @@ def _answers(hello: bytes, reply: bytes) -> bool:
 
 
 def _exchange(link: Link, send_type: FrameType, payload: bytes, want: FrameType, deadline: float, retry: float,
-              tag_key: bytes | None = None, skip: Callable[[bytes], bool] | None = None) -> bytes:
+              tag_key: bytes | None = None, skip: Callable[[bytes], bool] | None = None,
+              others: list[LinkFrame] | None = None) -> bytes:
     """Send a handshake frame until the wanted answer (or a REJECT) arrives; answers ``skip``
-    names are late ones to an earlier frame, not to this one."""
+    names are late ones to an earlier frame, not to this one; ``others`` collects the rest."""
     while time.monotonic() < deadline:
         link.send_frame(send_type, payload)
         resend_at = min(deadline, time.monotonic() + retry)
@@ -222,6 +226,8 @@ def _exchange(link: Link, send_type: FrameType, payload: bytes, want: FrameType,
             if frame.type == FrameType.REJECT:
                 raise AuthRejected(_reason(frame.payload))
             if frame.type != want:
+                if others is not None:
+                    others.append(frame)
                 continue
             if tag_key is not None and not frame.tag_ok(tag_key):
                 continue

@@ -261,8 +261,10 @@ def test_dock_starts_over_once_when_the_device_gave_up_the_handshake_it_answered
     first = next_frame(device_link, FrameType.HELLO).payload
     device_link.send_frame(FrameType.HELLO_REPLY, _signed_reply(ks["device"], first))
     next_frame(device_link, FrameType.AUTH)
+    afresh = _signed_reply(ks["device"], first)            # the device timed out and answered a repeat anew
+    device_link.send_frame(FrameType.HELLO_REPLY, afresh)
     device_link.send_frame(FrameType.REJECT, AUTH_FAILED)
-    device_link.send_frame(FrameType.HELLO_REPLY, _signed_reply(ks["device"], first))   # the afresh answer, late
+    device_link.send_frame(FrameType.HELLO_REPLY, afresh)  # and once more, late: not an answer to the new HELLO
     device = Beside(device_handshake, device_link, ks["device"], DEVICE_ID, [ks["dock"].public_key()], timeout=30)
     dock_session, device_session = dock.result(), device.result()
     assert dock_session.peer_fingerprint == fingerprint(ks["device"].public_key())
@@ -279,7 +281,26 @@ def test_dock_starts_over_only_once(cable, ks):
         hellos.append(next_frame(device_link, FrameType.HELLO).payload)
         device_link.send_frame(FrameType.HELLO_REPLY, _signed_reply(ks["device"], hellos[-1]))
         next_frame(device_link, FrameType.AUTH)
+        device_link.send_frame(FrameType.HELLO_REPLY, _signed_reply(ks["device"], hellos[-1]))
         device_link.send_frame(FrameType.REJECT, AUTH_FAILED)
     with pytest.raises(AuthError, match="^the device refused this dock: dock authentication failed$"):
         dock.result()
     assert hellos[0] != hellos[1]
+
+
+@pytest.mark.parametrize("second_reply", ["none", "a repeat of the first", "signed over another hello"])
+def test_a_refused_auth_is_final_unless_the_device_answered_our_hello_anew(cable, ks, second_reply):
+    """An impostor (or a dock not enrolled) is refused at once: no second HELLO (a dock that started
+    over would wait out its timeout for an answer and end with LinkTimeout, not this AuthError)."""
+    dock_link, device_link = cable
+    dock = Beside(dock_handshake, dock_link, ks["dock"], timeout=30, retry=30)
+    sent = next_frame(device_link, FrameType.HELLO).payload
+    reply = _signed_reply(ks["device"], sent)
+    device_link.send_frame(FrameType.HELLO_REPLY, reply)
+    next_frame(device_link, FrameType.AUTH)
+    if second_reply != "none":
+        device_link.send_frame(FrameType.HELLO_REPLY, reply if second_reply == "a repeat of the first"
+                               else _signed_reply(ks["device"], sent + b" "))
+    device_link.send_frame(FrameType.REJECT, AUTH_FAILED)
+    with pytest.raises(AuthError, match="^the device refused this dock: dock authentication failed$"):
+        dock.result()
