@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from secure_store import audit, audit_format
 from secure_store.audit import AuditHead, AuditLog, Event, read_entries
@@ -397,6 +397,89 @@ def test_oversized_file_is_refused(tmp_path: Path, key, monkeypatch) -> None:
     monkeypatch.setattr(audit_format, "MAX_READ_BYTES", 500)
     name = only_file(tmp_path).name
     assert verify_audit(tmp_path, key.public_key()) == [f"{name}: larger than 500 bytes; not an audit log file"]
+
+
+# --- what the verifier reports, word for word (a court reads these lines; FORMAT.md L1, L2, L6, L8, L9) ---
+
+def resigned(line: bytes, key: Ed25519PrivateKey, **changes) -> bytes:
+    """A version-1 entry line with body fields changed, validly signed again by ``key``."""
+    obj = json.loads(line[len(b'{"body":'):-138])
+    obj.update(changes)
+    body = audit.canonical_json(obj)
+    return b'{"body":' + body + b',"sig":"' + key.sign(b"bodycam-audit-v1\x00" + body).hex().encode() + b'"}'
+
+
+def rotated_log(directory: Path, key: Ed25519PrivateKey) -> list[Path]:
+    make_log(directory, key, 12, max_file_bytes=1500)
+    files = sorted(directory.glob("audit-*.log"))
+    assert len(files) >= 3
+    return files
+
+
+def test_entry_0_that_does_not_start_the_chain_is_named(tmp_path: Path, key) -> None:
+    make_log(tmp_path, key, 3)
+    path = only_file(tmp_path)
+    lines = lines_of(path)
+    lines[1] = resigned(lines[1], key, prev="1" * 64)  # validly signed, but claims a predecessor
+    write_lines(path, lines)
+    assert verify_audit(tmp_path, key.public_key()) == [
+        "entry 0: does not start the chain (previous digest is not zero)",
+        "entry 1: does not chain to entry 0 (previous-entry digest mismatch)"]
+
+
+def test_anchor_at_entry_0_is_checked(tmp_path: Path, key) -> None:
+    """L9 holds for the very first entry too: a replaced one-entry log does not reach its anchor."""
+    AuditLog(tmp_path / "a", key, DEVICE).append(Event.BOOT, reason="power_on")
+    AuditLog(tmp_path / "b", key, DEVICE).append(Event.BOOT, reason="watchdog")
+    head_a, head_b = AuditLog(tmp_path / "a", key, DEVICE).head(), AuditLog(tmp_path / "b", key, DEVICE).head()
+    assert head_a.seq == head_b.seq == 0 and head_a.digest != head_b.digest
+    assert verify_audit(tmp_path / "a", key.public_key(), anchor=head_a) == []
+    assert verify_audit(tmp_path / "a", key.public_key(), anchor=head_b) == [
+        "entry 0: differs from the recorded head digest"]
+
+
+def test_one_entry_from_another_device_is_named_by_its_seq(tmp_path: Path, key) -> None:
+    make_log(tmp_path, key, 1)
+    assert verify_audit(tmp_path, key.public_key(), device_id="cam-0002") == [
+        "entry 0: from device 'cam-0001', not 'cam-0002'"]
+
+
+def test_garbage_after_the_last_entry_of_an_older_file_is_not_a_torn_entry(tmp_path: Path, key) -> None:
+    first, *_, newest = rotated_log(tmp_path, key)
+    with open(first, "ab") as f:
+        f.write(b"junk!")
+    assert verify_audit(tmp_path, key.public_key()) == [f"{first.name}: 5 bytes of garbage after the last entry"]
+    with open(newest, "ab") as f:
+        f.write(b"half")
+    assert verify_audit(tmp_path, key.public_key()) == [
+        f"{first.name}: 5 bytes of garbage after the last entry",
+        f"{newest.name}: torn last entry of 4 bytes (power cut, not yet recovered)"]
+
+
+def test_file_without_entries_is_named(tmp_path: Path, key) -> None:
+    _, middle, *_ = rotated_log(tmp_path, key)
+    first_seq, count = int(middle.name[6:18]), len(lines_of(middle)) - 2
+    middle.write_bytes(audit_format.HEADER)
+    want = f"entry {first_seq}" if count == 1 else f"entries {first_seq}-{first_seq + count - 1}"
+    assert verify_audit(tmp_path, key.public_key()) == [f"{middle.name}: holds no valid entries",
+                                                        f"{want} missing (removed)"]
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "audit-000000000000.log").write_bytes(audit_format.HEADER)
+    assert verify_audit(alone, key.public_key()) == ["audit-000000000000.log: holds no valid entries"]
+
+
+def test_unreadable_file_does_not_stop_the_files_after_it(tmp_path: Path, key) -> None:
+    first, *_, newest = rotated_log(tmp_path, key)
+    count = len(lines_of(first)) - 2
+    first.write_bytes(b"not an audit log\n" + first.read_bytes().split(b"\n", 1)[1])
+    lines = lines_of(newest)
+    lines[-2] = lines[-2].replace(b'"label":"m', b'"label":"x')  # the files after it are still read and checked
+    write_lines(newest, lines)
+    assert verify_audit(tmp_path, key.public_key()) == [
+        f"{first.name}: not a bodycam audit log (bad header)",
+        f"entry 11 ({newest.name} line {len(lines) - 1}): bad signature (altered, or not signed by this device's key)",
+        f"entries 0-{count - 1} missing (removed)"]
 
 
 # --- fuzzing: malformed input gives clear problems or AuditError, never a crash or a hang ---

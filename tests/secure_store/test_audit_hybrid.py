@@ -231,6 +231,8 @@ def test_a_hand_over_to_a_hybrid_key_commits_to_its_ml_dsa_half(tmp_path: Path, 
     # The new key given as classic: the hand-over itself says it is hybrid.
     problems = verify_audit(tmp_path, [classic.public_key(), new.ed25519])
     assert any(p.startswith("entry 1: hands the log over to a hybrid key") for p in problems)
+    assert (f"entry 1: hands the log over to a hybrid key (ML-DSA-65 {new.mldsa65_fingerprint()[:16]}) "
+            f"that the given key {keys.fingerprint(new)[:16]} is not") in problems  # both named, 16 digits each
     # A hybrid key with another ML-DSA-65 half under the same Ed25519 key: refused too.
     other = hybrid.VerifyKey(new.ed25519, mldsa.MLDSA65PrivateKey.generate().public_key())
     problems = verify_audit(tmp_path, [classic.public_key(), other])
