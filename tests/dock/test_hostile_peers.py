@@ -473,3 +473,63 @@ def test_a_fetch_the_device_refuses_is_reported(device, keyset, tmp_path):
         served.join()
     assert [p for p in summary.problems if p.startswith("seg-0000000001.seg: ") and "read error on the card" in p]
     assert summary.confirmed == [] and "seg-0000000001.seg" in device.evidence()
+
+
+@pytest.mark.parametrize("lied_about", ["seg-0000000001.seg", "seg-0000000001.manifest"])
+def test_a_segment_the_device_lists_otherwise_than_the_docks_copy_is_never_confirmed(device, keyset, tmp_path,
+                                                                                     lied_about):
+    """Guards the pull's pairing: a segment is verified and confirmed only when its file and its
+    manifest both match the device's listing now; a good copy the dock holds from an earlier pull
+    says nothing about the device's, so the device must keep its copy."""
+    device.record(segments=2)
+    out = tmp_path / "archive"
+    with LinkedPtys() as cable:
+        served = device.serve(cable.a_path)
+        pull(cable.b_path, out, keyset.dock, confirm=False)
+        served.join()
+    with LinkedPtys() as cable:
+        server = device.server(cable.a_path)
+        HostileServer(server, lie_sha256={lied_about: "ab" * 32})
+        served = device.serve_with(server)
+        summary = pull(cable.b_path, out, keyset.dock)
+        served.join()
+    assert [p for p in summary.problems if p.startswith(f"{lied_about}: the dock's copy differs")]
+    assert summary.verified == summary.confirmed == ["seg-0000000002.seg"]
+    assert sorted(device.evidence()) == ["seg-0000000001.manifest", "seg-0000000001.seg"]
+
+
+def test_a_device_id_that_is_no_plain_name_is_refused_in_one_line(device, keyset, tmp_path):
+    """Guards the device ID check: it names the dock's directory for the device, so '../x' is refused."""
+    device.record(segments=1)
+    before = device.evidence()
+    out = tmp_path / "archive"
+    with LinkedPtys() as cable:
+        server = device.server(cable.a_path)
+        server.device_id = "../escaped"
+        served = device.serve_with(server)
+        with pytest.raises(PullError) as refused:
+            pull(cable.b_path, out, keyset.dock)
+        served.join()
+    assert str(refused.value) == "device sent an unusable device ID '../escaped'"
+    assert _files_under(out) == set() and not (tmp_path / "escaped").exists()
+    assert device.evidence() == before
+
+
+def test_a_cable_pulled_mid_fetch_says_so_and_how_to_resume(device, keyset, tmp_path):
+    """The link lost mid-pull: one line naming the device and saying a rerun resumes; nothing confirmed."""
+    device.record(segments=1)
+    before = device.evidence()
+    with LinkedPtys() as cable:
+        def unplug(request):
+            cable.unplug()
+            return {"name": request.args["name"], "offset": 0, "length": 0, "size": 0}
+
+        server = device.server(cable.a_path)
+        HostileServer(server, fetch=unplug)
+        served = device.serve_with(server)
+        with pytest.raises(PullError) as lost:
+            pull(cable.b_path, tmp_path / "archive", keyset.dock)
+        served.join()
+    message = str(lost.value)
+    assert message.startswith(f"link to {DEVICE_ID} lost: ") and message.endswith("; rerun to resume"), message
+    assert "\n" not in message and device.evidence() == before

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import errno
 import hashlib
 import json
 from pathlib import Path
@@ -101,6 +103,83 @@ def test_only_what_the_evidence_store_holds_is_confirmed(device, keyset, tmp_pat
     assert summary.confirmed == ["seg-0000000001.seg", "seg-0000000003.seg"]
     assert summary.awaiting_store == ["seg-0000000002.seg"]
     assert sorted(device.evidence()) == ["seg-0000000002.manifest", "seg-0000000002.seg"]
+
+
+@pytest.mark.parametrize("takes", ["digests", "digests and parts"])
+def test_a_store_that_takes_digests_is_handed_those_the_fetch_checked(device, keyset, tmp_path, takes):
+    """``dock.ingest`` stores from the digests the fetch verified (no second read): a ``store_holds``
+    that takes ``digests`` (and ``parts``) gets, with the device directory and the segment, the
+    SHA-256 of every fetched file and of each 8 MiB part (one part here, base64 as S3 wants it)."""
+    device.record(segments=2)
+    before = device.evidence()
+    out = tmp_path / "archive"
+    asked = []
+    if takes == "digests":
+        def store_holds(device_dir, name, digests):
+            asked.append((device_dir, name, dict(digests), None))
+            return True
+    else:
+        def store_holds(device_dir, name, digests, parts):
+            asked.append((device_dir, name, dict(digests), dict(parts)))
+            return True
+
+    with LinkedPtys() as cable:
+        served = device.serve(cable.a_path)
+        summary = pull(cable.b_path, out, keyset.dock, store_holds=store_holds)
+        served.join()
+    segments = ["seg-0000000001.seg", "seg-0000000002.seg"]
+    assert summary.confirmed == segments and device.evidence() == {}
+    sha = {name: hashlib.sha256(data).hexdigest() for name, data in before.items()}
+    parts = {name: [base64.b64encode(hashlib.sha256(data).digest()).decode()] for name, data in before.items()}
+    assert [(d, n, digests) for d, n, digests, _ in asked] == [(out / DEVICE_ID, name, sha) for name in segments]
+    assert [p for *_, p in asked] == ([None, None] if takes == "digests" else [parts, parts])
+    assert isinstance(summary.retransmits, int) and summary.retransmits >= 0   # a count, if only of frames
+
+
+def test_a_full_archive_disk_is_one_line_and_nothing_is_confirmed(device, keyset, make_tmpfs):
+    """The archive disk fills up mid-fetch (a small tmpfs of the test's own, nearly full): the pull
+    stops with one line that says so, names the archive and the device, and confirms nothing."""
+    device.record(segments=2)                                         # ~120 KB each
+    before = device.evidence()
+    disk = make_tmpfs(1)
+    with open(disk / "other-writer.bin", "ab", buffering=0) as filler:  # another writer takes all but ~40 KB
+        try:
+            while True:
+                filler.write(b"\xa5" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        filler.truncate(filler.tell() - 40 * 1024)
+    out = disk / "archive"
+    with LinkedPtys() as cable:
+        served = device.serve(cable.a_path)
+        with pytest.raises(PullError) as full:
+            pull(cable.b_path, out, keyset.dock)
+        served.join()
+    assert str(full.value) == (
+        f"archive {out} is full (No space left on device) while pulling {DEVICE_ID}: 0 segment(s) confirmed "
+        "before that; nothing else was confirmed and the device keeps it; free space on the dock and pull again "
+        "(the pull resumes)")
+    assert device.evidence() == before
+
+
+def test_a_rerun_with_the_progress_bar_on_counts_the_files_it_holds(device, keyset, tmp_path, capsys):
+    """With a progress bar (a dock at a terminal): it counts held files as done, shows bytes (B, not
+    bits) in binary-scaled units, and is cleared when the pull ends, leaving no line behind."""
+    from tqdm import tqdm
+    device.record(segments=1)
+    total = sum(len(data) for data in device.evidence().values())
+    out = tmp_path / "archive"
+    for _ in range(2):
+        with LinkedPtys() as cable:
+            served = device.serve(cable.a_path)
+            summary = pull(cable.b_path, out, keyset.dock, progress=True, confirm=False)
+            served.join()
+        err = capsys.readouterr().err
+        assert err.startswith(f"\rpull {DEVICE_ID}:") and f"/{tqdm.format_sizeof(total, divisor=1024)} [" in err, err
+        assert "B/s" in err and "b/s" not in err, err
+        assert err.endswith("\r") and "\n" not in err and err.rsplit("\r", 2)[-2].strip() == "", err
+    assert summary.ok and sorted(summary.skipped) == ["seg-0000000001.manifest", "seg-0000000001.seg"]
+    assert all(n.startswith("audit/") for n in summary.fetched)
 
 
 def test_rerun_is_idempotent_and_new_footage_follows(device, keyset, tmp_path):
