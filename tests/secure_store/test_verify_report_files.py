@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from secure_store import keys, pki
+from secure_store import hybrid, keys, pki
+from secure_store.audit_format import AuditHead
 from secure_store.receipts import write_receipt
 from secure_store.segment_rules import Problem
 from secure_store.verify import verify_path, verify_segment
@@ -134,7 +135,7 @@ def test_a_segment_index_out_of_order_is_named(tmp_path, keyset, h) -> None:
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory) -> pki.CertificateAuthority:
     authority = pki.CertificateAuthority(tmp_path_factory.mktemp("ca") / "ca")
-    authority.init("Metro Police")
+    authority.init("Metro Police", pq=True)
     return authority
 
 
@@ -145,3 +146,30 @@ def test_a_receipt_from_an_uncertified_dock_is_named(case, keyset, ca) -> None:
     assert Problem(str(receipt), None, "signed by a dock key that no dock certificate chained to the agency root") \
         in report.problems
 
+
+
+def _certify(case: Path, ca, role: str, name: str, key) -> None:
+    (case / "certs").mkdir(exist_ok=True)
+    (case / "certs" / f"{role}-{name}.pem").write_bytes(pki.chain_pem(ca.issue(role, name, key)))
+
+
+def test_under_two_roots_a_classic_device_key_and_a_hybrid_receipt_on_a_classic_dock_certificate_are_named(
+        case, keyset, ca) -> None:
+    _certify(case, ca, "device", "CAM-0001", keyset.device.public_key())
+    dock = hybrid.SigningKey.generate(True)
+    _certify(case, ca, "dock", "DOCK-1", dock.public_key().ed25519)
+    receipt = write_receipt(case, dock, "CAM-0001", keys.fingerprint(keyset.device.public_key()), "", None, [])
+    report = verify_path(case, trust_root=ca.roots)
+    fp = keys.fingerprint(keyset.device.public_key())
+    assert Problem(str(case), None, f"device key {fp[:16]} is certified by the Ed25519 root only: its signatures "
+                                    "rest on Ed25519 alone") in report.warnings
+    assert report.problems == [Problem(str(receipt), None, "hybrid receipt, but the dock's certificate has no "
+                                                           "ML-DSA-65 key to check it")]
+
+
+# --- anchors given to the verifier ----------------------------------------------------------------
+
+def test_an_anchor_past_the_log_is_named_by_its_sequence_and_digest_prefix(case) -> None:
+    report = verify_path(case, anchors=[AuditHead(99, "ab" * 32)])
+    assert len(report.problems) == 1 and report.problems[0].file == str(case / "audit")
+    assert report.problems[0].reason.startswith(f"anchor 99:{'ab' * 8} anchors entry 99, but "), report.problems
