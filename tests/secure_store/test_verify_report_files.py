@@ -15,7 +15,8 @@ from secure_store import hybrid, keys, pki
 from secure_store.audit_format import AuditHead
 from secure_store.receipts import write_receipt
 from secure_store.segment_rules import Problem
-from secure_store.verify import verify_path, verify_segment
+from secure_store.errors import StoreError
+from secure_store.verify import decrypt_chunks, verify_path, verify_segment
 
 SEG, MAN = "seg-{:010d}.seg", "seg-{:010d}.manifest"
 NOT_ANCHORED = "device key taken from identity.json beside the evidence; not anchored to an agency root " \
@@ -173,3 +174,25 @@ def test_an_anchor_past_the_log_is_named_by_its_sequence_and_digest_prefix(case)
     report = verify_path(case, anchors=[AuditHead(99, "ab" * 32)])
     assert len(report.problems) == 1 and report.problems[0].file == str(case / "audit")
     assert report.problems[0].reason.startswith(f"anchor 99:{'ab' * 8} anchors entry 99, but "), report.problems
+
+
+def test_a_receipt_is_not_held_against_a_device_id_nobody_named(tmp_path, keyset, h) -> None:
+    """Keys given without a device ID and no segments left: no device ID to compare the receipt with."""
+    root = h.provision_root(tmp_path / "device", keyset)
+    (root.root / "evidence").mkdir()  # every segment freed after the dock confirmed it
+    write_receipt(root.root, keys.generate("dock"), "CAM-0001", keys.fingerprint(keyset.device.public_key()), "",
+                  None, [])
+    report = verify_path(root.root, keyset.device.public_key())
+    assert list(report.trust) == [str(root.root)] and report.problems == [], report.problems
+
+
+# --- decrypting names the file it stops at --------------------------------------------------------
+
+def test_a_segment_torn_while_decrypting_is_named(case, keyset) -> None:
+    seg = case / "evidence" / SEG.format(2)
+    chunks = decrypt_chunks(seg, keyset.agency)
+    assert next(chunks)  # verified, first chunk decrypted
+    with open(seg, "r+b") as f:
+        f.truncate(f.seek(0, 2) - 10)  # the final record cut short
+    with pytest.raises(StoreError, match=rf"^{SEG.format(2)}: chunk 1 at byte [0-9]+ is cut short"):
+        list(chunks)
