@@ -60,6 +60,16 @@ def test_a_store_of_two_devices_reports_both_and_skips_hidden_copies(tmp_path, k
     assert report.audit_logs == [str(a.root / "audit"), str(b.root / "audit")]
 
 
+def test_loose_segment_files_beside_device_directories_are_not_a_device_directory(tmp_path, keyset, h) -> None:
+    """FORMAT.md F2 rule 5: P itself is a device directory only if its subdirectories hold none."""
+    store = tmp_path / "store"
+    a = h.provision_root(store / "CAM-0001", keyset)
+    h.record(h.open_store(a, keyset), segments=1, chunks=1, frames_per_chunk=2)
+    (store / SEG.format(7)).write_bytes(b"stray")
+    report = verify_path(store)
+    assert report.ok and list(report.trust) == [str(a.root)], report.problems
+
+
 # --- problems and warnings name their file -------------------------------------------------------
 
 def test_an_audit_log_without_any_trusted_key_is_named(case) -> None:
