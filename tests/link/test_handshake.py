@@ -15,12 +15,14 @@ import os
 import threading
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from hw_sim.link import LinkedPtys
-from link.protocol import SUPPORTED_VERSIONS, FrameType
+from link.protocol import DEFAULT_PAYLOAD, MAX_PAYLOAD, SUPPORTED_VERSIONS, FrameType
 from link.session import AUTH_FAILED, AuthError, _transcript, device_handshake, dock_handshake
-from link.transport import Link, open_port
+from link.transport import Link, LinkTimeout, open_port
 from secure_store import keys
 from secure_store.keys import fingerprint, raw_public
 
@@ -90,6 +92,7 @@ def test_both_ends_agree_on_who_is_who_and_on_the_link(cable, ks):
     at_dock = dock_handshake(dock_link, ks["dock"], max_payload=8192, timeout=60)
     at_device = device.result()
     assert (at_dock.device_id, at_dock.firmware_version) == (DEVICE_ID, "2.4.1")
+    assert (at_device.device_id, at_device.firmware_version) == (DEVICE_ID, "2.4.1")
     assert at_dock.peer_fingerprint == fingerprint(ks["device"].public_key())
     assert at_device.peer_fingerprint == fingerprint(ks["dock"].public_key())
     assert raw_public(at_dock.peer_key) == raw_public(ks["device"].public_key())
@@ -304,3 +307,140 @@ def test_a_refused_auth_is_final_unless_the_device_answered_our_hello_anew(cable
     device_link.send_frame(FrameType.REJECT, AUTH_FAILED)
     with pytest.raises(AuthError, match="^the device refused this dock: dock authentication failed$"):
         dock.result()
+
+# --- session keys, remembered answers and what the dock agrees, from the spec's words ------
+
+def spec_keys(own: x25519.X25519PrivateKey, peer_ephemeral_hex: str, hello_bytes: bytes, body: bytes):
+    """docs/PROTOCOL.md §4: HKDF-SHA256(salt = T, info = "bodycam-dock v1 session keys",
+    IKM = X25519(eph, eph')) → 64 bytes: K_D→V = first 32, K_V→D = last 32."""
+    shared = own.exchange(x25519.X25519PublicKey.from_public_bytes(bytes.fromhex(peer_ephemeral_hex)))
+    okm = HKDF(hashes.SHA256(), 64, salt=_transcript(hello_bytes, body),
+               info=b"bodycam-dock v1 session keys").derive(shared)
+    return okm[:32], okm[32:]
+
+
+def _as_device(dock_link, device_link, ks, dock_kw=None, **changes):
+    """The test as a device that follows the spec to the end: the dock's Session, its HELLO, and the
+    device's link established with keys derived from the spec."""
+    dock = Beside(dock_handshake, dock_link, ks["dock"], timeout=30, retry=30, **(dock_kw or {}))
+    sent = next_frame(device_link, FrameType.HELLO).payload
+    ephemeral = x25519.X25519PrivateKey.generate()
+    reply = _signed_reply(ks["device"], sent, ephemeral=raw_public(ephemeral.public_key()).hex(), **changes)
+    device_link.send_frame(FrameType.HELLO_REPLY, reply)
+    auth = next_frame(device_link, FrameType.AUTH).payload
+    ks["dock"].public_key().verify(auth, b"dock" + _transcript(sent, reply[:-64]))
+    to_device, to_dock = spec_keys(ephemeral, json.loads(sent)["ephemeral"], sent, reply[:-64])
+    device_link.send_frame(FrameType.AUTH_OK, b"ok", to_dock)
+    device_link.establish(to_dock, to_device)
+    return dock.result(), sent
+
+
+def test_dock_hello_says_what_the_spec_lists_and_no_empty_certificate(cable, ks):
+    dock_link, device_link = cable
+    Beside(dock_handshake, dock_link, ks["dock"], max_payload=3000, timeout=30, retry=30)
+    info = json.loads(next_frame(device_link, FrameType.HELLO).payload)
+    assert info["protocol"] == "bodycam-dock" and info["versions"] == list(SUPPORTED_VERSIONS)
+    assert info["dock_key"] == raw_public(ks["dock"].public_key()).hex()
+    assert (info["max_payload"], info["window"], info["features"]) == (3000, dock_link.window, ["part", "repair1"])
+    assert len(bytes.fromhex(info["nonce"])) == 32 and len(bytes.fromhex(info["ephemeral"])) == 32
+    assert "dock_cert" not in info     # optional: sent only by a dock that has a chain
+
+
+def test_dock_session_keys_are_the_specs_both_ways(cable, ks):
+    """A device deriving its keys from docs/PROTOCOL.md alone gets in and talks both ways."""
+    dock_link, device_link = cable
+    session, _ = _as_device(dock_link, device_link, ks)
+    assert session.peer_fingerprint == fingerprint(ks["device"].public_key())
+    dock_link.send(b"to the device")
+    device_link.send(b"to the dock")
+    assert device_link.recv(timeout=30) == b"to the device"
+    assert dock_link.recv(timeout=30) == b"to the dock"
+
+
+def test_device_answers_auth_with_the_specs_key_and_repeats_its_answers_exactly(cable, ks):
+    """The test as a dock following the spec: AUTH_OK is "ok" tagged with K_V→D (never anything
+    else in the clear), the keys work both ways, and a repeated HELLO or AUTH (its answer was lost)
+    gets the identical answer again, sequence number 0."""
+    dock_link, device_link = cable
+    device = Beside(device_handshake, device_link, ks["device"], DEVICE_ID, [ks["dock"].public_key()], timeout=30)
+    ephemeral = x25519.X25519PrivateKey.generate()
+    sent = hello(ks["dock"], ephemeral=raw_public(ephemeral.public_key()).hex())
+    dock_link.send_frame(FrameType.HELLO, sent)
+    reply = next_frame(dock_link, FrameType.HELLO_REPLY)
+    body = reply.payload[:-64]
+    to_device, to_dock = spec_keys(ephemeral, json.loads(body)["ephemeral"], sent, body)
+    auth = ks["dock"].sign(b"dock" + _transcript(sent, body))
+    dock_link.send_frame(FrameType.AUTH, auth)
+    ok = next_frame(dock_link, FrameType.AUTH_OK)
+    assert (ok.seq, ok.payload) == (0, b"ok") and ok.tag_ok(to_dock)
+    session = device.result()
+    assert (session.device_id, session.peer_fingerprint) == (DEVICE_ID, fingerprint(ks["dock"].public_key()))
+    dock_link.send_frame(FrameType.HELLO, sent)
+    again = next_frame(dock_link, FrameType.HELLO_REPLY)
+    assert (again.seq, again.payload) == (0, reply.payload)
+    dock_link.send_frame(FrameType.AUTH, auth)
+    ok_again = next_frame(dock_link, FrameType.AUTH_OK)
+    assert (ok_again.seq, ok_again.payload, ok_again.tag) == (0, b"ok", ok.tag)
+    dock_link.establish(to_device, to_dock)
+    dock_link.send(b"to the device")
+    device_link.send(b"to the dock")
+    assert device_link.recv(timeout=30) == b"to the device"
+    assert dock_link.recv(timeout=30) == b"to the dock"
+
+
+@pytest.mark.parametrize("dock_offer, device_offer, agreed", [
+    (2048, 65536, 2048),                         # never more than the dock offered
+    (10 ** 6, 10 ** 6, MAX_PAYLOAD),             # never more than a frame can hold
+    (10 ** 6, None, DEFAULT_PAYLOAD),            # a device that names none gets the default
+    (10 ** 6, "4096", DEFAULT_PAYLOAD),          # ... as does one that names it wrongly
+])
+def test_dock_agrees_the_smaller_payload_within_the_frame_limit(cable, ks, dock_offer, device_offer, agreed):
+    dock_link, device_link = cable
+    session, _ = _as_device(dock_link, device_link, ks, {"max_payload": dock_offer}, max_payload=device_offer)
+    assert session.max_payload == agreed
+
+
+@pytest.mark.parametrize("device_window, peer_window_end", [(8, 8), ("8", None), (None, None)])
+def test_dock_sends_no_more_than_the_devices_window(cable, ks, device_window, peer_window_end):
+    dock_link, device_link = cable
+    default = dock_link.sender.peer_window_end
+    _as_device(dock_link, device_link, ks, window=device_window)
+    assert dock_link.sender.peer_window_end == (peer_window_end or default)
+
+
+def test_dock_reports_a_device_that_names_no_id_with_an_empty_one(cable, ks):
+    dock_link, device_link = cable
+    session, _ = _as_device(dock_link, device_link, ks, device_id=None, firmware=None)
+    assert (session.device_id, session.firmware_version) == ("", "")
+
+
+def test_dock_waits_out_a_stray_frame_without_resending(cable, ks):
+    """A frame of the wrong type while the dock waits for HELLO_REPLY is ignored: the dock neither
+    fails nor sends its HELLO again before its retry time (30 s here)."""
+    dock_link, device_link = cable
+    dock = Beside(dock_handshake, dock_link, ks["dock"], timeout=30, retry=30)
+    sent = next_frame(device_link, FrameType.HELLO).payload
+    device_link.send_frame(FrameType.AUTH_OK, b"stray")
+    device_link.send_frame(FrameType.HELLO_REPLY, _signed_reply(ks["device"], sent))
+    next_frame(device_link, FrameType.AUTH)     # not a second HELLO first
+    device_link.send_frame(FrameType.REJECT, b"test over")
+    with pytest.raises(AuthError, match="^the device refused this dock: test over$"):
+        dock.result()
+
+
+def test_dock_tells_the_operator_when_nothing_answers(cable, ks):
+    dock_link, _ = cable
+    with pytest.raises(LinkTimeout) as caught:
+        dock_handshake(dock_link, ks["dock"], timeout=0.2, retry=0.1)
+    assert str(caught.value) == "no HELLO_REPLY from the device: is the camera docked, and is this its port?"
+
+
+def test_dock_tells_the_operator_when_the_device_never_confirms(cable, ks):
+    dock_link, device_link = cable
+    dock = Beside(dock_handshake, dock_link, ks["dock"], timeout=2, retry=30)
+    sent = next_frame(device_link, FrameType.HELLO).payload
+    device_link.send_frame(FrameType.HELLO_REPLY, _signed_reply(ks["device"], sent))
+    next_frame(device_link, FrameType.AUTH)
+    with pytest.raises(LinkTimeout) as caught:
+        dock.result()
+    assert str(caught.value) == "no AUTH_OK from the device"
