@@ -121,6 +121,15 @@ class HostileServer:
         return self.real_fetch(request)
 
 
+def _pull_over_a_cable(device, out: Path, dock_key, **options):
+    """One honest pull of ``device`` over a fresh cable; its summary."""
+    with LinkedPtys() as cable:
+        served = device.serve(cable.a_path)
+        summary = pull(cable.b_path, out, dock_key, **options)
+        served.join()
+    return summary
+
+
 def _item(name: str, kind: str, data: bytes) -> dict:
     return {"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "kind": kind, "data": data}
 
@@ -376,14 +385,8 @@ def test_a_refused_confirm_is_reported_and_not_counted(device, keyset, tmp_path)
 def test_a_rerun_after_an_unconfirmed_pull_fetches_no_segment_twice(device, keyset, tmp_path):
     device.record(segments=2)
     out = tmp_path / "archive"
-    with LinkedPtys() as cable:
-        served = device.serve(cable.a_path)
-        pull(cable.b_path, out, keyset.dock, confirm=False)
-        served.join()
-    with LinkedPtys() as cable:
-        served = device.serve(cable.a_path)
-        summary = pull(cable.b_path, out, keyset.dock)
-        served.join()
+    _pull_over_a_cable(device, out, keyset.dock, confirm=False)
+    summary = _pull_over_a_cable(device, out, keyset.dock)
     assert summary.ok, summary.problems
     assert sorted(summary.skipped) == sorted(device_names := [
         "seg-0000000001.seg", "seg-0000000001.manifest", "seg-0000000002.seg", "seg-0000000002.manifest"])
@@ -483,10 +486,7 @@ def test_a_segment_the_device_lists_otherwise_than_the_docks_copy_is_never_confi
     says nothing about the device's, so the device must keep its copy."""
     device.record(segments=2)
     out = tmp_path / "archive"
-    with LinkedPtys() as cable:
-        served = device.serve(cable.a_path)
-        pull(cable.b_path, out, keyset.dock, confirm=False)
-        served.join()
+    _pull_over_a_cable(device, out, keyset.dock, confirm=False)
     with LinkedPtys() as cable:
         server = device.server(cable.a_path)
         HostileServer(server, lie_sha256={lied_about: "ab" * 32})
