@@ -33,7 +33,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 65536
-_TRICKLE_BYTES = 4096     # what a paused direction with a trickle passes each time
 
 
 @dataclass
@@ -158,15 +157,10 @@ class LinkedPtys:
         if link_b is not None:
             self._symlink(Path(link_b), self.b_path)
             self.b_path = str(link_b)
-        self._flow = threading.Condition()
-        self._passed = {"a>b": 0, "b>a": 0}                  # bytes written on, per direction
-        self._pause_at = {"a>b": math.inf, "b>a": math.inf}  # pause(): hold once this many have passed
-        self.holding = {"a>b": threading.Event(), "b>a": threading.Event()}   # set while bytes wait
-        self._trickle: dict[str, float | None] = {"a>b": None, "b>a": None}
         self._threads = [
-            threading.Thread(target=self._relay, args=(self._master_a, self._master_b, self.a_to_b, "a>b"),
+            threading.Thread(target=self._relay, args=(self._master_a, self._master_b, self.a_to_b),
                              name="pty-relay-a>b", daemon=True),
-            threading.Thread(target=self._relay, args=(self._master_b, self._master_a, self.b_to_a, "b>a"),
+            threading.Thread(target=self._relay, args=(self._master_b, self._master_a, self.b_to_a),
                              name="pty-relay-b>a", daemon=True),
         ]
         for thread in self._threads:
@@ -183,38 +177,7 @@ class LinkedPtys:
     def connected(self) -> bool:
         return not self._closed.is_set()
 
-    def pause(self, direction: str = "a>b", after: int = 0, trickle_s: float | None = None) -> None:
-        """Stop passing bytes one way (``"a>b"`` or ``"b>a"``) once ``after`` more bytes have gone
-        through, until ``resume()``; what is sent meanwhile waits in the cable. With ``trickle_s``
-        a few bytes still pass every ``trickle_s`` seconds (the far end hears its peer, slowly,
-        and does not time the line out). Lets a test act while a transfer is surely mid-way,
-        however busy the machine, instead of racing a timed window."""
-        with self._flow:
-            self._pause_at[direction] = self._passed[direction] + after
-            self._trickle[direction] = trickle_s
-
-    def resume(self) -> None:
-        """Pass bytes both ways again, those held first."""
-        with self._flow:
-            self._pause_at = {"a>b": math.inf, "b>a": math.inf}
-            self._flow.notify_all()
-
-    def _allowance(self, direction: str, size: int) -> int:
-        """How many of ``size`` bytes may go on now; waits while the direction is paused."""
-        with self._flow:
-            while self._passed[direction] >= self._pause_at[direction] and not self._closed.is_set():
-                self.holding[direction].set()
-                trickle = self._trickle[direction]
-                if trickle is not None:
-                    self._flow.wait(trickle)
-                    if self._passed[direction] >= self._pause_at[direction]:
-                        return min(size, _TRICKLE_BYTES)
-                else:
-                    self._flow.wait(0.05)
-            self.holding[direction].clear()
-            return size
-
-    def _relay(self, src: int, dst: int, injector: _Injector, direction: str) -> None:
+    def _relay(self, src: int, dst: int, injector: _Injector) -> None:
         try:
             while not self._closed.is_set():
                 ready, _, _ = select.select([src], [], [], 0.05)
@@ -241,16 +204,12 @@ class LinkedPtys:
                     time.sleep(stall)
                 view = memoryview(data)
                 while view and not self._closed.is_set():
-                    allowed = self._allowance(direction, len(view))
                     _, writable, _ = select.select([], [dst], [], 0.05)
                     if writable:
                         try:
-                            written = os.write(dst, view[:allowed])
+                            view = view[os.write(dst, view):]
                         except BlockingIOError:
-                            continue
-                        view = view[written:]
-                        with self._flow:
-                            self._passed[direction] += written
+                            pass
                 if cut:
                     log.info("simulated cable pulled after %d bytes", self.bytes_relayed)
                     self.unplug()
