@@ -154,17 +154,7 @@ def dock_handshake(
         stale = (lambda r, h=hello_before: _answers(h, r)) if attempt else None   # replies to the first HELLO
         reply = _exchange(link, FrameType.HELLO, hello, FrameType.HELLO_REPLY, deadline, retry, skip=stale)
         hello_before = hello
-        if len(reply) <= _SIG:
-            raise AuthError("device reply too short")
-        body, signature = reply[:-_SIG], reply[-_SIG:]
-        info = _json(body, "device reply")
-        device_public = _hex(info, "device_key", 32, "device reply")
-        device_key = ed25519.Ed25519PublicKey.from_public_bytes(device_public)
-        transcript = _transcript(hello, body)
-        try:
-            device_key.verify(signature, b"device" + transcript)
-        except InvalidSignature:
-            raise AuthError("the device's signature does not verify: not the device it claims to be") from None
+        info, transcript, device_key = _read_reply(hello, reply)
         version = info.get("version")
         if version not in SUPPORTED_VERSIONS:
             raise AuthError(f"device chose protocol version {version!r}; this dock speaks {SUPPORTED_VERSIONS}")
@@ -201,12 +191,27 @@ def dock_handshake(
     return session
 
 
+def _read_reply(hello: bytes, reply: bytes) -> tuple[dict[str, Any], bytes, ed25519.Ed25519PublicKey]:
+    """A HELLO_REPLY to ``hello``: (its fields, the transcript, the device's key); AuthError
+    unless the device it names signed it over this very HELLO."""
+    if len(reply) <= _SIG:
+        raise AuthError("device reply too short")
+    body, signature = reply[:-_SIG], reply[-_SIG:]
+    info = _json(body, "device reply")
+    device_key = ed25519.Ed25519PublicKey.from_public_bytes(_hex(info, "device_key", 32, "device reply"))
+    transcript = _transcript(hello, body)
+    try:
+        device_key.verify(signature, b"device" + transcript)
+    except InvalidSignature:
+        raise AuthError("the device's signature does not verify: not the device it claims to be") from None
+    return info, transcript, device_key
+
+
 def _answers(hello: bytes, reply: bytes) -> bool:
     """True if ``reply`` is a HELLO_REPLY its device signed for ``hello``."""
     try:
-        key = ed25519.Ed25519PublicKey.from_public_bytes(_hex(_json(reply[:-_SIG], "reply"), "device_key", 32, "reply"))
-        key.verify(reply[-_SIG:], b"device" + _transcript(hello, reply[:-_SIG]))
-    except (AuthError, InvalidSignature, ValueError):
+        _read_reply(hello, reply)
+    except (AuthError, ValueError):
         return False
     return True
 
