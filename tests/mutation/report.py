@@ -15,25 +15,31 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 KILLED = {1, 3, 36, 37, -24, 24, 152, 255}       # mutmut's exit codes for killed / timeout / type check
 SURVIVED = {0, 5, 33}                              # survived, or no test reached it
 
 
-def main(patterns: list[str]) -> int:
-    rows: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    survivors: list[str] = []
+def results(patterns: list[str]) -> Iterator[tuple[str, str, int | None]]:
+    """(module, mutant name, mutmut's exit code or None if not run yet) of each mutant matching
+    ``patterns``, from mutmut's result files; also what ``sample.py`` draws from."""
     for meta in sorted(Path("mutants").rglob("*.py.meta")):
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         for name, code in sorted(codes.items()):
-            if not any(fnmatch.fnmatchcase(name, p) for p in patterns):
-                continue
-            module = name.split(".x")[0].split(".x_")[0]
-            state = "killed" if code in KILLED else "survived" if code in SURVIVED else \
-                "not run" if code is None else "other"
-            rows[module][state] += 1
-            if state == "survived":
-                survivors.append(name)
+            if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+                yield name.split(".x")[0], name, code
+
+
+def main(patterns: list[str]) -> int:
+    rows: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    survivors: list[str] = []
+    for module, name, code in results(patterns):
+        state = "killed" if code in KILLED else "survived" if code in SURVIVED else \
+            "not run" if code is None else "other"
+        rows[module][state] += 1
+        if state == "survived":
+            survivors.append(name)
     total = collections.Counter()
     print(f"{'module':34} {'mutants':>8} {'killed':>7} {'survived':>9} {'not run':>8} {'score':>7}")
     for module, c in sorted(rows.items()):

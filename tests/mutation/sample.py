@@ -10,19 +10,16 @@ Reads the mutant names mutmut generated (``mutants/**/*.py.meta``, written at th
 from __future__ import annotations
 
 import collections
-import fnmatch
-import json
 import random
 import sys
-from pathlib import Path
+
+from report import results   # run as a script: this directory is on sys.path
 
 
 def sample(patterns: list[str], per_module: int, seed: int) -> list[str]:
     by_module: dict[str, list[str]] = collections.defaultdict(list)
-    for meta in sorted(Path("mutants").rglob("*.py.meta")):
-        for name in json.loads(meta.read_text())["exit_code_by_key"]:
-            if any(fnmatch.fnmatchcase(name, p) for p in patterns):
-                by_module[name.split(".x")[0]].append(name)
+    for module, name, _ in results(patterns):
+        by_module[module].append(name)
     rng = random.Random(seed)
     chosen: list[str] = []
     for module in sorted(by_module):
