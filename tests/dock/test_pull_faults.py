@@ -3,16 +3,16 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from dock.client import DockClient, pull
 from firmware.cli import main
-from hw_sim.link import Faults, LinkedPtys
+from hw_sim.link import LinkedPtys
 
 DEVICE_ID = "CAM-0042"
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +53,25 @@ def test_a_second_pull_on_a_busy_port_says_port_busy(device, keyset, dock_key_fi
     assert all((tmp_path / "archive" / DEVICE_ID / "evidence" / n).read_bytes() == d for n, d in before.items())
 
 
+def _hold_fetches_midway(server, resume: threading.Event, after: int = 65536) -> None:
+    """Make the device's fetch stop sending once ``after`` bytes of a file are out, until
+    ``resume``: the pull is mid-file when the test acts, however busy the machine is."""
+    fetch = server.commands["fetch"]
+
+    def held(request):
+        send, sent = request.send_chunk, 0
+
+        def send_chunk(offset: int, data: bytes) -> None:
+            nonlocal sent
+            if sent >= after:
+                assert resume.wait(120), "the test never resumed the held fetch"
+            send(offset, data)
+            sent += len(data)
+        request.send_chunk = send_chunk
+        return fetch(request)
+    server.add_command("fetch", held)
+
+
 def test_a_pull_stopped_by_ctrl_c_lets_the_next_pull_start_at_once(device, keyset, dock_key_file, tmp_path):
     """SIGINT in the middle of a fetch: the dock says CLOSE, the device's daemon is ready for the
     next pull at once (no "no HELLO_REPLY"), which resumes and finishes with identical files."""
@@ -60,8 +79,10 @@ def test_a_pull_stopped_by_ctrl_c_lets_the_next_pull_start_at_once(device, keyse
     before = device.evidence()
     out = tmp_path / "archive"
     evidence = out / DEVICE_ID / "evidence"
-    with LinkedPtys(Faults(stall_every=40_000, stall_s=0.05)) as cable:   # slow enough to interrupt mid-way
+    resume = threading.Event()
+    with LinkedPtys() as cable:
         server = device.server(cable.a_path)
+        _hold_fetches_midway(server, resume)
         server.start()                                       # the daemon's way: session after session
         try:
             first = _bodycam("dock", "pull", "--port", cable.b_path, "--out", str(out),
@@ -70,9 +91,11 @@ def test_a_pull_stopped_by_ctrl_c_lets_the_next_pull_start_at_once(device, keyse
                       "the first pull to be fetching")
             first.send_signal(signal.SIGINT)
             _, err = first.communicate(timeout=60)
+            resume.set()                                     # the device sends on, to a dock that has gone
             assert first.returncode == 130 and "Traceback" not in err, err
             summary = pull(cable.b_path, out, keyset.dock, handshake_timeout=10.0)   # at once, same port
         finally:
+            resume.set()
             server.stop()
     assert summary.ok, summary.problems
     assert summary.bytes_resumed > 0
