@@ -19,8 +19,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bodycam(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "firmware.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    """Start ``bodycam ARGS``, with Ctrl-C working in it even when this suite runs in the
+    background: a shell starts a background job with SIGINT ignored, and an ignored signal stays
+    ignored in every child (a handled one is reset to the default at exec, so Python raises
+    KeyboardInterrupt on it again)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "firmware.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _wait_for(condition, what: str, limit: float = 60.0) -> None:
