@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench mutate mutate-sample clean browser
+.PHONY: install run test bench mutate mutate-sample breakages clean browser
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ mutate-sample: $(STAMP)
 	-nice -n 19 $(VENV)/bin/mutmut run --max-children $(MUTATE_CHILDREN) $$(cat mutants/sample.txt)
 	$(PY) tests/mutation/report.py $$(cat mutants/sample.txt) > mutation-report.txt
 	head -n 9 mutation-report.txt
+
+# Each check TESTING.md names broken by hand, one at a time: the test it names must fail.
+# Edits the working tree while each test runs (always restored): not while you edit.
+breakages: $(STAMP)
+	$(PY) tests/mutation/breakages.py .
 
 clean:
 	rm -rf $(VENV) demo-output *.egg-info mutants mutation-report.txt
