@@ -444,3 +444,61 @@ def test_dock_tells_the_operator_when_the_device_never_confirms(cable, ks):
     with pytest.raises(LinkTimeout) as caught:
         dock.result()
     assert str(caught.value) == "no AUTH_OK from the device"
+
+
+# --- the device against a dock that follows the spec, hello by hello -----------------------
+
+def _as_dock(dock_link, device_link, ks, signer=None, restart: bool = False, **changes):
+    """The test as a dock following the spec against the real device: sends HELLO (a second,
+    fresh one first if ``restart``: it started over), signs AUTH over the last reply with
+    ``signer`` (the dock's key unless given). The device's Session (or its error) and the body of
+    the reply the AUTH answered."""
+    device = Beside(device_handshake, device_link, ks["device"], DEVICE_ID, [ks["dock"].public_key()], timeout=30)
+    for _ in range(2 if restart else 1):
+        sent = hello(ks["dock"], **changes)
+        dock_link.send_frame(FrameType.HELLO, sent)
+        body = next_frame(dock_link, FrameType.HELLO_REPLY).payload[:-64]
+    dock_link.send_frame(FrameType.AUTH, (signer or ks["dock"]).sign(b"dock" + _transcript(sent, body)))
+    return device, json.loads(body)
+
+
+def test_device_finishes_the_handshake_a_dock_started_over(cable, ks):
+    dock_link, device_link = cable
+    device, body = _as_dock(dock_link, device_link, ks, restart=True)
+    assert next_frame(dock_link, FrameType.AUTH_OK).payload == b"ok"
+    session = device.result()
+    assert (session.device_id, session.peer_fingerprint) == (DEVICE_ID, fingerprint(ks["dock"].public_key()))
+
+
+def test_device_refuses_an_auth_signed_by_another_key_and_says_why(cable, ks):
+    dock_link, device_link = cable
+    device, _ = _as_dock(dock_link, device_link, ks, signer=keys.generate("dock"))
+    assert next_frame(dock_link, FrameType.REJECT).payload == AUTH_FAILED
+    with pytest.raises(AuthError, match="^the dock's signature does not verify$"):   # the audit log's reason
+        device.result()
+
+
+@pytest.mark.parametrize("window, peer_window_end", [(8, 8), ("8", None), (None, None)])
+def test_device_sends_no_more_than_the_docks_window(cable, ks, window, peer_window_end):
+    dock_link, device_link = cable
+    default = device_link.sender.peer_window_end
+    device, _ = _as_dock(dock_link, device_link, ks, window=window)
+    next_frame(dock_link, FrameType.AUTH_OK)
+    device.result()
+    assert device_link.sender.peer_window_end == (peer_window_end or default)
+
+
+@pytest.mark.parametrize("features, agreed", [
+    (["part", "repair1"], ["part", "repair1"]),
+    (["repair1", "teleport", 7], ["repair1"]),    # only what the device knows, only strings
+    (None, []),                                   # an older dock names none
+    ("part", []),                                 # ... or names them wrongly
+    ({"part": True}, []),
+])
+def test_device_agrees_only_the_features_both_ends_know(cable, ks, features, agreed):
+    dock_link, device_link = cable
+    device, body = _as_dock(dock_link, device_link, ks, features=features)
+    next_frame(dock_link, FrameType.AUTH_OK)
+    device.result()
+    assert body["features"] == agreed
+    assert (device_link.sender.recut, device_link.sender.peer_repairs) == ("part" in agreed, "repair1" in agreed)
