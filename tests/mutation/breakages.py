@@ -13,7 +13,7 @@ tree nobody else is using. Not collected by pytest.
 For each entry: read the file, assert `old` occurs exactly once, write the broken version, run
     REPO_DIR/.venv/bin/python -m pytest -x -q -p no:randomly <node ids>
 with cwd=REPO_DIR and a 300 s timeout, and ALWAYS restore the original bytes (and mtime) in a
-`finally`, also on KeyboardInterrupt / SIGTERM. Table: TESTING.md, "Which test guards which check".
+`finally`, also on KeyboardInterrupt / SIGTERM.
 
 An entry number given as "5" or "11" selects every sub-entry (5a, 5b / 11a, 11b).
 """
